@@ -1,0 +1,149 @@
+"""The recipes as data. Field names and comments follow ../shared/RECIPE.md section by section.
+
+A `Recipe` holds only what the recipe says. Everything that depends on the data set or the machine
+(steps per epoch, number of classes, world size, per-device batch) is derived in `Plan`, so the same
+recipe runs on ImageNet on 8 GPUs and on a tiny synthetic set on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    # 1. model and initialisation
+    arch: str = "resnet50"                 # any torchvision ResNet; resnet50 is v1.5 (stride on the 3x3 conv)
+    log_bias_init: bool = True             # fc bias = -ln(num_classes): initial sigmoid outputs ~ 1/num_classes
+    # 2. BlurPool surgery (strided convs with >= 16 input channels, and max-pools)
+    blurpool: bool = True
+    # 3. memory format
+    channels_last: bool = True
+    # 4. loss
+    loss: str = "bce"                      # "bce": label-smoothed BCE, summed / per-device batch; "ce": cross-entropy
+    label_smoothing: float = 0.08
+    # 5. optimiser: decoupled SGDW
+    lr_per_sample: float = 0.001           # peak lr = lr_per_sample x global batch (2.048 at 2048)
+    momentum: float = 0.875
+    weight_decay: float = 5e-4             # decoupled: p *= 1 - (lr_now / lr_peak) * weight_decay
+    # 6. schedule, stepped every batch
+    epochs: int = 28
+    warmup_epochs: float = 8.0             # linear from 0, not scaled with the epoch budget; then cosine to 0
+    # 7. progressive resizing (train) and FixRes (eval)
+    train_crop_px: int = 176               # the loader's RandomResizedCrop size
+    resize_initial_scale: float = 0.5      # first training side = train_crop_px x initial scale
+    resize_delay: float = 0.4              # fraction of training at the initial scale
+    resize_finetune: float = 0.2           # fraction of training at full scale
+    resize_increment_px: int = 4           # sides are multiples of this
+    eval_crop_px: int = 224
+    eval_resize_px: int = 232              # centre-crop ratio = eval_crop_px / eval_resize_px
+    # 8. EMA of the weights (parameters and buffers); every evaluation uses it
+    ema: bool = True
+    ema_half_life_steps: int = 100
+    ema_every_steps: int = 20
+    # 10. precision, batch, evaluation, stopping
+    precision: str = "fp16"                # "fp16" (with a gradient scaler), "bf16" or "fp32"
+    global_batch_size: int = 2048
+    eval_every_epochs: int = 3             # counted back from the last epoch, so the last epoch is evaluated
+    target_accuracy: float = 0.759         # top-1 strictly above this stops the run
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def ema_decay(self) -> float:
+        """Decay per EMA update: k = 2^(-every / half-life) (0.870551 for 20 / 100)."""
+        return 2.0 ** (-self.ema_every_steps / self.ema_half_life_steps)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr_per_sample * self.global_batch_size
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether 0-based `epoch` ends with an evaluation: every `eval_every_epochs`, ending at the last epoch."""
+        return (self.epochs - 1 - epoch) % self.eval_every_epochs == 0
+
+    def resolution_px(self, epoch: int) -> int:
+        from resnet.algorithms.progressive_resize import progressive_resize_px
+
+        return progressive_resize_px(epoch, self.epochs, self.train_crop_px, self.resize_initial_scale,
+                                     self.resize_delay, self.resize_finetune, self.resize_increment_px)
+
+
+# Sections 1-10: the recipe of MosaicML's MLPerf Training v2.0 open submission (result 2.0-2127).
+MILD = Recipe(name="mild")
+
+# Section 11: same optimiser and schedule; plain cross-entropy with smoothing 0.1, no log-bias init, channels-last
+# only, 224 crops throughout, eval 256 -> 224, 90 epochs, eval every 4 epochs.
+BASELINE = Recipe(
+    name="baseline",
+    log_bias_init=False,
+    blurpool=False,
+    loss="ce",
+    label_smoothing=0.1,
+    epochs=90,
+    train_crop_px=224,
+    resize_initial_scale=1.0,
+    resize_delay=0.0,
+    resize_finetune=0.0,
+    eval_crop_px=224,
+    eval_resize_px=256,
+    ema=False,
+    eval_every_epochs=4,
+)
+
+RECIPES = {r.name: r for r in (MILD, BASELINE)}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise SystemExit(f"mlperf-resnet: error: unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a recipe becomes on one data set and one machine."""
+    recipe: Recipe
+    num_classes: int
+    train_samples: int
+    eval_samples: int
+    world_size: int
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.recipe.global_batch_size // self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_samples // self.recipe.global_batch_size   # drop_last
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.recipe.warmup_epochs * self.steps_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.recipe.epochs * self.steps_per_epoch
+
+    def check(self) -> None:
+        r = self.recipe
+        if r.global_batch_size % self.world_size:
+            raise SystemExit(f"mlperf-resnet: error: global batch {r.global_batch_size} is not divisible by "
+                             f"the world size {self.world_size}; change BATCHSIZE or the number of processes")
+        if self.steps_per_epoch < 1:
+            raise SystemExit(f"mlperf-resnet: error: {self.train_samples} training images make no full batch of "
+                             f"{r.global_batch_size}; lower BATCHSIZE or use more data")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate at `step` as a fraction of the peak: linear warm-up from 0, then cosine decay to 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
