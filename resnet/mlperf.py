@@ -3,7 +3,7 @@ import logging
 import os
 from pathlib import Path
 
-from mlperf_logging import mllog
+from mlperf_logging.mllog.mllog import MLLogger
 from mlperf_logging.mllog import constants
 
 __all__ = ["RunLog", "claim_result_file", "constants"]
@@ -36,7 +36,7 @@ class RunLog:
         logger.setLevel(logging.INFO)
         self._handler = logging.FileHandler(path, mode="a")
         logger.addHandler(self._handler)
-        self._mllog = mllog.MLLogger(logger=logger, default_stack_offset=2, root_dir=str(Path(__file__).parents[1]))
+        self._mllog = MLLogger(logger=logger, default_stack_offset=2, root_dir=str(Path(__file__).parents[1]))
 
     def event(self, key, value=None, time_ms=None, **metadata):
         if self._mllog:

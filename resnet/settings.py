@@ -110,8 +110,15 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# What a setting that neither the config nor the command line gives falls back to (recipe values come from
+# the recipe itself).
+DEFAULTS = {"loader": "ffcv", "workers": min(8, len(os.sched_getaffinity(0))), "org": "mlperf-resnet",
+            "platform": "local", "status": "onprem", "compile": False}
+
+
 def validate_train_args(args: argparse.Namespace, world_size: int | None = None) -> None:
-    """Check every setting up front; the first bad one fails with one line naming it and the fix."""
+    """Check every setting up front; the first bad one fails with one line naming it and the fix.
+    Fills in DEFAULTS for what was not given."""
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
     if args.recipe is not None and args.recipe not in RECIPES:
         fail(_name("--recipe"), f"unknown recipe {args.recipe!r}", f"use one of {', '.join(RECIPES)}")
@@ -171,6 +178,9 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None)
         fail("--resume", "needs the killed run's checkpoint folder", "add --checkpoint-dir DIR")
     _validate_data(args)
     _validate_output(args)
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _validate_data(args) -> None:

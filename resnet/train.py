@@ -55,6 +55,17 @@ def evaluate(model, loader, dev, amp_dtype) -> float:
     return correct / total
 
 
+def check_replicas(model, dev) -> None:
+    """DDP must keep every replica's weights identical; compare a float64 fingerprint across ranks."""
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    spread = distributed.all_reduce_max(torch.stack([fingerprint, -fingerprint]))
+    high, low = spread[0].item(), -spread[1].item()
+    if high != low:
+        raise RuntimeError(f"replicas diverged: weight fingerprints range from {low!r} to {high!r}")
+    if dev.is_main:
+        progress(f"replicas: identical across {dev.world_size} ranks (fingerprint {high:.10g})")
+
+
 def train(args: argparse.Namespace) -> int:
     stop = StopRequest()
     dev = distributed.init(args.device, args.dist_timeout_s)
@@ -154,7 +165,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
             checkpoint.save(ckpt_path, dict(
                 model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                rng=checkpoint.rng_state(), step=step, epoch=epoch, batches_done=batches_done, seed=seed,
+                rng=checkpoint.rng_state(), epoch_rng=epoch_rng if batches_done else checkpoint.rng_state(),
+                step=step, epoch=epoch, batches_done=batches_done, seed=seed,
                 run_start_ms=run_start_ms, recipe=recipe.name))
 
     last_save = time.time()
@@ -164,8 +176,10 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
             count = next(e for e in range(epoch, recipe.epochs) if recipe.evaluates_after(e)) - epoch + 1
             log.start(C.BLOCK_START, first_epoch_num=epoch, epoch_count=count)
         log.start(C.EPOCH_START, epoch_num=epoch)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        if skip_batches:              # resuming inside an epoch: replay its data order from the epoch's start
+            checkpoint.set_rng_state(state["epoch_rng"])
+        epoch_rng = checkpoint.rng_state()
         tic, seen, loss_sum = time.time(), 0, torch.zeros((), device=dev.device)
         batches_done = 0
         for batches_done, (images, labels) in enumerate(train_loader, start=1):
@@ -205,6 +219,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
                 return 4
         skip_batches = 0
         log.end(C.EPOCH_STOP, epoch_num=epoch)
+        if dev.world_size > 1:
+            check_replicas(model, dev)
         elapsed = time.time() - tic
         line = (f"epoch {epoch + 1}/{recipe.epochs} | {px}px | lr {scheduler.get_last_lr()[0]:.4f} | "
                 f"loss {loss_sum.item() / max(1, steps_per_epoch):.4f} | {seen / elapsed:,.0f} img/s")

@@ -1,0 +1,136 @@
+"""`mlperf-resnet check LOG...`: the official MLPerf compliance checker on each result log.
+
+It runs `python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 LOG` (the newest ruleset
+that still has ResNet rules; the tool's own default has none) from a scratch directory, because the tool writes
+`compliance_checker.log` into its working directory. One line per log, PASS or FAIL with the failed rules.
+"""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+DEFAULT_RULESET = "4.0.0"
+_RECORD = re.compile(r"^(INFO|WARNING|ERROR) - ")
+_SEPARATOR = "-" * 30  # what the checker puts between two messages
+
+
+def resnet_rulesets() -> list[str]:
+    """The training rulesets of the installed mlperf_logging that have ResNet rules (1.0.0 ... 4.0.0 in 4.1.x)."""
+    spec = importlib.util.find_spec("mlperf_logging.compliance_checker")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    versions = [d.name.split("_", 1)[1] for d in root.glob("training_*.*.*")
+                if (d / "open_resnet.yaml").exists() or (d / "closed_resnet.yaml").exists()]
+    return sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def run_official_tool(module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m mlperf_logging.<module> ARGS` in a scratch directory that is thrown away afterwards (the tools
+    drop logs, JSON and CSV files into their working directory). Path arguments are made absolute first."""
+    argv = [str(Path(a).resolve()) if isinstance(a, Path) else str(a) for a in args]
+    with tempfile.TemporaryDirectory(prefix="mlperf-tool-") as scratch:
+        return subprocess.run([sys.executable, "-m", f"mlperf_logging.{module}", *argv], cwd=scratch,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _condense(message: str) -> str:
+    """One line out of one checker message: its head, plus the failed test where it names one."""
+    lines = [" ".join(line.split()) for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    test = next((line for line in lines[1:] if line.startswith("failed test:")), None)
+    if test:
+        return f"{lines[0]} {test}"
+    if lines[0].endswith(":") and len(lines) > 1:  # "Failed executing CHECK code:" + the code
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
+def parse_checker_output(text: str) -> list[str]:
+    """The checker's messages (failed rules, and warnings such as a repeated EXACTLY_ONE key), one line each."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if _RECORD.match(line):
+            records.append([line])
+        elif records:
+            records[-1].append(line)
+    problems = []
+    for record in records:
+        level, _, first = record[0].partition(" - ")
+        if level != "WARNING" or first.strip() == "Found parsing errors:":
+            continue
+        if first.strip().startswith("^^"):  # the error under an unparsable line
+            problems.append("parse error: " + first.strip()[2:].strip())
+            continue
+        if not first.startswith("  "):  # "WARNING -  <messages>" (the raw line of a parse error has more indent)
+            for message in "\n".join([first, *record[1:]]).split(_SEPARATOR):
+                if _condense(message):
+                    problems.append(_condense(message))
+    return problems
+
+
+def check_log(path, ruleset: str = DEFAULT_RULESET) -> tuple[bool, list[str]]:
+    """Run the official compliance checker on one log. Returns (passed, problems); problems may list warnings
+    even when the log passes."""
+    if ruleset not in resnet_rulesets():
+        raise ValueError(f"ruleset {ruleset} has no ResNet rules; use one of {', '.join(resnet_rulesets())}")
+    path = Path(path)
+    if not path.is_file():
+        return False, [f"{path}: no such file"]
+    proc = run_official_tool("compliance_checker", "--usage", "training", "--ruleset", ruleset, path)
+    output = proc.stdout + proc.stderr
+    problems = parse_checker_output(output)
+    passed = proc.returncode == 0 and "SUCCESS" in output
+    if not passed and not problems:  # a crash: keep its last line (e.g. the exception)
+        tail = [line for line in output.splitlines() if line.strip()]
+        problems = [tail[-1] if tail else f"checker exited with status {proc.returncode}"]
+    return passed, problems
+
+
+def check_logs(paths, ruleset: str = DEFAULT_RULESET) -> list[tuple[bool, list[str]]]:
+    """check_log on each path, a few at a time (each is its own process); results in the order given."""
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda p: check_log(p, ruleset), paths))
+
+
+def expand_logs(args) -> list[Path]:
+    """Files as given; a folder stands for its result_*.txt."""
+    paths = []
+    for arg in map(Path, args):
+        paths.extend(sorted(arg.glob("result_*.txt")) if arg.is_dir() else [arg])
+    return paths
+
+
+def run(args) -> int:
+    paths = expand_logs(args.logs)
+    if not paths:
+        raise SystemExit(f"mlperf-resnet check: error: {' '.join(args.logs)}: no result_*.txt in these folders; "
+                         "pass log files or folders that hold result_*.txt")
+    failed = 0
+    for path, (passed, problems) in zip(paths, check_logs(paths, args.ruleset)):
+        failed += not passed
+        verdict = "PASS" if passed else "FAIL"
+        detail = f": {'; '.join(problems)}" if problems else ""
+        if passed and problems:
+            detail = f" (warnings: {'; '.join(problems)})"
+        print(f"{verdict} {path}{detail}")
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("check", help="run the official MLPerf compliance checker on result logs",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
+    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
+                   help="MLPerf Training ruleset (default %(default)s; 2.0.0 is MosaicML's round)")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    from resnet.cli import standalone
+
+    sys.exit(standalone(register))

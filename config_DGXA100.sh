@@ -1,0 +1,37 @@
+# shellcheck shell=bash
+# DGX A100: one node, 8x A100-SXM4 80GB. The Mild recipe exactly as MosaicML submitted it to MLPerf Training
+# v2.0 (open division, result 2.0-2127): global batch 2048, 28 epochs, score 23.8 min, top-1 0.7605-0.7626.
+#
+# Source it, don't run it: `source ./config_DGXA100.sh`. run_with_docker.sh and run.sub source it by name
+# (DGXSYSTEM=DGXA100); run_and_time.sh turns the settings into train flags (resnet/settings.py); the names are
+# the contract's settings and `python -m resnet.settings check-config config_DGXA100.sh` rejects any other.
+# The other DGX configs source this one and change only what their machine changes.
+
+## System
+DGXSYSTEM=$(basename "$(readlink -f "${BASH_SOURCE[0]}")" | sed 's/^config_//' | sed 's/\.sh$//')
+export DGXSYSTEM
+export DGXNGPU=8
+export DGXNNODES=1
+
+## Runs: the user may override these, e.g. `NEXP=1 DATADIR=/scratch/imagenet-ffcv ./run_with_docker.sh`.
+## SEED stays unset here: each experiment then draws a fresh seed (set SEED to reproduce a run).
+export NEXP="${NEXP:-5}"                          # MLPerf ResNet: 5 runs, olympic mean
+export DATADIR="${DATADIR:-/data/imagenet-ffcv}"  # train.beton, val.beton, manifest.json (mlperf-resnet prepare)
+export LOGDIR="${LOGDIR:-./results}"              # logs in $LOGDIR/$DGXSYSTEM/resnet/result_N.txt
+# Minutes for the whole job (sbatch -t): ~24 min of training + ~5 min of start-up per run, and 15 to spare.
+export WALLTIME=$((15 + NEXP * 30))
+
+## Recipe (RECIPE.md). Plain exports: another value here is another submission, not a user option.
+export RECIPE=mild
+export ARCH=resnet50
+export LOADER=ffcv
+export EPOCHS=28                # 90 x the 0.32 scale ratio, truncated
+export WARMUP_EPOCHS=8          # not scaled with the epoch budget
+export BATCHSIZE=256            # per GPU: 256 x 8 GPUs = global 2048 (peak lr 2.048)
+export EVAL_EVERY_EPOCHS=3
+export TARGET_ACCURACY=0.759    # top-1 strictly above it stops the run
+export PRECISION=fp16           # autocast + gradient scaler
+export NUM_WORKERS=8            # FFCV decoding processes per GPU, as submitted (the DGX has 16 cores per GPU)
+export TRAIN_CROP_PX=176        # the loader's crop; progressive resizing shrinks it to 88 px early on
+export EVAL_CROP_PX=224
+export EVAL_RESIZE_PX=232       # FixRes: centre crop 224 of 232

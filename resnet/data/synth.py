@@ -1,0 +1,261 @@
+"""`mlperf-resnet synth`: write a learnable synthetic image set in ImageNet layout.
+
+OUT/train/<class>/*.JPEG and OUT/val/<class>/*.JPEG, plus OUT/synth.json (the settings). Each class is a
+motif that a horizontal flip maps onto itself (circle, square, triangle, ring, ...); every image draws its
+class motif 2-4 times at random places, sizes, aspect ratios, slight rotations and colours, over a random
+gradient background with soft distractor blobs and pixel noise, and is saved at a random JPEG quality. So
+random-resized crops (scale 0.08-1) and flips mostly still hold the evidence, but a classifier has to learn
+shapes, not colours or positions. Each image depends only on (seed, split, class, index): the same seed
+gives byte-identical files, whatever the number of worker processes.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+CMD = "synth"
+#: Class motifs, in class-index order. All are symmetric under a horizontal flip (no chiral pairs).
+MOTIFS = (
+    "circle", "square", "triangle", "ring", "cross", "plus", "diamond", "star", "hexagon", "bars",
+    "hbars", "frame", "wedge", "tee", "chevron", "hourglass", "ellipse", "dots", "bowl", "eich",
+)
+SPLITS = ("train", "val")
+_SUPERSAMPLE = 4  # motifs are drawn at 4x and box-filtered down (anti-aliased edges)
+
+
+def _rect(x0, y0, x1, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _ngon(n, radius, phase_deg, inner=None):
+    """Regular polygon (or star, with an inner radius) centred at 0, first vertex at phase_deg."""
+    pts = []
+    steps = 2 * n if inner else n
+    for k in range(steps):
+        r = inner if inner and k % 2 else radius
+        a = math.radians(phase_deg + 360.0 * k / steps)
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return pts
+
+
+def _rotated(pts, deg):
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return [(x * c - y * s, x * s + y * c) for x, y in pts]
+
+
+def _ellipse(rx, ry, cx=0.0, cy=0.0):
+    return ("ellipse", (cx - rx, cy - ry, cx + rx, cy + ry))
+
+
+_PLUS = [_rect(-0.22, -0.95, 0.22, 0.95), _rect(-0.95, -0.22, 0.95, 0.22)]
+# Each motif: a list of (fill, shape) drawn in order into a mask over the unit box [-1, 1]^2 (y down);
+# fill 0 cuts holes. shape is a polygon (list of points) or ("ellipse", bbox).
+_SHAPES = {
+    "circle": [(255, _ellipse(0.9, 0.9))],
+    "square": [(255, _rect(-0.78, -0.78, 0.78, 0.78))],
+    "triangle": [(255, [(0, -0.95), (0.95, 0.8), (-0.95, 0.8)])],
+    "ring": [(255, _ellipse(0.95, 0.95)), (0, _ellipse(0.55, 0.55))],
+    "cross": [(255, _rotated(p, 45)) for p in _PLUS],
+    "plus": [(255, p) for p in _PLUS],
+    "diamond": [(255, [(0, -1), (0.85, 0), (0, 1), (-0.85, 0)])],
+    "star": [(255, _ngon(5, 1.0, -90, inner=0.42))],
+    "hexagon": [(255, _ngon(6, 0.95, -90))],
+    "bars": [(255, _rect(-0.8, -0.9, -0.3, 0.9)), (255, _rect(0.3, -0.9, 0.8, 0.9))],
+    "hbars": [(255, _rect(-0.9, -0.8, 0.9, -0.3)), (255, _rect(-0.9, 0.3, 0.9, 0.8))],
+    "frame": [(255, _rect(-0.85, -0.85, 0.85, 0.85)), (0, _rect(-0.45, -0.45, 0.45, 0.45))],
+    "wedge": [(255, [(0, 0.95), (0.95, -0.8), (-0.95, -0.8)])],
+    "tee": [(255, _rect(-0.9, -0.9, 0.9, -0.45)), (255, _rect(-0.22, -0.45, 0.22, 0.9))],
+    "chevron": [(255, [(0, -0.9), (0.95, 0.1), (0.95, 0.65), (0, -0.35), (-0.95, 0.65), (-0.95, 0.1)])],
+    "hourglass": [(255, [(-0.85, -0.9), (0.85, -0.9), (0.1, 0), (0.85, 0.9), (-0.85, 0.9), (-0.1, 0)])],
+    "ellipse": [(255, _ellipse(0.95, 0.45))],
+    "dots": [(255, _ellipse(0.32, 0.32, 0, -0.55)), (255, _ellipse(0.32, 0.32, -0.58, 0.45)),
+             (255, _ellipse(0.32, 0.32, 0.58, 0.45))],
+    "bowl": [(255, _ellipse(0.95, 0.95)), (0, _ellipse(0.95, 0.8, 0, -0.45))],
+    "eich": [(255, _rect(-0.85, -0.9, -0.45, 0.9)), (255, _rect(0.45, -0.9, 0.85, 0.9)),
+             (255, _rect(-0.45, -0.18, 0.45, 0.18))],
+}
+
+
+def class_names(classes):
+    """Folder names of the first `classes` motifs; sorted order == class index (like ImageFolder)."""
+    return [f"{i:02d}_{m}" for i, m in enumerate(MOTIFS[:classes])]
+
+
+def _motif_mask(name, diameter, angle_deg, aspect):
+    """An anti-aliased L-mode mask of the motif, `diameter` px across (before the aspect stretch)."""
+    from PIL import Image, ImageDraw
+
+    s = _SUPERSAMPLE
+    half = diameter / 2.0
+    w = max(1, math.ceil(diameter * max(aspect, 1.0) * 1.5))  # room for the stretch and the rotation
+    h = max(1, math.ceil(diameter / min(aspect, 1.0) * 1.5))
+    mask = Image.new("L", (w * s, h * s), 0)
+    draw = ImageDraw.Draw(mask)
+
+    def place(x, y):  # unit box -> stretched, rotated, supersampled pixel coordinates
+        x, y = x * half * aspect, y * half / aspect
+        (x, y), = _rotated([(x, y)], angle_deg)
+        return ((x + w / 2.0) * s, (y + h / 2.0) * s)
+
+    for fill, shape in _SHAPES[name]:
+        if shape[0] == "ellipse":  # rotate the ellipse as a 48-gon, so that rotation applies to it too
+            x0, y0, x1, y1 = shape[1]
+            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+            shape = [(cx + rx * math.cos(2 * math.pi * k / 48), cy + ry * math.sin(2 * math.pi * k / 48))
+                     for k in range(48)]
+        draw.polygon([place(x, y) for x, y in shape], fill=fill)
+    return mask.reduce(s)
+
+
+def _luma(rgb):
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.0):
+    """One image (PIL RGB) of `motif`, all randomness drawn from the numpy Generator `rng`."""
+    import numpy as np
+    from PIL import Image
+
+    long_side, short_side = size, max(8, round(size * rng.uniform(0.75, 1.0)))
+    w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    # Background: a linear gradient from a random colour to a nearby one, in a random direction.
+    c0 = rng.uniform(0, 255, 3)
+    c1 = c0 + rng.normal(0, 40, 3)
+    a = rng.uniform(0, 2 * math.pi)
+    t = (xx * math.cos(a) + yy * math.sin(a)) / (abs(w * math.cos(a)) + abs(h * math.sin(a)))
+    t -= t.min()
+    img = c0 + (c1 - c0) * t[..., None]
+    # Distractors: soft Gaussian blobs (no edges, so no shape evidence).
+    for _ in range(int(rng.integers(0, distractors + 1))):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sx, sy = rng.uniform(0.05, 0.2, 2) * size
+        alpha = np.exp(-(((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))[..., None] * rng.uniform(0.3, 0.7)
+        img = img * (1 - alpha) + rng.uniform(0, 255, 3) * alpha
+    canvas = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+
+    # The class evidence: 2-4 instances of the motif, each with its own nuisances.
+    for _ in range(int(rng.integers(1, 4))):
+        diameter = rng.uniform(0.3, 0.55) * min(w, h)
+        mask = _motif_mask(motif, diameter, rng.uniform(-12, 12), math.exp(rng.uniform(-0.15, 0.15)))
+        cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+        local = img[min(h - 1, int(cy)), min(w - 1, int(cx))]
+        for _ in range(8):  # a colour that stands out from the background under it
+            colour = rng.uniform(0, 255, 3)
+            if rng.random() < colour_cue:  # the class's own hue, at a random brightness
+                hue = MOTIFS.index(motif) / len(MOTIFS) * 6
+                colour = np.clip(np.abs((hue + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1) * rng.uniform(120, 255)
+            if abs(_luma(colour) - _luma(local)) > 90:
+                break
+        else:
+            colour = 255.0 - local
+        canvas.paste(tuple(int(c) for c in colour), (int(cx - mask.width / 2), int(cy - mask.height / 2)), mask)
+
+    out = np.asarray(canvas, dtype=np.float32)
+    out = out + rng.normal(0.0, rng.uniform(0.0, noise) if noise > 0 else 0.0, out.shape)
+    return Image.fromarray(out.clip(0, 255).round().astype(np.uint8), "RGB")
+
+
+def _write_class(job):
+    """Worker: write images [start, stop) of one class of one split. Returns the count written."""
+    import numpy as np
+
+    root, split_id, cls, start, stop, settings = job
+    name = class_names(settings["classes"])[cls]
+    folder = Path(root) / SPLITS[split_id] / name
+    for idx in range(start, stop):
+        rng = np.random.default_rng([settings["seed"], split_id, cls, idx])
+        image = render(MOTIFS[cls], rng, settings["size_px"], settings["noise"], settings["distractors"],
+                       settings["colour_cue"])
+        quality = int(rng.integers(75, 96))
+        image.save(folder / f"{name}_{idx:05d}.JPEG", "JPEG", quality=quality)
+    return stop - start
+
+
+def make_synthetic(out, classes=10, train_per_class=360, val_per_class=100, size_px=64, seed=0,
+                   noise=12.0, distractors=3, colour_cue=0.0, workers=None, progress=True):
+    """Write the synthetic data set to `out` (which must not exist yet) and return its settings dict.
+
+    The tree is built in a temporary sibling directory and renamed into place at the end, so an
+    interrupted run never leaves a partial tree under `out`.
+    """
+    from multiprocessing import get_context
+
+    out = Path(out)
+    if not 1 <= classes <= len(MOTIFS):
+        raise ValueError(f"--classes {classes}: must be between 1 and {len(MOTIFS)} (one motif per class)")
+    if train_per_class < 1 or val_per_class < 1:
+        raise ValueError("--train-per-class and --val-per-class must be >= 1")
+    if size_px < 16:
+        raise ValueError(f"--size {size_px}: must be >= 16 px")
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; remove it or choose another output path")
+    settings = {"generator": "mlperf-resnet synth", "version": 1, "classes": classes,
+                "train_per_class": train_per_class, "val_per_class": val_per_class, "size_px": size_px,
+                "seed": seed, "noise": noise, "distractors": distractors, "colour_cue": colour_cue}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        jobs = []
+        chunk = 50
+        for split_id, per_class in enumerate((train_per_class, val_per_class)):
+            for cls, name in enumerate(class_names(classes)):
+                (tmp / SPLITS[split_id] / name).mkdir(parents=True)
+                jobs += [(str(tmp), split_id, cls, s, min(s + chunk, per_class), settings)
+                         for s in range(0, per_class, chunk)]
+        total, done, t0, shown = classes * (train_per_class + val_per_class), 0, time.time(), time.time()
+        workers = workers or len(os.sched_getaffinity(0))
+        with get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            for n in pool.imap_unordered(_write_class, jobs):
+                done += n
+                if progress and time.time() - shown > 2:
+                    shown = time.time()
+                    print(f"synth: {done}/{total} images", file=sys.stderr, flush=True)
+        if progress:
+            print(f"synth: {total} images in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
+        (tmp / "synth.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return settings
+
+
+def register(subparsers):
+    p = subparsers.add_parser(CMD, help="write a learnable synthetic ImageNet-layout JPEG data set",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output folder (must not exist)")
+    p.add_argument("--classes", type=int, default=10, help=f"number of classes, 1-{len(MOTIFS)} (default 10)")
+    p.add_argument("--train-per-class", type=int, default=360, help="training images per class (default 360)")
+    p.add_argument("--val-per-class", type=int, default=100, help="validation images per class (default 100)")
+    p.add_argument("--size", type=int, default=64, dest="size_px", help="long side of each image, px (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes byte-identical files (default 0)")
+    p.add_argument("--noise", type=float, default=12.0,
+                   help="max std of per-pixel Gaussian noise, 0-255 scale (default 12)")
+    p.add_argument("--distractors", type=int, default=3, help="max soft distractor blobs per image (default 3)")
+    p.add_argument("--colour-cue", type=float, default=0.0,
+                   help="probability that a motif takes its class's hue instead of a random colour (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        make_synthetic(args.out, args.classes, args.train_per_class, args.val_per_class, args.size_px,
+                       args.seed, noise=args.noise, distractors=args.distractors, colour_cue=args.colour_cue,
+                       workers=args.workers)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"mlperf-resnet {CMD}: error: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    from resnet.cli import standalone
+
+    sys.exit(standalone(register))

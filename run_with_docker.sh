@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Run the benchmark on one machine in Docker: NEXP experiments in one long-lived container.
+#
+#   DGXSYSTEM=DGXA100 CONT=mlperf-resnet:latest DATADIR=/data/imagenet-ffcv LOGDIR=$PWD/results ./run_with_docker.sh
+#
+# DGXSYSTEM picks config_${DGXSYSTEM}.sh beside this script; its settings are passed into the container.
+# Per experiment i (0 .. NEXP-1): the host's page cache is dropped (sudo -n sysctl, else a privileged
+# container; the outcome goes in as CACHE_CLEARED=1|0 so that the run logs cache_clear truthfully), then
+# `docker exec ... ./run_and_time.sh` runs one run with NEXP=1 and its own SEED (SEED+i when SEED is set, a
+# fresh random seed otherwise). run_and_time.sh writes the next free $LOGDIR/$DGXSYSTEM/resnet/result_N.txt and
+# checks it; the run's console goes to $LOGDIR/$DGXSYSTEM/console_<stamp>_<i>.log. At the end the set is
+# summarised (`python3 -m compliance.summarize`), and that verdict is the script's exit status. Use a fresh
+# LOGDIR per set: a submission takes exactly five logs.
+# DATADIR is mounted read-only at /data, LOGDIR read-write at /results. The container is removed on exit.
+# DRY_RUN=1 prints every command (after '+ ', shell-quoted) instead of running it: no Docker needed.
+# BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the NUMA node of its GPU.
+set -euo pipefail
+
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+: "${DGXSYSTEM:?set DGXSYSTEM to pick config_\${DGXSYSTEM}.sh, e.g. DGXSYSTEM=DGXA100}"
+: "${CONT:?set CONT to the image built from the Dockerfile, e.g. CONT=mlperf-resnet:latest}"
+config="${here}/config_${DGXSYSTEM}.sh"
+[[ -f "$config" ]] || { echo "run_with_docker.sh: error: no ${config}; choose a config_*.sh" >&2; exit 2; }
+dry_run="${DRY_RUN:-0}"
+unset DRY_RUN   # ours, not run_and_time.sh's
+
+# The names the config exports, then the config itself (user values of DATADIR, LOGDIR, NEXP, SEED survive it).
+# shellcheck disable=SC2016  # $1 is expanded by the inner bash
+mapfile -t config_names < <(env -i bash -c 'source "$1" && compgen -e' bash "$config" |
+    grep -Ev '^(PWD|OLDPWD|SHLVL|_)$')
+# shellcheck source=config_DGXA100.sh
+source "$config"
+datadir=$(readlink -m "$DATADIR")
+logdir=$(readlink -m "$LOGDIR")
+if [[ "$dry_run" != 1 && ! -d "$datadir" ]]; then
+    echo "run_with_docker.sh: error: DATADIR=${DATADIR} is not a directory; run 'mlperf-resnet prepare' first" >&2
+    exit 2
+fi
+
+# `run CMD...`: runs it, or with DRY_RUN=1 prints it on the script's stdout (whatever the call redirects).
+exec 3>&1
+run() {
+    if [[ "$dry_run" == 1 ]]; then
+        local arg line='+'
+        for arg in "$@"; do
+            if [[ "$arg" =~ ^[[:alnum:]_./:=,@%+-]+$ ]]; then line+=" $arg"; else line+=" $(printf '%q' "$arg")"; fi
+        done
+        echo "$line" >&3
+    else
+        "$@"
+    fi
+}
+
+# Drops the host's page cache so that each run reads its data cold, as MLPerf requires; sets cache_cleared.
+# The sudo command is the one a sudoers rule can allow: `/sbin/sysctl vm.drop_caches=3`.
+drop_caches() {
+    cache_cleared=1
+    run bash -c 'sync && sudo -n /sbin/sysctl vm.drop_caches=3' >/dev/null && return
+    run docker run --rm --privileged --entrypoint bash "$CONT" -c 'sync && echo 3 > /proc/sys/vm/drop_caches' && return
+    cache_cleared=0
+    echo "run_with_docker.sh: warning: could not drop the page cache (no passwordless sudo for /sbin/sysctl," \
+         "no privileged container); the run logs cache_clear=false" >&2
+}
+
+# Settings for the container: the config's exports with the container's paths, the optional ones when set.
+env_args=()
+for name in "${config_names[@]}" SUBMISSION_ORG SUBMISSION_STATUS COMPILE CHECKPOINT_EVERY_MINUTES BIND_CPU; do
+    case "$name" in DATADIR | LOGDIR | NEXP | SEED) continue ;; esac
+    if [[ -n "${!name+set}" ]]; then env_args+=(--env "${name}=${!name}"); fi
+done
+env_args+=(--env DATADIR=/data --env LOGDIR=/results)
+
+cont_name="mlperf_resnet_${DGXSYSTEM}_$$"
+stamp=$(date +%y%m%d%H%M%S)
+run mkdir -p "${logdir}/${DGXSYSTEM}"
+trap 'run docker rm -f "$cont_name" >/dev/null || true' EXIT
+run docker run -d --rm --init --name "$cont_name" --gpus all --ipc=host \
+    --ulimit memlock=-1 --ulimit stack=67108864 \
+    --volume "${datadir}:/data:ro" --volume "${logdir}:/results" \
+    "$CONT" sleep infinity >/dev/null
+
+if compgen -G "${logdir}/${DGXSYSTEM}/resnet/result_*.txt" >/dev/null; then
+    echo "run_with_docker.sh: warning: ${logdir}/${DGXSYSTEM}/resnet already holds result logs; the new ones" \
+         "are numbered after them and the summary counts them all (use a fresh LOGDIR per set)" >&2
+fi
+for ((i = 0; i < NEXP; i++)); do
+    if [[ -n "${SEED:-}" ]]; then seed=$((SEED + i)); else seed=$(((RANDOM << 15) | RANDOM)); fi
+    echo "run_with_docker.sh: experiment ${i} of ${NEXP}, seed ${seed}" >&2
+    drop_caches
+    experiment=(docker exec "${env_args[@]}" --env NEXP=1 --env SEED="$seed" --env CACHE_CLEARED="$cache_cleared"
+                "$cont_name" ./run_and_time.sh)
+    if [[ "$dry_run" == 1 ]]; then
+        run "${experiment[@]}"
+        continue
+    fi
+    # Its exit status also carries its summary of the logs so far, incomplete until the last run: the set's
+    # verdict is the summary below.
+    console="${logdir}/${DGXSYSTEM}/console_${stamp}_${i}.log"
+    "${experiment[@]}" 2>&1 | tee "$console" ||
+        echo "run_with_docker.sh: experiment ${i}: run_and_time.sh exited with status $?; console: ${console}" >&2
+done
+run docker exec "$cont_name" python3 -m compliance.summarize "/results/${DGXSYSTEM}/resnet"

@@ -1,0 +1,142 @@
+"""End-to-end training runs on the CPU: the real loop, real FFCV files, the real compliance checker,
+real DDP with gloo on 2 processes, real signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compliance.check import check_log
+from tests.conftest import REPO, cli
+
+TINY = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train-crop-px", "32",
+        "--eval-crop-px", "32", "--eval-resize-px", "36", "--workers", "1", "--warmup-epochs", "1",
+        "--precision", "fp32", "--org", "tests", "--platform", "CPU", "--status", "research"]
+
+
+def events(log: Path) -> list[dict]:
+    return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines() if ":::MLLOG" in line]
+
+
+def keys(log: Path) -> list[str]:
+    return [e["key"] for e in events(log)]
+
+
+def run_stop(log: Path) -> dict:
+    return next(e for e in events(log) if e["key"] == "run_stop")
+
+
+def test_cpu_run_logs_compliantly(ffcv_data, tmp_path):
+    results = tmp_path / "results"
+    out = cli("train", *TINY, "--data", ffcv_data, "--results-dir", results, "--epochs", "3",
+              "--eval-every-epochs", "2", "--target-accuracy", "0.99", "--seed", "7", check=False)
+    assert out.returncode == 2, out.stderr          # the target is out of reach: aborted, non-zero
+    log = results / "result_0.txt"
+    ks = keys(log)
+    assert ks[:3] == ["cache_clear", "init_start", "submission_benchmark"]
+    assert ks.index("init_stop") < ks.index("run_start") < ks.index("block_start") < ks.index("run_stop")
+    assert [e["metadata"]["epoch_num"] for e in events(log) if e["key"] == "eval_accuracy"] == [0, 2]
+    assert run_stop(log)["metadata"]["status"] == "aborted"
+    assert next(e for e in events(log) if e["key"] == "seed")["value"] == 7
+    for ruleset in ("4.0.0", "2.0.0"):
+        ok, problems = check_log(log, ruleset=ruleset)
+        assert ok, (ruleset, problems)
+    # one live line per epoch on stderr, never in the MLPerf log
+    assert len([line for line in out.stderr.splitlines() if line.startswith("epoch ")]) == 3
+    assert "img/s" not in log.read_text()
+    # a second run takes the next free result file and leaves the first alone
+    before = log.read_bytes()
+    cli("train", *TINY, "--data", ffcv_data, "--results-dir", results, "--epochs", "1",
+        "--eval-every-epochs", "1", "--target-accuracy", "0.01", "--seed", "8")
+    assert log.read_bytes() == before
+    assert run_stop(results / "result_1.txt")["metadata"]["status"] == "success"
+
+
+def test_non_finite_loss_aborts_within_one_step(ffcv_data, tmp_path):
+    log = tmp_path / "nan.txt"
+    out = cli("train", *TINY, "--data", ffcv_data, "--log-file", log, "--epochs", "2", "--eval-every-epochs", "1",
+              "--lr", "1e30", "--warmup-epochs", "0", "--seed", "1", check=False)
+    assert out.returncode == 3
+    assert "error: the loss became" in out.stderr and "run aborted" in out.stderr
+    assert run_stop(log)["metadata"]["status"] == "aborted"
+    assert "epoch_stop" not in keys(log)       # stopped inside the first epoch, not at its end
+
+
+def torchrun(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "resnet.train", *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_ddp_two_processes_gloo_keeps_replicas_identical(ffcv_data, tmp_path):
+    results = tmp_path / "results"
+    proc = torchrun(*TINY, "--data", ffcv_data, "--results-dir", results, "--epochs", "2", "--eval-every-epochs",
+                    "1", "--target-accuracy", "1.0", "--seed", "3", "--device", "cpu")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "run_stop aborted" in err   # the target 1.0 is out of reach
+    assert [p.name for p in results.iterdir()] == ["result_0.txt"]          # only rank 0 logs
+    fingerprints = [line for line in err.splitlines() if line.startswith("replicas:")]
+    assert fingerprints and all("identical" in line for line in fingerprints), err[-3000:]
+    log = results / "result_0.txt"
+    assert keys(log).count("run_start") == 1
+    train_samples = next(e for e in events(log) if e["key"] == "train_samples")["value"]
+    assert train_samples == 4 * 48
+    assert next(e for e in events(log) if e["key"] == "global_batch_size")["value"] == 32   # 16 per process x 2
+
+
+def test_dead_rank_ends_the_job(ffcv_data, tmp_path):
+    import psutil
+
+    log = tmp_path / "dead.txt"
+    proc = torchrun(*TINY, "--data", ffcv_data, "--log-file", log, "--epochs", "50", "--eval-every-epochs", "50",
+                    "--target-accuracy", "0.999", "--seed", "3", "--device", "cpu")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "epoch_stop" in log.read_text()):
+        time.sleep(0.5)
+    assert "epoch_stop" in log.read_text()
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    victim = next(w for w in workers if "resnet.train" in " ".join(w.cmdline()) and
+                  w.environ().get("RANK") == "1")
+    killed = time.time()
+    victim.kill()
+    proc.communicate(timeout=90)
+    assert time.time() - killed < 60
+    assert proc.returncode != 0
+
+
+def final_weights(ckpt_dir: Path) -> dict:
+    return torch.load(ckpt_dir / "last.pt", weights_only=True)["model"]
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(synth_tree, tmp_path):
+    common = [*TINY, "--loader", "torchvision", "--data", synth_tree, "--epochs", "3", "--eval-every-epochs", "3",
+              "--target-accuracy", "1.0", "--seed", "11", "--workers", "0"]
+    straight = tmp_path / "straight"
+    cli("train", *common, "--checkpoint-dir", straight, "--log-file", tmp_path / "a.txt", check=False)
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, common), "--checkpoint-dir",
+                             resumed, "--log-file", tmp_path / "b.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (resumed / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)                                   # somewhere inside the second epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err
+    assert "SIGTERM: checkpoint written" in err
+    assert run_stop(tmp_path / "b.txt")["metadata"]["status"] == "aborted"
+    state = torch.load(resumed / "last.pt", weights_only=True)
+    assert state["epoch"] < 3
+    out = cli("train", *common, "--checkpoint-dir", resumed, "--resume", "--log-file", tmp_path / "c.txt",
+              check=False)
+    assert out.returncode == 2, out.stderr           # target 1.0 is unreachable: aborted at the end
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = next(e for e in events(tmp_path / "c.txt") if e["key"] == "run_start")
+    assert start["time_ms"] == next(e for e in events(tmp_path / "b.txt") if e["key"] == "run_start")["time_ms"]
