@@ -47,8 +47,11 @@ failed=0
 for ((i = 0; i < NEXP; i++)); do
     if [[ -n "${SEED:-}" ]]; then seed=$((SEED + i)); else seed=$("$PYTHON" -c 'import random; print(random.SystemRandom().randrange(2**31))'); fi
     log=$(next_log)
-    cleared=0
-    if [[ "${DRY_RUN:-0}" != 1 ]] && sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then cleared=1; fi
+    # A launcher that dropped the host's cache itself (run_with_docker.sh, run.sub) says so in CACHE_CLEARED.
+    cleared=${CACHE_CLEARED:-0}
+    if [[ -z "${CACHE_CLEARED:-}" && "${DRY_RUN:-0}" != 1 ]] && sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+        cleared=1
+    fi
     cmd=("${launcher[@]}" -m resnet.train "${FLAGS[@]}" --seed "$seed" --log-file "$log" --cache-cleared "$cleared")
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         printf '%q ' "${cmd[@]}"; echo

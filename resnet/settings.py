@@ -54,7 +54,7 @@ SETTINGS = [
 BY_ENV = {s.env: s for s in SETTINGS}
 # Read by the launch scripts rather than by the training process.
 LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU",
-                "MASTER_ADDR", "MASTER_PORT", "CONT"}
+                "MASTER_ADDR", "MASTER_PORT", "CONT", "CACHE_CLEARED"}
 KNOWN_NAMES = set(BY_ENV) | LAUNCH_NAMES
 KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_")
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -116,9 +116,10 @@ DEFAULTS = {"loader": "ffcv", "workers": min(8, len(os.sched_getaffinity(0))), "
             "platform": "local", "status": "onprem", "compile": False}
 
 
-def validate_train_args(args: argparse.Namespace, world_size: int | None = None) -> None:
+def validate_train_args(args: argparse.Namespace, world_size: int | None = None, here: bool = True) -> None:
     """Check every setting up front; the first bad one fails with one line naming it and the fix.
-    Fills in DEFAULTS for what was not given."""
+    Fills in DEFAULTS for what was not given. here=False skips what depends on this machine's devices
+    (a dry run on a login node checks a GPU config)."""
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
     if args.recipe is not None and args.recipe not in RECIPES:
         fail(_name("--recipe"), f"unknown recipe {args.recipe!r}", f"use one of {', '.join(RECIPES)}")
@@ -147,7 +148,7 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None)
         fail(_name("--workers"), f"must be >= 0, got {args.workers}", "use 0 for in-process loading")
     if args.precision is not None and args.precision not in PRECISIONS:
         fail(_name("--precision"), f"unknown precision {args.precision!r}", f"use one of {', '.join(PRECISIONS)}")
-    if args.precision == "fp16" and (args.device == "cpu" or not _cuda()):
+    if here and args.precision == "fp16" and (args.device == "cpu" or not _cuda()):
         fail(_name("--precision"), "fp16 needs a CUDA GPU and none is visible", "use bf16 or fp32 on the CPU")
     if args.loader is not None and args.loader not in LOADERS:
         fail(_name("--loader"), f"unknown loader {args.loader!r}", f"use one of {', '.join(LOADERS)}")
@@ -263,7 +264,8 @@ def main(argv=None) -> int:
         train_parser = argparse.ArgumentParser()
         add_train_arguments(train_parser)
         world = int(os.environ.get("DGXNGPU", 1) or 1) * int(os.environ.get("DGXNNODES", 1) or 1)
-        validate_train_args(train_parser.parse_args(words), world_size=world)
+        validate_train_args(train_parser.parse_args(words), world_size=world,
+                            here=os.environ.get("DRY_RUN", "0") != "1")
         print("\n".join(words))
         return 0
     unknown = check_config(args.config)

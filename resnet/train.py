@@ -137,7 +137,9 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
     if dev.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.local_rank] if dev.device.type == "cuda" else None)
     if args.compile:
-        net = torch.compile(net)
+        # Progressive resizing feeds ~13 distinct sizes: allow a graph per size rather than falling back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        net = torch.compile(net, dynamic=False)
     loss_fn = ((lambda logits, y: label_smoothed_bce(logits, y, recipe.label_smoothing)) if recipe.loss == "bce"
                else torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing))
 

@@ -33,3 +33,34 @@ def ffcv_data(synth_tree, tmp_path_factory) -> Path:
 
     prepare(synth_tree, out, workers=2, log=open(os.devnull, "w"))
     return out
+
+
+TINY_CONFIG = {  # config_CPU.sh's shape, shrunk so that one run takes seconds
+    "DGXSYSTEM": "CPU", "DGXNGPU": "1", "DGXNNODES": "1", "RECIPE": "mild", "ARCH": "resnet18", "LOADER": "ffcv",
+    "EPOCHS": "2", "BATCHSIZE": "16", "EVAL_EVERY_EPOCHS": "1", "TARGET_ACCURACY": "0.3", "PRECISION": "fp32",
+    "NUM_WORKERS": "1", "TRAIN_CROP_PX": "32", "EVAL_CROP_PX": "32", "EVAL_RESIZE_PX": "36", "WARMUP_EPOCHS": "1",
+    "SUBMISSION_ORG": "tests", "SUBMISSION_STATUS": "research",
+}
+
+
+def run_and_time(env: dict, timeout=900) -> subprocess.CompletedProcess:
+    """`./run_and_time.sh` as a user runs it after sourcing a config (here: TINY_CONFIG plus `env`)."""
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return subprocess.run(["./run_and_time.sh"], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": path, "HOME": os.environ.get("HOME", "/root"), "PYTHON": sys.executable,
+                               **TINY_CONFIG, **env})
+
+
+@pytest.fixture(scope="session")
+def cpu_benchmark(ffcv_data, tmp_path_factory):
+    """Five seeds of the real benchmark path (run_and_time.sh -> torchrun -> resnet.train) on the CPU."""
+    logdir = tmp_path_factory.mktemp("logdir")
+    out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(logdir), "NEXP": "5", "SEED": "100"})
+    return out, logdir / "CPU" / "resnet"
+
+
+@pytest.fixture(scope="session")
+def cpu_result_logs(cpu_benchmark) -> Path:
+    out, results = cpu_benchmark
+    assert out.returncode == 0, out.stderr[-4000:]
+    return results

@@ -148,7 +148,7 @@ def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.0):
         for _ in range(8):  # a colour that stands out from the background under it
             colour = rng.uniform(0, 255, 3)
             if rng.random() < colour_cue:  # the class's own hue, at a random brightness
-                hue = MOTIFS.index(motif) / len(MOTIFS) * 6
+                hue = (MOTIFS.index(motif) * 0.618034) % 1.0 * 6  # golden-ratio steps: well spread
                 colour = np.clip(np.abs((hue + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1) * rng.uniform(120, 255)
             if abs(_luma(colour) - _luma(local)) > 90:
                 break
