@@ -1,0 +1,25 @@
+"""Helpers the benchmarks share: the synthetic data set they run on, made once into a cache folder."""
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / "data" / "bench"
+
+
+def synthetic_ffcv(cache: Path, classes=10, train_per_class=320, val_per_class=100, size_px=64) -> Path:
+    """FFCV files of `mlperf-resnet synth` data with these settings (the `make benchmark` set by default)."""
+    from resnet.data.prepare import prepare
+    from resnet.data.synth import make_synthetic
+
+    name = f"c{classes}-t{train_per_class}-v{val_per_class}-{size_px}px"
+    folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"
+    if not folders.exists():
+        make_synthetic(folders, classes, train_per_class, val_per_class, size_px, seed=0)
+    if not betons.exists():
+        prepare(folders, betons, workers=2, log=open(os.devnull, "w"))
+    return betons
+
+
+def train_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "resnet.train", *map(str, args)]
