@@ -5,6 +5,7 @@ init -> run_start -> epochs (progressive resize, channels-last, autocast, LR per
 the target, or `aborted` when the epochs run out, on SIGTERM/SIGINT, or when the loss is not finite.
 """
 import argparse
+import contextlib
 import math
 import random
 import signal
@@ -67,33 +68,27 @@ def check_replicas(model, dev) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    stop = StopRequest()
+    started, stop = time.time(), StopRequest()
     dev = distributed.init(args.device, args.dist_timeout_s)
-    try:
-        return _train(args, dev, stop)
-    finally:
-        distributed.shutdown()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(distributed.shutdown)
+        recipe = recipe_from_args(args, dev.world_size)
+        ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
+        state = None
+        if args.resume:
+            if not ckpt_path.exists():
+                raise SystemExit(f"mlperf-resnet train: error: --resume: no checkpoint at {ckpt_path}; "
+                                 "start without --resume or set --checkpoint-dir to the killed run's folder")
+            state = checkpoint.load(ckpt_path)
+        log_path = None
+        if dev.is_main:
+            log_path = Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir))
+        log = RunLog(log_path)
+        cleanup.callback(log.close)
+        return run_loop(args, dev, stop, recipe, log, state, ckpt_path, started)
 
 
-def _train(args: argparse.Namespace, dev: distributed.Dist, stop: StopRequest) -> int:
-    started = time.time()
-    recipe = recipe_from_args(args, dev.world_size)
-    ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
-    state = checkpoint.load(ckpt_path) if args.resume and ckpt_path and ckpt_path.exists() else None
-    if args.resume and state is None:
-        raise SystemExit(f"mlperf-resnet train: error: --resume: no checkpoint at {ckpt_path}; "
-                         "start without --resume or set --checkpoint-dir to the killed run's folder")
-    log_path = None
-    if dev.is_main:
-        log_path = Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir))
-    log = RunLog(log_path)
-    try:
-        return _run(args, dev, stop, recipe, log, state, ckpt_path, started)
-    finally:
-        log.close()
-
-
-def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
+def run_loop(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
     # ---- init (untimed) ------------------------------------------------------------------------------------
     log.event(C.CACHE_CLEAR, value=bool(args.cache_cleared))
     log.start(C.INIT_START)
@@ -101,7 +96,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
                        (C.SUBMISSION_ORG, args.org), (C.SUBMISSION_PLATFORM, args.platform),
                        (C.SUBMISSION_STATUS, args.status)):
         log.event(key, value)
-    seed = distributed.broadcast_int(args.seed if args.seed is not None else random.SystemRandom().randrange(2**31))
+    seed = state["seed"] if state else args.seed       # a resumed run keeps its seed (and data order)
+    seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
     torch.manual_seed(seed)
     random.seed(seed)
 
@@ -132,10 +128,11 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         step, first_epoch, skip_batches = state["step"], state["epoch"], state["batches_done"]
-        seed, run_start_ms = state["seed"], state["run_start_ms"]
+        run_start_ms = state["run_start_ms"]
     net = model
     if dev.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.local_rank] if dev.device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.local_rank] if dev.device.type == "cuda" else None)
     if args.compile:
         # Progressive resizing feeds ~13 distinct sizes: allow a graph per size rather than falling back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
@@ -201,8 +198,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
             if ema is not None and step % recipe.ema_every_steps == 0:
                 ema.update_parameters(model)
             # One small collective per step: every rank learns about a non-finite loss or a stop signal at once.
-            flags = distributed.all_reduce_max(torch.stack([
-                (~torch.isfinite(loss.detach())).float(), torch.tensor(float(stop.signal is not None), device=dev.device)]))
+            stop_flag = torch.tensor(float(stop.signal is not None), device=dev.device)
+            flags = distributed.all_reduce_max(torch.stack([(~torch.isfinite(loss.detach())).float(), stop_flag]))
             bad_loss, stopping = flags.tolist()
             if bad_loss:
                 progress(f"error: the loss became {loss.item()} at step {step} (epoch {epoch}); run aborted. "
@@ -211,7 +208,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
                 return 3
             loss_sum += loss.detach()
             seen += images.shape[0] * dev.world_size
-            if stopping or (args.checkpoint_every_minutes and time.time() - last_save > 60 * args.checkpoint_every_minutes):
+            due = args.checkpoint_every_minutes and time.time() - last_save > 60 * args.checkpoint_every_minutes
+            if stopping or due:
                 save(epoch, batches_done)
                 last_save = time.time()
             if stopping:
@@ -228,7 +226,8 @@ def _run(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
                 f"loss {loss_sum.item() / max(1, steps_per_epoch):.4f} | {seen / elapsed:,.0f} img/s")
         if recipe.evaluates_after(epoch):
             log.start(C.EVAL_START, epoch_num=epoch)
-            accuracy = evaluate(ema.module if ema is not None and ema.n_averaged > 0 else model, val_loader, dev, amp_dtype)
+            weights = ema.module if ema is not None and ema.n_averaged > 0 else model   # EMA once it has started
+            accuracy = evaluate(weights, val_loader, dev, amp_dtype)
             log.end(C.EVAL_STOP, epoch_num=epoch)
             log.event(C.EVAL_ACCURACY, accuracy, epoch_num=epoch)
             log.end(C.BLOCK_STOP, first_epoch_num=block_first)
