@@ -20,7 +20,7 @@ RESOLUTIONS = [88] * 12 + [96, 104, 112, 116, 124, 132, 140, 148, 156, 164, 172]
 
 
 def schedule_json(*args):
-    out = subprocess.run([sys.executable, "-m", "resnet.schedule", *args, "--json"],
+    out = subprocess.run([sys.executable, "-m", "resnet.cli", "schedule", *args, "--json"],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -37,7 +37,7 @@ def test_schedule_command_reproduces_recipe_tables():
 
 def test_schedule_defaults_to_imagenet_steps_and_text_output():
     assert schedule_json("--recipe", "mild")["steps_per_epoch"] == 625
-    text = subprocess.run([sys.executable, "-m", "resnet.schedule"], check=True, capture_output=True,
+    text = subprocess.run([sys.executable, "-m", "resnet.cli", "schedule"], check=True, capture_output=True,
                           text=True).stdout
     assert "2.048" in text and " 176" in text
 

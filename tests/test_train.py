@@ -140,3 +140,26 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(synth_tree, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = next(e for e in events(tmp_path / "c.txt") if e["key"] == "run_start")
     assert start["time_ms"] == next(e for e in events(tmp_path / "b.txt") if e["key"] == "run_start")["time_ms"]
+
+
+def test_timed_checkpoints_survive_sigkill_and_resume(ffcv_data, tmp_path):
+    """SIGKILL leaves no chance to save: the every-N-minutes checkpoint (written atomically) is what remains."""
+    ckpt = tmp_path / "ck"
+    args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
+            "--seed", "5", "--checkpoint-dir", ckpt, "--checkpoint-every-minutes", "0.001"]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--log-file",
+                             tmp_path / "a.txt"], cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline, state = time.time() + 300, None
+    while time.time() < deadline:
+        if (ckpt / "last.pt").exists():
+            state = torch.load(ckpt / "last.pt", weights_only=True)     # never half-written: tmp file + rename
+            if state["epoch"] == 1 and state["batches_done"] > 0:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert state is not None and state["epoch"] == 1 and state["batches_done"] > 0
+    out = cli("train", *args, "--resume", "--log-file", tmp_path / "b.txt", check=False)
+    assert out.returncode == 2, out.stderr
+    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 3
+    assert next(e for e in events(tmp_path / "b.txt") if e["key"] == "run_start")["metadata"]["resumed_from_epoch"] == 1
