@@ -99,8 +99,8 @@ def recipe_from_args(args: argparse.Namespace, world_size: int):
     recipe = recipe.replace(**changes)
     if args.lr is not None:
         recipe = recipe.replace(lr_per_sample=args.lr / recipe.global_batch_size)
-    if recipe.precision == "fp16" and (args.device == "cpu" or not _cuda()):
-        recipe = recipe.replace(precision="fp32") if args.precision is None else recipe
+    if recipe.precision == "fp16" and args.precision is None and (args.device == "cpu" or not _cuda()):
+        recipe = recipe.replace(precision="fp32")    # the recipe's GPU default; without CUDA, fp32 unless asked
     return recipe
 
 
