@@ -7,18 +7,23 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "data" / "bench"
 
 
-def synthetic_ffcv(cache: Path, classes=10, train_per_class=320, val_per_class=100, size_px=64) -> Path:
-    """FFCV files of `mlperf-resnet synth` data with these settings (the `make benchmark` set by default)."""
+def synthetic_dataset(cache: Path, classes=10, train_per_class=320, val_per_class=100, size_px=64):
+    """(image folders, FFCV folder) of `mlperf-resnet synth` data with these settings (by default the
+    `make benchmark` set) under `cache`, named by the settings and made unless complete already."""
     from resnet.data.prepare import prepare
     from resnet.data.synth import make_synthetic
 
     name = f"c{classes}-t{train_per_class}-v{val_per_class}-{size_px}px"
     folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"
-    if not folders.exists():
+    if not (folders / "synth.json").is_file():
         make_synthetic(folders, classes, train_per_class, val_per_class, size_px, seed=0)
-    if not betons.exists():
+    if not (betons / "manifest.json").is_file():
         prepare(folders, betons, workers=2, log=open(os.devnull, "w"))
-    return betons
+    return folders, betons
+
+
+def synthetic_ffcv(cache: Path, **settings) -> Path:
+    return synthetic_dataset(cache, **settings)[1]
 
 
 def train_cmd(*args) -> list[str]:

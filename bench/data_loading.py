@@ -21,19 +21,9 @@ import time
 from pathlib import Path
 
 from resnet.data.loaders import make_loaders
-from resnet.data.prepare import prepare
-from resnet.data.synth import make_synthetic
 
-
-def _dataset(cache, classes, train_per_class, size):
-    """The synthetic folders and FFCV files under `cache` (named by their settings), made unless present."""
-    name = f"{classes}x{train_per_class}-{size}px"
-    folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"
-    if not (folders / "synth.json").is_file():
-        make_synthetic(folders, classes=classes, train_per_class=train_per_class, val_per_class=2, size_px=size)
-    if not (betons / "manifest.json").is_file():
-        prepare(folders, betons)
-    return folders, betons
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import synthetic_dataset  # noqa: E402
 
 
 def _images_per_s(loader, epochs):
@@ -65,7 +55,8 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
 
-    folders, betons = _dataset(args.cache, args.classes, args.train_per_class, args.size)
+    folders, betons = synthetic_dataset(args.cache, args.classes, args.train_per_class, val_per_class=2,
+                                        size_px=args.size)
     result = {"cpus": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
               "versions": _versions(), "train_images": args.classes * args.train_per_class,
               "image_long_side_px": args.size, "workers": args.workers, "batch_size": args.batch_size,

@@ -206,17 +206,17 @@ def _validate_output(args) -> None:
         folder = target.parent
     else:
         folder = Path(args.results_dir)
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK) or not probe.is_dir():
+    if not _writable(folder):
         fail("--results-dir (LOGDIR)", f"{folder} is not writable", "choose a folder you can write to")
-    if args.checkpoint_dir:
-        probe = Path(args.checkpoint_dir)
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            fail(_name("--checkpoint-dir"), f"{args.checkpoint_dir} is not writable", "choose another folder")
+    if args.checkpoint_dir and not _writable(Path(args.checkpoint_dir)):
+        fail(_name("--checkpoint-dir"), f"{args.checkpoint_dir} is not writable", "choose another folder")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` could be created (or written) here: its nearest existing ancestor is a writable folder."""
+    while not folder.exists():
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK)
 
 
 def env_to_flags(environ) -> list[str]:
