@@ -1,0 +1,47 @@
+"""Typed errors for library code, and the one place that turns them into a message and an exit code.
+
+Library code (recipe, model, data, checkpoint, settings) raises an `Error` whose text reads
+'<where>: <problem>; <fix>'. Only the command layer (`resnet.cli`, or a command module run on its own
+through `main`) prints it as the single line `mlperf-resnet: error: <text>` and exits non-zero, so the
+library can be used from someone else's code without ending their process.
+"""
+import argparse
+import sys
+
+
+class Error(Exception):
+    """A problem the user can fix; str() is '<where>: <problem>; <fix>'."""
+
+    exit_code = 1
+
+
+class SettingError(Error, ValueError):
+    """A bad setting (config variable, flag or recipe field)."""
+
+
+class DataError(Error, ValueError):
+    """A problem with the input data (image folders, FFCV files, their manifest)."""
+
+
+class CheckpointError(Error):
+    """A checkpoint that cannot be loaded, or that belongs to another run."""
+
+
+def report(error: BaseException) -> None:
+    print(f"mlperf-resnet: error: {error}", file=sys.stderr, flush=True)
+
+
+def main(command, argv=None, errors=(Error,)) -> int:
+    """Run one command module on its own (`python -m resnet.data.synth ...`).
+
+    A command module has NAME, HELP, add_arguments(parser) and run(args) -> exit code, and imports no
+    command layer: this function (and `resnet.cli`) is what calls it."""
+    parser = argparse.ArgumentParser(prog=f"mlperf-resnet {command.NAME}", description=command.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return command.run(args)
+    except errors as e:
+        report(e)
+        return getattr(e, "exit_code", 1)
