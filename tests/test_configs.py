@@ -1,0 +1,136 @@
+"""The system configs: each exports only contract settings, is consistent (global batch, crops, evaluation
+schedule), passes the settings check, and sources the same from anywhere."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet.settings import KNOWN_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(REPO.glob("config_*.sh"))
+
+# A config may export the settings resnet.settings knows (its one table) and nothing else.
+CONTRACT_NAMES = KNOWN_NAMES - {"CACHE_CLEARED"}
+REQUIRED_NAMES = {"DGXSYSTEM", "DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "DATADIR", "LOGDIR", "LOADER", "RECIPE",
+                  "ARCH", "EPOCHS", "BATCHSIZE", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY", "PRECISION", "NUM_WORKERS",
+                  "TRAIN_CROP_PX", "EVAL_CROP_PX", "EVAL_RESIZE_PX"}
+SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
+A100_MILD_GLOBAL_BATCH = {"DGXA100": 2048, "DGXA100_2x8": 2048}
+
+
+def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
+
+
+
+def source_config(path: Path, cwd: Path = REPO, **preset) -> dict:
+    """What `source path` exports in an empty environment (plus `preset`)."""
+    out = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in preset.items()), "bash", "-c",
+                          'source "$1" && env -0', "_", str(path)], capture_output=True, cwd=cwd, check=True)
+    env = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if item)
+    return {k: v for k, v in env.items() if k not in SHELL_NAMES}
+
+
+
+def config_problems(path: Path) -> list[str]:
+    """Everything inconsistent in one config file (empty when it is fine)."""
+    from resnet.model import ARCHS
+    from resnet.recipe import RECIPES
+
+    env = source_config(path)
+    problems = [f"exports {n}, which is no contract setting" for n in sorted(set(env) - CONTRACT_NAMES)]
+    problems += [f"does not export {n}" for n in sorted(REQUIRED_NAMES - set(env))]
+    if problems:
+        return problems
+    suffix = path.name.removeprefix("config_").removesuffix(".sh")
+    if env["DGXSYSTEM"] != suffix:
+        problems.append(f"DGXSYSTEM={env['DGXSYSTEM']}, the file says {suffix}")
+    ints = {n: int(env[n]) for n in ("DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "EPOCHS", "BATCHSIZE",
+                                     "EVAL_EVERY_EPOCHS", "NUM_WORKERS", "TRAIN_CROP_PX", "EVAL_CROP_PX",
+                                     "EVAL_RESIZE_PX")}
+    problems += [f"{n}={v} is not positive" for n, v in ints.items() if v <= 0 and n != "NUM_WORKERS"]
+    global_batch = ints["BATCHSIZE"] * ints["DGXNGPU"] * ints["DGXNNODES"]
+    stated = {int(n) for n in re.findall(r"global batch (\d+)", path.read_text(), flags=re.I)}
+    if stated != {global_batch}:
+        problems.append(f"global batch {global_batch} (BATCHSIZE x DGXNGPU x DGXNNODES), the file states "
+                        f"{sorted(stated) or 'none'} ('global batch N' in a comment)")
+    if suffix in A100_MILD_GLOBAL_BATCH and global_batch != A100_MILD_GLOBAL_BATCH[suffix]:
+        problems.append(f"global batch {global_batch}, the Mild A100 submission used 2048")
+    if env["PRECISION"] not in ("fp16", "bf16", "fp32"):
+        problems.append(f"PRECISION={env['PRECISION']}")
+    if env["LOADER"] not in ("ffcv", "torchvision"):
+        problems.append(f"LOADER={env['LOADER']}")
+    if env["RECIPE"] not in RECIPES or env["ARCH"] not in ARCHS:
+        problems.append(f"RECIPE={env['RECIPE']} / ARCH={env['ARCH']} unknown")
+        return problems
+    if not 0 < float(env["TARGET_ACCURACY"]) < 1:
+        problems.append(f"TARGET_ACCURACY={env['TARGET_ACCURACY']} is not a fraction")
+    if ints["EVAL_CROP_PX"] > ints["EVAL_RESIZE_PX"]:
+        problems.append(f"EVAL_CROP_PX {ints['EVAL_CROP_PX']} > EVAL_RESIZE_PX {ints['EVAL_RESIZE_PX']}")
+    if ints["EPOCHS"] < ints["EVAL_EVERY_EPOCHS"]:
+        problems.append(f"EPOCHS {ints['EPOCHS']} < EVAL_EVERY_EPOCHS {ints['EVAL_EVERY_EPOCHS']}")
+    if "WARMUP_EPOCHS" in env and not 0 <= float(env["WARMUP_EPOCHS"]) < ints["EPOCHS"]:
+        problems.append(f"WARMUP_EPOCHS {env['WARMUP_EPOCHS']} not within the {ints['EPOCHS']} epochs")
+    # The evaluation schedule as the training loop runs it: the last epoch is evaluated (a run that has not
+    # stopped earlier ends on a measured accuracy), and there is an earlier evaluation that can stop it sooner.
+    from resnet.recipe import get_recipe
+
+    recipe = get_recipe(env["RECIPE"]).replace(epochs=ints["EPOCHS"], eval_every_epochs=ints["EVAL_EVERY_EPOCHS"])
+    evals = [e for e in range(recipe.epochs) if recipe.evaluates_after(e)]
+    if not evals or evals[-1] != recipe.epochs - 1 or len(evals) < 2:
+        problems.append(f"evaluations after epochs {[e + 1 for e in evals]} of {recipe.epochs}")
+    if ints["DGXNGPU"] * ints["DGXNNODES"] > 1 and ints["NUM_WORKERS"] == 0:
+        problems.append("NUM_WORKERS=0 on a multi-GPU system")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_is_consistent(config):
+    assert config_problems(config) == []
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_passes_the_settings_check(config):
+    check = sh(sys.executable, "-m", "resnet.settings", "check-config", config)
+    assert check.returncode == 0, check.stderr
+
+
+def test_config_sources_the_same_from_anywhere(tmp_path):
+    for config in CONFIGS:
+        assert source_config(config, cwd=tmp_path) == source_config(config)
+
+
+def test_user_settings_override_but_recipe_values_do_not():
+    env = source_config(REPO / "config_DGXH100.sh", NEXP=2, DATADIR="/scratch/in", LOGDIR="/scratch/out",
+                        SEED=9, EPOCHS=3, PRECISION="fp32")
+    assert (env["NEXP"], env["DATADIR"], env["LOGDIR"], env["SEED"]) == ("2", "/scratch/in", "/scratch/out", "9")
+    assert (env["EPOCHS"], env["PRECISION"]) == ("28", "bf16")
+    assert "SEED" not in source_config(REPO / "config_DGXA100.sh"), "unset SEED = a fresh seed per experiment"
+
+
+def test_the_mild_submission_config():
+    env = source_config(REPO / "config_DGXA100.sh")
+    wanted = dict(DGXSYSTEM="DGXA100", DGXNGPU="8", DGXNNODES="1", BATCHSIZE="256", EPOCHS="28",
+                  EVAL_EVERY_EPOCHS="3", PRECISION="fp16", NUM_WORKERS="8", TRAIN_CROP_PX="176", EVAL_CROP_PX="224",
+                  EVAL_RESIZE_PX="232", TARGET_ACCURACY="0.759", ARCH="resnet50", RECIPE="mild", LOADER="ffcv",
+                  WARMUP_EPOCHS="8", NEXP="5")
+    assert {k: env[k] for k in wanted} == wanted
+
+
+def test_config_check_catches_a_typo_and_a_wrong_batch(tmp_path):
+    good = (REPO / "config_CPU.sh").read_text()
+    bad = tmp_path / "config_TYPO.sh"
+    bad.write_text(good.replace("export EPOCHS=", "export EPOCH="))
+    problems = config_problems(bad)
+    assert "exports EPOCH, which is no contract setting" in problems and "does not export EPOCHS" in problems
+    bad.write_text(good.replace("export BATCHSIZE=64", "export BATCHSIZE=32"))
+    assert any("global batch 32" in p for p in config_problems(bad))
+    bad.write_text(good.replace("export EVAL_CROP_PX=48", "export EVAL_CROP_PX=72"))
+    assert any("EVAL_CROP_PX 72 > EVAL_RESIZE_PX 52" in p for p in config_problems(bad))

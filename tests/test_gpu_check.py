@@ -1,0 +1,81 @@
+"""bench/gpu_check.py: its CUDA parts skip cleanly here, and their code passes on the CPU."""
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
+
+
+
+def fake_data(tmp_path: Path) -> Path:
+    """Enough of an FFCV folder for the settings check (the dry run reads no image)."""
+    data = tmp_path / "ffcv"
+    data.mkdir()
+    for name in ("train.beton", "val.beton"):
+        (data / name).touch()
+    return data
+
+
+
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the parts run instead of skipping")
+def test_gpu_check_cpu_smoke_skips_cuda_parts(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = sh(sys.executable, REPO / "bench" / "gpu_check.py", "--cpu-smoke", "--out", out, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for part in ("amp_fp16", "amp_bf16", "channels_last", "ffcv_pipeline", "train_compliance"):
+        assert f"SKIP: {part}: no CUDA device" in proc.stdout
+    assert "SKIP: throughput_compiled:" in proc.stdout and "FAIL" not in proc.stdout
+    for row in ("plain resnet50", "mild resnet50", "mild / plain"):
+        assert re.search(rf"^{row} +\d", proc.stdout, flags=re.M), row
+    report = json.loads(out.read_text())
+    rows = report["throughput"]["rows"]
+    assert {r["model"] for r in rows} == {"plain", "mild"} and all(r["images_per_s"] > 0 for r in rows)
+    assert {p["status"] for p in report["parts"].values()} == {"SKIP"}
+
+
+def test_gpu_check_model_parts_pass_on_cpu():
+    """The CUDA parts' code, run on the CPU in bf16 (the machine's fast path): it must not rot unseen."""
+    check = gpu_check()
+    cpu = torch.device("cpu")
+    assert "loss" in check.check_amp(cpu, "bf16", batch_size=4, side_px=32, steps=2)
+    assert "stay channels-last" in check.check_channels_last(cpu, "bf16", batch_size=2, side_px=64)
+
+
+def test_gpu_check_ffcv_part_passes_on_cpu(ffcv_data):
+    check = gpu_check()
+    assert "validation images" in check.check_ffcv_pipeline(ffcv_data, torch.device("cpu"), "fp32", crop_px=32)
+
+
+def test_gpu_check_train_command_is_one_train_accepts(tmp_path):
+    """The train_compliance part's command line parses and validates as resnet.train's (without running it:
+    test_train.py runs the training itself)."""
+    import argparse
+
+    from resnet.settings import add_train_arguments, validate_train_args
+
+    command = gpu_check().train_command(fake_data(tmp_path), tmp_path / "result_0.txt", "bf16", "cpu")
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    assert command[5:7] == ["-m", "resnet.train"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_train_arguments(parser)
+    args = parser.parse_args(command[7:])
+    validate_train_args(args, world_size=1)
+    assert (args.epochs, args.eval_every_epochs, args.target_accuracy) == (2, 2, 0.05)
