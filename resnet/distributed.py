@@ -6,6 +6,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from resnet.errors import SettingError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -25,6 +27,11 @@ def init(device: str = "auto", timeout_s: float = 300.0) -> Dist:
     The collective timeout bounds how long a rank waits for a peer that died or hangs."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda" and not torch.cuda.is_available():
+        # A GPU config must never fall back to gloo on the CPU and run for hours: say so at once.
+        raise SettingError("--device cuda (DEVICE): no CUDA device is visible to this process; check the driver "
+                           "against the container's CUDA, ask the scheduler for GPUs (--gpus-per-node), or set "
+                           "DEVICE=cpu on purpose")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -60,6 +67,27 @@ def broadcast_int(value: int) -> int:
     return int(t.item())
 
 
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the ranks.
+
+    DDP keeps the parameters identical but each rank's BatchNorm statistics come from its own shard, so without
+    this an evaluation would score a mixture of slightly different models. Integer buffers (batch counters)
+    are the same on every rank and are left alone."""
+    if not dist.is_initialized():
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if buffers:
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        torch._foreach_copy_(buffers, [v.view_as(b) for v, b in zip(flat.split([b.numel() for b in buffers]),
+                                                                       buffers)])
+
+
 def shutdown() -> None:
+    """Leave the process group after a normal end only: on an error a rank exits at once instead (destroying an
+    NCCL group flushes communicators while the peers wait inside a collective, which hangs the job until the
+    timeout); torchrun then ends the peers."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,12 +1,23 @@
-"""A thin wrapper over mlperf_logging.mllog: one log file per run, written by global rank 0 only."""
+"""A thin wrapper over mlperf_logging.mllog: one log file per run, written by global rank 0 only, and the
+run's init and hyper-parameter events in one place."""
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
-from mlperf_logging.mllog.mllog import MLLogger
 from mlperf_logging.mllog import constants
+from mlperf_logging.mllog.mllog import MLLogger
 
-__all__ = ["RunLog", "claim_result_file", "constants"]
+from resnet.errors import Error
+
+__all__ = ["RunLog", "LogWriteError", "claim_result_file", "constants", "log_init", "log_hyperparameters"]
+C = constants
+#: MLPerf's quality target for ResNet-50 (top-1 strictly above it); lower targets make no submission run.
+MLPERF_TARGET = 0.759
+
+
+class LogWriteError(Error):
+    """The MLPerf log cannot be written (a full disk): the run stops rather than train on unrecorded."""
 
 
 def claim_result_file(results_dir: Path) -> Path:
@@ -23,6 +34,14 @@ def claim_result_file(results_dir: Path) -> Path:
             n += 1
 
 
+class _Handler(logging.FileHandler):
+    """A file handler that fails loudly: logging's default prints a traceback per lost line and goes on."""
+
+    def handleError(self, record):
+        raise LogWriteError(f"{self.baseFilename}: cannot write the MLPerf log; free space under LOGDIR or "
+                            "choose another results folder, then run again")
+
+
 class RunLog:
     """MLPerf events of one run. `path=None` (ranks other than 0) makes every call a no-op."""
 
@@ -34,7 +53,7 @@ class RunLog:
         logger = logging.getLogger(f"mlperf-resnet.{path}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        self._handler = logging.FileHandler(path, mode="a")
+        self._handler = _Handler(path, mode="a")
         logger.addHandler(self._handler)
         self._mllog = MLLogger(logger=logger, default_stack_offset=2, root_dir=str(Path(__file__).parents[1]))
 
@@ -52,7 +71,32 @@ class RunLog:
 
     def close(self):
         if self._mllog:
-            self._handler.flush()
-            self._handler.close()
             self._mllog.logger.removeHandler(self._handler)
             self._mllog = None
+            try:
+                self._handler.close()
+            except OSError:
+                pass
+
+
+def log_init(log: RunLog, *, org: str, platform: str, status: str, cache_cleared: bool, init_start_ms: int):
+    """cache_clear, init_start (when the process started) and the submission events."""
+    log.event(C.CACHE_CLEAR, value=bool(cache_cleared))
+    log.start(C.INIT_START, time_ms=init_start_ms)
+    for key, value in ((C.SUBMISSION_BENCHMARK, "resnet"), (C.SUBMISSION_DIVISION, "open"),
+                       (C.SUBMISSION_ORG, org), (C.SUBMISSION_PLATFORM, platform), (C.SUBMISSION_STATUS, status)):
+        log.event(key, value)
+
+
+def log_hyperparameters(log: RunLog, recipe, plan, seed: int) -> None:
+    """The seed, the keys MLPerf asks for, and the whole resolved recipe (so a log says what ran)."""
+    log.event(C.SEED, seed)
+    for key, value in ((C.GLOBAL_BATCH_SIZE, recipe.global_batch_size), (C.GRADIENT_ACCUMULATION_STEPS, 1),
+                       (C.TRAIN_SAMPLES, plan.train_samples), (C.EVAL_SAMPLES, plan.eval_samples),
+                       (C.OPT_NAME, "decoupled_sgdw"), (C.OPT_BASE_LR, recipe.peak_lr),
+                       (C.OPT_LR_WARMUP_EPOCHS, recipe.warmup_epochs), (C.OPT_WEIGHT_DECAY, recipe.weight_decay),
+                       ("opt_momentum", recipe.momentum), (C.OPT_LR_DECAY_SCHEDULE, "cosine"),
+                       ("label_smoothing", recipe.label_smoothing), ("model_arch", recipe.arch),
+                       ("recipe", recipe.name), ("target_accuracy", recipe.target_accuracy)):
+        log.event(key, value)
+    log.event("recipe_fields", dataclasses.asdict(recipe))

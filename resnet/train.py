@@ -1,32 +1,46 @@
 """The training loop: `python -m resnet.train` (also `mlperf-resnet train`), one process per device under torchrun.
 
-init -> run_start -> epochs (progressive resize, channels-last, autocast, LR per batch, EMA every k steps)
--> evaluation of the EMA weights every `eval_every_epochs` -> run_stop `success` at the first evaluation above
-the target, or `aborted` when the epochs run out, on SIGTERM/SIGINT, or when the loss is not finite.
+set-up, untimed: settings, checkpoint, data, model, all checked before result_N.txt is claimed
+-> run_start -> epochs: progressive resize, channels-last, autocast, LR per batch, EMA every k steps
+-> after every `eval_every_epochs` completed epochs (and after the last): evaluation of the EMA weights in fp32
+-> run_stop `success` at the first evaluation above the target, else `aborted`: the epochs ran out, a signal
+   (SIGTERM/SIGINT: checkpoint, then stop), a non-finite loss, or any error (its reason is logged).
+
+Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal.
 """
 import argparse
 import contextlib
-import math
+import copy
+import dataclasses
+import itertools
+import os
 import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from resnet import checkpoint, distributed
+from resnet import checkpoint, distributed, errors
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
-from resnet.mlperf import RunLog, claim_result_file, constants as C
+from resnet.mlperf import C, MLPERF_TARGET, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
-from resnet.recipe import Plan, lr_factor
+from resnet.recipe import PRECISIONS, Plan, lr_factor
 from resnet.settings import add_train_arguments, recipe_from_args, validate_train_args
 
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+NAME = "train"
+HELP = "run one timed training run (under torchrun for several devices)"
+SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
+# The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
+# step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
+CHECK_EVERY_STEPS = 8
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop stops at the end of the current step."""
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and stops at its next check."""
 
     def __init__(self):
         self.signal = None
@@ -41,15 +55,98 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass
+class Training:
+    """Everything one optimiser step touches (built by `build_training`)."""
+    model: nn.Module              # the raw model: checkpoints and the EMA read it
+    net: nn.Module                # what runs forward: the model, DDP-wrapped and/or compiled
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: object
+    amp_dtype: torch.dtype | None
+    ema_every_steps: int
+    step: int = 0
+
+    def parts(self) -> dict:
+        """What a checkpoint holds."""
+        return dict(model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler,
+                    scaler=self.scaler)
+
+
+def build_training(recipe, plan: Plan, device: torch.device, compile_model: bool = False) -> Training:
+    model = build_model(recipe, plan.num_classes).to(device)
+    ema = ema_model(model, plan.ema_decay) if recipe.ema else None
+    optimizer = DecoupledSGDW(model.parameters(), lr=recipe.peak_lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, plan.warmup_steps, plan.total_steps))
+    net = model
+    if plan.world_size > 1:
+        # Each rank keeps its own BatchNorm statistics during training (no broadcast of ~160 buffers before every
+        # forward); they are averaged across ranks before each evaluation instead.
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                  broadcast_buffers=False)
+    if compile_model:
+        limits = torch._dynamo.config   # PyTorch >= 2.7 calls it recompile_limit, older ones cache_size_limit
+        name = "recompile_limit" if hasattr(limits, "recompile_limit") else "cache_size_limit"
+        setattr(limits, name, max(getattr(limits, name), 64))   # one graph per progressive-resizing side
+        net = torch.compile(net, dynamic=False)
+    loss_fn = ((lambda logits, y: label_smoothed_bce(logits, y, recipe.label_smoothing)) if recipe.loss == "bce"
+               else nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing))
+    return Training(model, net, ema, optimizer, scheduler,
+                    torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16"), loss_fn,
+                    PRECISIONS[recipe.precision], plan.ema_every_steps)
+
+
+def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
+    """One step of the recipe: shrink the batch to this epoch's side, forward under autocast, loss, scaled
+    backward, SGDW step, LR step, EMA every k steps. Returns the loss, detached and left on the device."""
+    images = resize_batch(images, side_px)
+    with torch.autocast(images.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+        loss = t.loss_fn(t.net(images), labels)
+    t.scaler.scale(loss).backward()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scheduler.step()
+    t.step += 1
+    if t.ema is not None and t.step % t.ema_every_steps == 0:
+        t.ema.update_parameters(t.model)
+    return loss.detach()
+
+
+def compile_every_side(t: Training, recipe, plan: Plan, device: torch.device) -> list[int]:
+    """Run forward and backward once at every training side before run_start, so that torch.compile builds its
+    graphs outside the timed region; then put the weights, BatchNorm statistics and RNGs back as they were."""
+    weights, rngs = copy.deepcopy(t.model.state_dict()), checkpoint.rng_state()
+    sides = sorted({recipe.resolution_px(e) for e in range(recipe.epochs)})
+    for px in sides:
+        images = torch.randn(plan.per_device_batch, 3, px, px, device=device)
+        if recipe.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.zeros(plan.per_device_batch, dtype=torch.long, device=device)
+        with torch.autocast(device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+            loss = t.loss_fn(t.net(images), labels)
+        loss.backward()
+        t.optimizer.zero_grad(set_to_none=True)
+    t.model.load_state_dict(weights)
+    checkpoint.set_rng_state(rngs)
+    return sides
+
+
 @torch.no_grad()
-def evaluate(model, loader, dev, amp_dtype) -> float:
-    """Top-1 over the whole validation set; each rank takes its shard, the counts are summed."""
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype) -> float:
+    """Top-1 over the whole validation set; every rank scores the same model (BatchNorm statistics averaged
+    across ranks first) on its shard, and the counts are summed."""
+    distributed.average_buffers(model)
     model.eval()
-    counts = torch.zeros(2, dtype=torch.float64, device=dev.device)
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
     for images, labels in loader:
-        with torch.autocast(dev.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-        counts[0] += (logits.argmax(1) == labels).sum()
+        counts[0] += (logits.float().argmax(1) == labels).sum()
         counts[1] += labels.numel()
     model.train()
     correct, total = distributed.all_reduce_sum(counts).tolist()
@@ -67,191 +164,179 @@ def check_replicas(model, dev) -> None:
         progress(f"replicas: identical across {dev.world_size} ranks (fingerprint {high:.10g})")
 
 
+def check_flags(bad_loss: torch.Tensor, stop: StopRequest, device) -> tuple[bool, bool]:
+    """(a loss was not finite, a stop was asked) on any rank: one small collective, one host copy."""
+    asked = torch.tensor(float(stop.signal is not None)).to(device, non_blocking=True)
+    flags = distributed.all_reduce_max(torch.stack([bad_loss.float(), asked]))
+    bad, stopping = flags.tolist()
+    return bool(bad), bool(stopping)
+
+
+class Saver:
+    """Checkpoints of this run (rank 0 writes): after every epoch, every N minutes, and on a stop signal."""
+
+    def __init__(self, path: Path | None, every_minutes, is_main: bool, **run_facts):
+        self.path, self.every_s, self.is_main, self.facts = path, 60 * (every_minutes or 0), is_main, run_facts
+        self.last = time.time()
+
+    def due(self) -> bool:
+        return bool(self.path and self.every_s and time.time() - self.last > self.every_s)
+
+    def save(self, t: Training, epoch: int, batches_done: int, epoch_rng, finished: bool = False) -> bool:
+        self.last = time.time()
+        if not (self.path and self.is_main):
+            return False
+        state = checkpoint.snapshot(t.parts(), step=t.step, epoch=epoch, batches_done=batches_done,
+                                    epoch_rng=epoch_rng if batches_done else checkpoint.rng_state(),
+                                    finished=finished, **self.facts)
+        return checkpoint.save(self.path, state)
+
+
 def train(args: argparse.Namespace) -> int:
     started, stop = time.time(), StopRequest()
     dev = distributed.init(args.device, args.dist_timeout_s)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(distributed.shutdown)
-        recipe = recipe_from_args(args, dev.world_size)
-        ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
-        state = None
-        if args.resume:
-            if not ckpt_path.exists():
-                raise SystemExit(f"mlperf-resnet train: error: --resume: no checkpoint at {ckpt_path}; "
-                                 "start without --resume or set --checkpoint-dir to the killed run's folder")
-            state = checkpoint.load(ckpt_path)
-        log_path = None
-        if dev.is_main:
-            log_path = Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir))
-        log = RunLog(log_path)
-        cleanup.callback(log.close)
-        return run_loop(args, dev, stop, recipe, log, state, ckpt_path, started)
-
-
-def run_loop(args, dev, stop, recipe, log, state, ckpt_path, started) -> int:
-    # ---- init (untimed) ------------------------------------------------------------------------------------
-    log.event(C.CACHE_CLEAR, value=bool(args.cache_cleared))
-    log.start(C.INIT_START)
-    for key, value in ((C.SUBMISSION_BENCHMARK, "resnet"), (C.SUBMISSION_DIVISION, "open"),
-                       (C.SUBMISSION_ORG, args.org), (C.SUBMISSION_PLATFORM, args.platform),
-                       (C.SUBMISSION_STATUS, args.status)):
-        log.event(key, value)
-    seed = state["seed"] if state else args.seed       # a resumed run keeps its seed (and data order)
+    recipe = recipe_from_args(args, dev.world_size)
+    ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
+    state = checkpoint.load(ckpt_path) if args.resume else None
+    seed = state["seed"] if state else args.seed          # a resumed run keeps its seed (and data order)
     seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
     torch.manual_seed(seed)
     random.seed(seed)
+    if dev.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
 
     from resnet.data.loaders import make_loaders   # data pulls in FFCV/numba: only when training
-    amp_dtype = AMP_DTYPES[recipe.precision]
     train_loader, val_loader, info = make_loaders(
         args.data, loader=args.loader, batch_size=recipe.global_batch_size // dev.world_size,
-        train_crop_px=recipe.train_crop_px, eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px,
-        workers=args.workers, device=dev.device, rank=dev.rank, world_size=dev.world_size, seed=seed,
-        dtype_train=amp_dtype or torch.float32, dtype_eval=torch.float32)
+        train_crop_px=recipe.train_crop_px, crop_scale_min=recipe.crop_scale_min,
+        eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px, workers=args.workers,
+        device=dev.device, rank=dev.rank, world_size=dev.world_size, seed=seed,
+        dtype_train=PRECISIONS[recipe.precision] or torch.float32, dtype_eval=torch.float32)
     plan = Plan(recipe, info["num_classes"], info["train_samples"], info["eval_samples"], dev.world_size)
     plan.check()
-
-    model = build_model(recipe, plan.num_classes).to(dev.device)
-    ema = ema_model(model, recipe.ema_decay) if recipe.ema else None
-    optimizer = DecoupledSGDW(model.parameters(), lr=recipe.peak_lr, momentum=recipe.momentum,
-                              weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, plan.warmup_steps, plan.total_steps))
-    scaler = torch.amp.GradScaler(dev.device.type, enabled=recipe.precision == "fp16")
-    step, first_epoch, skip_batches, run_start_ms = 0, 0, 0, None
+    identity = dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size,
+                    data=dict(classes=list(info["classes"]), train_samples=plan.train_samples,
+                              eval_samples=plan.eval_samples))
     if state:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        step, first_epoch, skip_batches = state["step"], state["epoch"], state["batches_done"]
-        run_start_ms = state["run_start_ms"]
-    net = model
-    if dev.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.local_rank] if dev.device.type == "cuda" else None)
+        checkpoint.check_resumable(state, identity, args.seed)
+    t = build_training(recipe, plan, dev.device, args.compile)
+    if state:
+        checkpoint.restore(t.parts(), state)
+        t.step = state["step"]
     if args.compile:
-        # Progressive resizing feeds ~13 distinct sizes: allow a graph per size rather than falling back to eager.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-        net = torch.compile(net, dynamic=False)
-    loss_fn = ((lambda logits, y: label_smoothed_bce(logits, y, recipe.label_smoothing)) if recipe.loss == "bce"
-               else torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing))
+        sides = compile_every_side(t, recipe, plan, dev.device)
+        if dev.is_main:
+            progress(f"compiled {len(sides)} training sides before run_start ({time.time() - started:.0f} s)")
+    if recipe.target_accuracy < MLPERF_TARGET and dev.is_main:
+        progress(f"note: target {recipe.target_accuracy} is below MLPerf's {MLPERF_TARGET}: not a submission run "
+                 "(summarize will not count it as converged)")
 
-    log.event(C.SEED, seed)
-    for key, value in ((C.GLOBAL_BATCH_SIZE, recipe.global_batch_size), (C.GRADIENT_ACCUMULATION_STEPS, 1),
-                       (C.TRAIN_SAMPLES, plan.train_samples), (C.EVAL_SAMPLES, plan.eval_samples),
-                       (C.OPT_NAME, "decoupled_sgdw"), (C.OPT_BASE_LR, recipe.peak_lr),
-                       (C.OPT_LR_WARMUP_EPOCHS, recipe.warmup_epochs), (C.OPT_WEIGHT_DECAY, recipe.weight_decay),
-                       ("opt_momentum", recipe.momentum), (C.OPT_LR_DECAY_SCHEDULE, "cosine"),
-                       ("label_smoothing", recipe.label_smoothing), ("model_arch", recipe.arch),
-                       ("recipe", recipe.name)):
-        log.event(key, value)
-    log.end(C.INIT_STOP)
+    log = RunLog((Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir)))
+                 if dev.is_main else None)
+    saver = Saver(ckpt_path, args.checkpoint_every_minutes, dev.is_main, seed=seed, identity=identity,
+                  run_start_ms=state["run_start_ms"] if state else None)
+    try:
+        log_init(log, org=args.org, platform=args.platform, status=args.status, cache_cleared=args.cache_cleared,
+                 init_start_ms=int(started * 1000))
+        log_hyperparameters(log, recipe, plan, seed)
+        log.end(C.INIT_STOP)
+        code = run_loop(t, recipe=recipe, plan=plan, dev=dev, log=log, loaders=(train_loader, val_loader),
+                        stop=stop, saver=saver, state=state)
+    except Exception as e:
+        # Whatever went wrong after the log was claimed, the log ends with run_stop aborted and its reason.
+        reason = str(e) if isinstance(e, errors.Error) else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(Exception):    # a log on a full disk cannot take run_stop either
+            log.end(C.RUN_STOP, status=C.ABORTED, reason=reason.splitlines()[0][:300] if reason else "error")
+        log.close()
+        if os.environ.get("MLPERF_RESNET_DEBUG") == "1":
+            raise
+        errors.report(f"{reason.splitlines()[0] if reason else type(e).__name__}"
+                      + (f" (rank {dev.rank}; run logged as aborted in {log.path})" if log.path else
+                         f" (rank {dev.rank})"))
+        return ERROR
+    log.close()
+    distributed.shutdown()     # only after a normal end: see distributed.shutdown
+    return code
 
-    # ---- the timed run -------------------------------------------------------------------------------------
-    if run_start_ms is None:
-        run_start_ms = int(time.time() * 1000)
+
+def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop: StopRequest, saver: Saver,
+             state: dict | None) -> int:
+    """The timed region, from run_start to run_stop; returns the exit status."""
+    train_loader, val_loader = loaders
+    first_epoch, skip = (state["epoch"], state["batches_done"]) if state else (0, 0)
     # A resumed run keeps the first attempt's start: the time lost to the interruption counts.
+    run_start_ms = saver.facts["run_start_ms"]
+    if run_start_ms is None:
+        run_start_ms = saver.facts["run_start_ms"] = int(time.time() * 1000)
     log.start(C.RUN_START, time_ms=run_start_ms, **({"resumed_from_epoch": first_epoch} if state else {}))
-    status, accuracy, block_first = C.ABORTED, None, first_epoch
-    steps_per_epoch = plan.steps_per_epoch
-
-    def save(epoch, batches_done):
-        if ckpt_path and dev.is_main:
-            checkpoint.save(ckpt_path, dict(
-                model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                rng=checkpoint.rng_state(), epoch_rng=epoch_rng if batches_done else checkpoint.rng_state(),
-                step=step, epoch=epoch, batches_done=batches_done, seed=seed,
-                run_start_ms=run_start_ms, recipe=recipe.name))
-
-    last_save = time.time()
-    for epoch in range(first_epoch, recipe.epochs):
+    eval_dtype = PRECISIONS[recipe.eval_precision]
+    accuracy, success, block_first, wall_start = None, False, first_epoch, time.time()
+    bad_loss = torch.zeros((), dtype=torch.bool, device=dev.device)
+    for epoch in range(first_epoch, recipe.epochs):        # `epoch` is 0-based; the log counts completed epochs
         px = recipe.resolution_px(epoch)
         if epoch == block_first:
-            count = next(e for e in range(epoch, recipe.epochs) if recipe.evaluates_after(e)) - epoch + 1
-            log.start(C.BLOCK_START, first_epoch_num=epoch, epoch_count=count)
+            log.start(C.BLOCK_START, first_epoch_num=epoch, epoch_count=recipe.block_epochs(epoch))
         log.start(C.EPOCH_START, epoch_num=epoch)
         train_loader.set_epoch(epoch)
-        if skip_batches:              # resuming inside an epoch: replay its data order from the epoch's start
+        if skip:                    # resuming inside an epoch: replay its data order from the epoch's start
             checkpoint.set_rng_state(state["epoch_rng"])
         epoch_rng = checkpoint.rng_state()
-        tic, seen, loss_sum = time.time(), 0, torch.zeros((), device=dev.device)
-        batches_done = 0
-        for batches_done, (images, labels) in enumerate(train_loader, start=1):
-            if batches_done > steps_per_epoch:
-                break
-            if batches_done <= skip_batches:     # resuming inside an epoch: replay the loader's order
+        tic, loss_sum = time.time(), torch.zeros((), device=dev.device)
+        for batch, (images, labels) in enumerate(itertools.islice(train_loader, plan.steps_per_epoch), start=1):
+            if batch <= skip:
                 continue
-            images = resize_batch(images, px)
-            with torch.autocast(dev.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(net(images), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            if ema is not None and step % recipe.ema_every_steps == 0:
-                ema.update_parameters(model)
-            # One small collective per step: every rank learns about a non-finite loss or a stop signal at once.
-            stop_flag = torch.tensor(float(stop.signal is not None), device=dev.device)
-            flags = distributed.all_reduce_max(torch.stack([(~torch.isfinite(loss.detach())).float(), stop_flag]))
-            bad_loss, stopping = flags.tolist()
-            if bad_loss:
-                progress(f"error: the loss became {loss.item()} at step {step} (epoch {epoch}); run aborted. "
+            loss = train_step(t, images, labels, px)
+            loss_sum += loss
+            bad_loss |= ~torch.isfinite(loss)
+            if t.step % CHECK_EVERY_STEPS and batch < plan.steps_per_epoch:
+                continue
+            bad, stopping = check_flags(bad_loss, stop, dev.device)
+            if bad:                 # found before any checkpoint could keep it
+                progress(f"error: the loss became non-finite by step {t.step} (epoch {epoch + 1}); run aborted. "
                          "Lower the learning rate or use bf16/fp32 (PRECISION)")
                 log.end(C.RUN_STOP, status=C.ABORTED, reason="non-finite loss")
-                return 3
-            loss_sum += loss.detach()
-            seen += images.shape[0] * dev.world_size
-            due = args.checkpoint_every_minutes and time.time() - last_save > 60 * args.checkpoint_every_minutes
-            if stopping or due:
-                save(epoch, batches_done)
-                last_save = time.time()
+                return NON_FINITE
+            if stopping or saver.due():
+                saver.save(t, epoch, batch, epoch_rng)
             if stopping:
-                progress(f"{stop.signal or 'stop'}: checkpoint written at epoch {epoch} step {step}; "
-                         "run logged as aborted; continue with --resume")
-                log.end(C.RUN_STOP, status=C.ABORTED, reason=f"signal {stop.signal}")
-                return 4
-        skip_batches = 0
-        log.end(C.EPOCH_STOP, epoch_num=epoch)
+                where = f"at epoch {epoch + 1} step {t.step}"
+                progress(f"{stop.signal or 'stop'} (on a rank): " + (
+                    f"checkpoint written {where}; run logged as aborted; continue with --resume" if saver.path
+                    else f"stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"))
+                log.end(C.RUN_STOP, status=C.ABORTED, reason=f"signal {stop.signal or 'on another rank'}")
+                return STOPPED
+        skip, done = 0, epoch + 1
+        log.end(C.EPOCH_STOP, epoch_num=done)
         if dev.world_size > 1:
-            check_replicas(model, dev)
-        elapsed = time.time() - tic
-        line = (f"epoch {epoch + 1}/{recipe.epochs} | {px}px | lr {scheduler.get_last_lr()[0]:.4f} | "
-                f"loss {loss_sum.item() / max(1, steps_per_epoch):.4f} | {seen / elapsed:,.0f} img/s")
+            check_replicas(t.model, dev)
+        line = (f"epoch {done}/{recipe.epochs} | {px}px | lr {t.scheduler.get_last_lr()[0]:.4f} | "
+                f"loss {loss_sum.item() / plan.steps_per_epoch:.4f} | "
+                f"{plan.steps_per_epoch * recipe.global_batch_size / (time.time() - tic):,.0f} img/s")
         if recipe.evaluates_after(epoch):
-            log.start(C.EVAL_START, epoch_num=epoch)
-            weights = ema.module if ema is not None and ema.n_averaged > 0 else model   # EMA once it has started
-            accuracy = evaluate(weights, val_loader, dev, amp_dtype)
-            log.end(C.EVAL_STOP, epoch_num=epoch)
-            log.event(C.EVAL_ACCURACY, accuracy, epoch_num=epoch)
+            log.start(C.EVAL_START, epoch_num=done)
+            weights = t.ema.module if t.ema is not None and t.ema.n_averaged > 0 else t.model  # EMA once started
+            accuracy = evaluate(weights, val_loader, dev.device, eval_dtype)
+            log.end(C.EVAL_STOP, epoch_num=done)
+            log.event(C.EVAL_ACCURACY, accuracy, epoch_num=done)
             log.end(C.BLOCK_STOP, first_epoch_num=block_first)
-            block_first = epoch + 1
+            block_first, success = done, accuracy > recipe.target_accuracy
             line += f" | top-1 {accuracy:.4f}"
-        done = time.time() - started
-        line += f" | ETA {done / (epoch + 1 - first_epoch) * (recipe.epochs - epoch - 1) / 60:.1f} min"
+        minutes_left = (time.time() - wall_start) / (done - first_epoch) * (recipe.epochs - done) / 60
         if dev.is_main:
-            progress(line)
-        save(epoch + 1, 0)
-        if accuracy is not None and accuracy > recipe.target_accuracy:
-            status = C.SUCCESS
+            progress(line + f" | ETA {minutes_left:.1f} min")
+        saver.save(t, done, 0, None, finished=success or done == recipe.epochs)
+        if success:
             break
+    status = C.SUCCESS if success else C.ABORTED
     log.end(C.RUN_STOP, status=status, **({"reason": "epochs exhausted"} if status == C.ABORTED else {}))
     if dev.is_main:
         progress(f"run_stop {status}: top-1 {accuracy} after {(time.time() - run_start_ms / 1000) / 60:.2f} min"
                  + (f" -> {log.path}" if log.path else ""))
-    return 0 if status == C.SUCCESS else 2
+    return SUCCESS if status == C.SUCCESS else NOT_REACHED
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="run one timed training run (under torchrun for several devices)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -260,6 +345,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from resnet.cli import standalone
-
-    sys.exit(standalone(register))
+    sys.exit(errors.main(sys.modules[__name__]))
