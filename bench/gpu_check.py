@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py --out gpu_check.json   # a machine with an NVIDIA GPU (~10 min, most of it compiling)
     python bench/gpu_check.py --cpu-smoke            # anywhere, < 1 min: the CUDA parts SKIP, a tiny CPU table
+    python bench/gpu_check.py --ddp --out ddp.json   # every visible GPU under torchrun (--cpu-smoke: 2 gloo ranks)
 
 Correctness parts, each printed as `PASS: <part>: ...`, `FAIL: <part>: ...` or `SKIP: <part>: <why>`:
   amp_fp16          the Mild ResNet-50, forward/backward/step under fp16 autocast with a GradScaler: logits in
@@ -15,11 +16,14 @@ Correctness parts, each printed as `PASS: <part>: ...`, `FAIL: <part>: ...` or `
                     checker (compliance.check.check_log, ruleset 4.0.0)
 Throughput: images/s of one full training step at 88, 128 and 176 px (the sides of the Mild recipe's
 progressive-resizing ramp), median over the timed steps after warm-up, for
-  mild   the training loop's step: a 176 px batch shrunk on the device to the side, ResNet-50 + BlurPool in
-         channels-last, label-smoothed BCE, decoupled SGDW, the EMA update every 20 steps;
-  plain  a plain torchvision ResNet-50 loop: NCHW, cross-entropy, torch.optim.SGD;
+  mild      the trainer's own `train_step` (resnet/train.py): a 176 px batch shrunk on the device to the side,
+            ResNet-50 + BlurPool in channels-last, label-smoothed BCE, decoupled SGDW, the EMA every 20 steps;
+  plain     a plain torchvision ResNet-50 loop: NCHW, cross-entropy (under autocast, as the trainer), SGD;
+  plain-cl  the same in channels-last: the fair baseline for the recipe's overhead on a GPU;
 each eager and under torch.compile (one compilation per side; its seconds are reported too). The inputs are
 random tensors already on the device, so the loader is not measured (bench/data_loading.py does that).
+--ddp: the trainer's step with DDP on all GPUs at once (img/s with cudnn.benchmark off and on), the FFCV loader on
+each rank's device, a check that no other rank holds a context on GPU 0, and one compile of the step.
 A table goes to stdout and everything to --out as JSON. Exit status 1 if a part FAILs, else 0.
 """
 import argparse
@@ -34,9 +38,10 @@ import time
 import traceback
 from pathlib import Path
 
+#: The loops timed: name -> (TrainStep kind, channels-last). plain-cl is the fair baseline on a GPU.
+LOOPS = {"plain": ("plain", False), "plain-cl": ("plain", True), "mild": ("mild", True)}
 PARTS = ("amp_fp16", "amp_bf16", "channels_last", "ffcv_pipeline", "train_compliance")
 NUM_CLASSES = 1000
-EMA_EVERY_STEPS = 20
 BENCH_LR = 0.01   # the timing does not depend on it; a small one keeps the random-data training stable
 
 
@@ -53,38 +58,43 @@ def _is_channels_last(t) -> bool:
 
 
 class TrainStep:
-    """One training step of either loop: step(images, labels, side_px) -> (loss, logits)."""
+    """One training step of either loop: step(images, labels, side_px) -> (loss, logits).
 
-    def __init__(self, kind: str, device, precision: str, compile_model: bool = False, full_px: int = 176):
+    mild   the trainer's own `resnet.train.train_step` on a `build_training` of the Mild recipe (ResNet-50 +
+           BlurPool, channels-last, label-smoothed BCE, decoupled SGDW, its LR schedule, EMA): the step that runs.
+    plain  a plain torchvision ResNet-50 step: cross-entropy, torch.optim.SGD, the loss computed under autocast
+           as the trainer computes it; `channels_last` picks its memory format (the fair baseline on a GPU)."""
+
+    def __init__(self, kind: str, device, precision: str, compile_model: bool = False, full_px: int = 176,
+                 channels_last: bool = False, world_size: int = 1):
         import torch
         import torch.nn.functional as F
         import torchvision
 
-        self.device, self.precision, self.full_px, self.steps = device, precision, full_px, 0
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.resize = None
+        self.device, self.precision, self.full_px, self.kind = device, precision, full_px, kind
+        self.logits = None
         if kind == "mild":
-            from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
-            from resnet.model import build_model
-            from resnet.recipe import get_recipe
+            from resnet import train
+            from resnet.recipe import Plan, get_recipe
 
-            recipe = get_recipe("mild")
-            self.model = build_model(recipe, NUM_CLASSES).to(device)
-            self.optimizer = DecoupledSGDW(self.model.parameters(), lr=BENCH_LR, momentum=recipe.momentum,
-                                           weight_decay=recipe.weight_decay)
-            self.loss_fn = lambda logits, labels: label_smoothed_bce(logits, labels, recipe.label_smoothing)
-            self.ema = ema_model(self.model, recipe.ema_decay)
-            self.resize = resize_batch
+            recipe = get_recipe("mild").replace(precision=precision)
+            plan = Plan(recipe, NUM_CLASSES, train_samples=1_281_167, eval_samples=50_000, world_size=world_size)
+            self.training = train.build_training(recipe, plan, device, compile_model)
+            self.model, self.scaler, self._step = self.training.model, self.training.scaler, train.train_step
+            self.model.fc.register_forward_hook(self._keep_logits)
             self.memory_format = torch.channels_last
         elif kind == "plain":
-            self.model = torchvision.models.resnet50(num_classes=NUM_CLASSES).to(device)
+            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            self.model = torchvision.models.resnet50(num_classes=NUM_CLASSES).to(device, memory_format=self.memory_format)
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=BENCH_LR, momentum=0.875, weight_decay=5e-4)
-            self.loss_fn, self.ema = F.cross_entropy, None
-            self.memory_format = torch.contiguous_format
+            self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+            self.net = torch.compile(self.model, dynamic=False) if compile_model else self.model
+            self.loss_fn = F.cross_entropy
         else:
             raise ValueError(f"unknown loop {kind!r}")
-        self.kind = kind
-        self.forward = torch.compile(self.model, dynamic=False) if compile_model else self.model
+
+    def _keep_logits(self, module, inputs, output):
+        self.logits = output
 
     def batch(self, batch_size: int, side_px: int):
         """Random inputs as the loop sees them: mild gets the loader's full-size crops, plain the side itself."""
@@ -97,43 +107,47 @@ class TrainStep:
     def __call__(self, images, labels, side_px: int):
         import torch
 
-        if self.resize is not None:
-            images = self.resize(images, side_px)
+        if self.kind == "mild":
+            return self._step(self.training, images, labels, side_px), self.logits
         with torch.autocast(self.device.type, dtype=_dtype(self.precision), enabled=self.precision != "fp32"):
-            logits = self.forward(images)
-        loss = self.loss_fn(logits, labels)
+            logits = self.net(images)
+            loss = self.loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # step() would do it anyway; this leaves the true gradients to inspect
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.steps += 1
-        if self.ema is not None and self.steps % EMA_EVERY_STEPS == 0:
-            self.ema.update_parameters(self.model)
-        return loss, logits
+        return loss.detach(), logits
 
 
 # ---------------------------------------------------------------------------------------------- correctness
 
 
+def _watch_gradients(model, check):
+    """Call check(name, grad) for every parameter's gradient as backward produces it (train_step clears .grad)."""
+    return [p.register_hook(lambda g, name=name: check(name, g)) for name, p in model.named_parameters()]
+
+
 def check_amp(device, precision: str, batch_size: int = 16, side_px: int = 128, steps: int = 6) -> str:
-    """The Mild step under autocast: logits in the autocast dtype, finite losses, finite (unscaled) gradients at
-    the last step, weights that move. With fp16 the scaler may skip the first steps (its initial scale 2^16
+    """The trainer's step under autocast: logits in the autocast dtype, finite losses, finite gradients at the
+    last step, weights that move. With fp16 the scaler may skip the first steps (its initial scale 2^16
     overflows) and lower its scale: that is its job, not a failure."""
     import torch
 
     step = TrainStep("mild", device, precision)
     images, labels = step.batch(batch_size, side_px)
     before = step.model.fc.weight.detach().clone()
-    losses, skipped = [], 0
+    losses, skipped, finite = [], 0, []
+    handles = _watch_gradients(step.model, lambda name, g: finite.append(bool(torch.isfinite(g).all())))
     for _ in range(steps):
+        finite.clear()
         loss, logits = step(images, labels, side_px)
         assert logits.dtype == _dtype(precision), f"logits are {logits.dtype} under {precision} autocast"
         assert math.isfinite(loss.item()), f"loss {loss.item()}"
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in step.model.parameters() if p.grad is not None)
-        skipped += not finite
+        skipped += not all(finite)
         losses.append(loss.item())
-    assert finite, f"gradients still not finite after {steps} steps (scale {step.scaler.get_scale():g})"
+    for h in handles:
+        h.remove()
+    assert finite and all(finite), f"gradients still not finite after {steps} steps (scale {step.scaler.get_scale():g})"
     assert not torch.equal(before, step.model.fc.weight), "the optimiser did not change the weights"
     scale = f", loss scale {step.scaler.get_scale():g}, {skipped} steps skipped" if step.scaler.is_enabled() else ""
     return f"{steps} steps at {side_px} px, loss {losses[0]:.3f} -> {losses[-1]:.3f}{scale}"
@@ -143,7 +157,7 @@ def check_channels_last(device, precision: str = "fp16", batch_size: int = 8, si
     """Every 4-D output of every leaf module of the Mild model, and every conv weight gradient, is channels-last."""
     step = TrainStep("mild", device, precision)
     leaves = [(name, m) for name, m in step.model.named_modules() if not list(m.children())]
-    broken = []
+    broken, grads, seen = [], [], []
 
     def hook(name):
         def check(module, inputs, output):
@@ -151,15 +165,20 @@ def check_channels_last(device, precision: str = "fp16", batch_size: int = 8, si
                 broken.append(name)
         return check
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
+    def check_grad(name, g):
+        if g.dim() == 4:
+            seen.append(name)
+            if not _is_channels_last(g):
+                grads.append(name)
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in leaves] + _watch_gradients(step.model, check_grad)
     try:
         images, labels = step.batch(batch_size, side_px)
         step(images, labels, side_px)
     finally:
         for h in handles:
             h.remove()
-    grads = [name for name, p in step.model.named_parameters()
-             if p.dim() == 4 and p.grad is not None and not _is_channels_last(p.grad)]
+    assert seen, "no conv weight gradient was produced"
     assert not broken, f"{len(broken)} activations lost channels-last, first: {', '.join(broken[:5])}"
     assert not grads, f"{len(grads)} conv weight gradients are not channels-last, first: {', '.join(grads[:5])}"
     return f"{len(leaves)} modules and their conv weight gradients stay channels-last at {side_px} px ({precision})"
@@ -185,7 +204,7 @@ def check_ffcv_pipeline(data_dir: Path, device, precision: str = "fp16", batch_s
     from resnet.data.loaders import make_loaders
 
     train, val, info = make_loaders(data_dir, loader="ffcv", batch_size=batch_size, train_crop_px=crop_px,
-                                    eval_crop_px=crop_px, eval_resize_px=crop_px + 8, workers=2, device=device,
+                                    crop_scale_min=0.08, eval_crop_px=crop_px, eval_resize_px=crop_px + 8, workers=2, device=device,
                                     rank=0, world_size=1, seed=0, dtype_train=precision, dtype_eval="fp32")
     train.set_epoch(0)
     batches = 0
@@ -276,14 +295,15 @@ def throughput(device, precision: str, batch_size: int, sizes, warmup: int, step
     import torch
 
     rows = []
-    for kind in ("plain", "mild"):
+    for kind in LOOPS:
         for compiled in compile_modes:
             for px in sizes:
                 torch._dynamo.reset()
-                step = TrainStep(kind, device, precision, compile_model=compiled, full_px=max(sizes))
+                step = TrainStep(LOOPS[kind][0], device, precision, compile_model=compiled, full_px=max(sizes),
+                                 channels_last=LOOPS[kind][1])
                 row = dict(model=kind, compiled=compiled, **measure(step, batch_size, px, warmup, steps))
                 rows.append(row)
-                print(f"  {kind:5} {'compiled' if compiled else 'eager':8} {px:4} px: "
+                print(f"  {kind:8} {'compiled' if compiled else 'eager':8} {px:4} px: "
                       f"{row['images_per_s']:9.1f} images/s", file=sys.stderr, flush=True)
                 del step
                 if device.type == "cuda":
@@ -296,22 +316,102 @@ def table(rows: list, sizes, batch_size: int, precision: str, device_name: str) 
     modes = sorted({r["compiled"] for r in rows})
     out = [f"throughput on {device_name}: images/s of a training step, batch {batch_size}, {precision}",
            f"{'loop':24}" + "".join(f"{px:>10} px" for px in sizes)]
-    for kind in ("plain", "mild"):
+    for kind in LOOPS:
         for compiled in modes:
             label = f"{kind} resnet50{' compiled' if compiled else ''}"
             out.append(f"{label:24}" + "".join(f"{rate[kind, compiled, px]:13.1f}" for px in sizes))
-    for compiled in modes:
-        label = f"mild / plain{' compiled' if compiled else ''}"
-        out.append(f"{label:24}" + "".join(f"{rate['mild', compiled, px] / rate['plain', compiled, px]:12.2f}x"
-                                           for px in sizes))
+    for base in ("plain", "plain-cl"):
+        for compiled in modes:
+            label = f"mild / {base}{' compiled' if compiled else ''}"
+            out.append(f"{label:24}" + "".join(f"{rate['mild', compiled, px] / rate[base, compiled, px]:12.2f}x"
+                                               for px in sizes))
     if len(modes) == 2:
-        for kind in ("plain", "mild"):
+        for kind in LOOPS:
             out.append(f"{kind + ' compiled / eager':24}" +
                        "".join(f"{rate[kind, True, px] / rate[kind, False, px]:12.2f}x" for px in sizes))
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------------ main
+
+
+# ------------------------------------------------------------------------------------------- several GPUs
+
+
+def ddp_worker(args) -> int:
+    """One rank of `--ddp` (under torchrun): the trainer's step with DDP across all ranks, img/s with cudnn.benchmark
+    off and on, the FFCV loader on this rank's device, which processes hold a context on GPU 0, one compile."""
+    import torch
+    import torch.distributed as dist
+
+    from resnet import distributed
+
+    dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
+    world, pid = dev.world_size, os.getpid()
+    report = dict(world_size=world, device=str(dev.device), rows=[])
+    for bench in (False, True):
+        torch.backends.cudnn.benchmark = bench
+        step = TrainStep("mild", dev.device, args.precision, full_px=max(args.sizes), world_size=world)
+        for px in args.sizes:
+            row = measure(step, args.batch_size, px, args.warmup, args.steps)
+            row["images_per_s"] = round(row["images_per_s"] * world, 1)     # all ranks step together
+            report["rows"].append(dict(cudnn_benchmark=bench, **row))
+        del step
+    if args.data:
+        from resnet.data.loaders import make_loaders
+
+        train, _, _ = make_loaders(args.data, loader="ffcv", batch_size=8, train_crop_px=64, crop_scale_min=0.08,
+                                   eval_crop_px=56, eval_resize_px=64, workers=2, device=dev.device, rank=dev.rank,
+                                   world_size=world, seed=0, dtype_train=args.precision, dtype_eval="fp32")
+        train.set_epoch(0)
+        report["ffcv_batches"] = sum(1 for _ in zip(range(3), train))
+        report["ffcv_device"] = str(dev.device)
+    pids = [None] * world
+    dist.all_gather_object(pids, pid)
+    if dev.device.type == "cuda" and dev.is_main:
+        listing = torch.cuda.list_gpu_processes(0)
+        report["gpu0_processes"] = listing
+        report["other_ranks_on_gpu0"] = [p for p in pids[1:] if str(p) in listing]
+    if args.compile_seconds and dev.device.type == "cuda":
+        started = time.perf_counter()
+        step = TrainStep("mild", dev.device, args.precision, compile_model=True, full_px=max(args.sizes),
+                         world_size=world)
+        report["compile"] = measure(step, args.batch_size, min(args.sizes), args.warmup, args.steps)
+        report["compile"]["first_steps_s"] = round(time.perf_counter() - started, 1)
+    if dev.is_main and args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    distributed.shutdown()
+    return 0
+
+
+def ddp_check(args) -> int:
+    """`--ddp`: run ddp_worker on every visible GPU (2 CPU processes with gloo for --cpu-smoke)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 2
+    out = args.out or Path(tempfile.mkdtemp(prefix="gpu-check-ddp-")) / "ddp.json"
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        data = make_tiny_ffcv(Path(tmp))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__,
+               "--ddp-worker", "--out", str(out), "--data", str(data), "--precision", args.precision,
+               "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--sizes", *map(str, args.sizes), *([] if args.no_compile else ["--compile-seconds"])]
+        proc = subprocess.run(cmd, timeout=3600)
+    if proc.returncode:
+        print(f"FAIL: ddp: torchrun exited {proc.returncode}", flush=True)
+        return 1
+    report = json.loads(out.read_text())
+    for row in report["rows"]:
+        print(f"ddp x{report['world_size']} cudnn.benchmark={row['cudnn_benchmark']!s:5} {row['px']:4} px: "
+              f"{row['images_per_s']:10.1f} images/s (all ranks)", flush=True)
+    crowded = report.get("other_ranks_on_gpu0")
+    status = "FAIL" if crowded else "PASS"
+    print(f"{status}: ddp: {report['world_size']} ranks stepped together; FFCV batches on {report.get('ffcv_device')}"
+          + (f"; other ranks with a context on GPU 0: {crowded}" if crowded else "")
+          + (f"; compile: {report['compile']['first_steps_s']} s to the first timed step" if "compile" in report
+             else ""), flush=True)
+    print(f"ddp report: {out}", flush=True)
+    return 1 if crowded else 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -326,6 +426,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per measurement (default 10)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement (default 30)")
     p.add_argument("--no-compile", action="store_true", help="eager only (skips the torch.compile rows)")
+    p.add_argument("--ddp", action="store_true",
+                   help="several GPUs: the trainer's step with DDP on every visible GPU under torchrun (with "
+                        "--cpu-smoke: 2 gloo processes on the CPU)")
+    p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--compile-seconds", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cpu_smoke:  # tiny enough for a test on 2 cores
         args.precision, args.batch_size, args.sizes, args.warmup, args.steps = "fp32", 4, [32], 1, 2
@@ -334,6 +440,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.ddp_worker:
+        return ddp_worker(args)
+    if args.ddp:
+        return ddp_check(args)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -345,7 +455,7 @@ def main(argv=None) -> int:
 
     parts = report["parts"]
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True     # as the trainer sets it on CUDA
         run_part("amp_fp16", lambda: check_amp(device, "fp16"), parts)
         run_part("amp_bf16", lambda: check_amp(device, "bf16"), parts)
         run_part("channels_last", lambda: check_channels_last(device), parts)

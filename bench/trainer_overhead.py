@@ -46,7 +46,7 @@ def minimal(data: Path, epochs: int) -> float:
 
     recipe = MILD.replace(arch=SHAPE["arch"], epochs=epochs, train_crop_px=SHAPE["crop"])
     train, _, info = make_loaders(data, batch_size=SHAPE["batch"], train_crop_px=SHAPE["crop"], workers=2,
-                                  eval_crop_px=48, eval_resize_px=52)
+                                  crop_scale_min=recipe.crop_scale_min, eval_crop_px=48, eval_resize_px=52)
     model = build_model(recipe, info["num_classes"])
     opt = DecoupledSGDW(model.parameters(), lr=SHAPE["lr"], momentum=recipe.momentum,
                         weight_decay=recipe.weight_decay)

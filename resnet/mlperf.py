@@ -12,8 +12,6 @@ from resnet.errors import Error
 
 __all__ = ["RunLog", "LogWriteError", "claim_result_file", "constants", "log_init", "log_hyperparameters"]
 C = constants
-#: MLPerf's quality target for ResNet-50 (top-1 strictly above it); lower targets make no submission run.
-MLPERF_TARGET = 0.759
 
 
 class LogWriteError(Error):

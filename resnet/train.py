@@ -26,9 +26,9 @@ from torch import nn
 
 from resnet import checkpoint, distributed, errors
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
-from resnet.mlperf import C, MLPERF_TARGET, RunLog, claim_result_file, log_hyperparameters, log_init
+from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
-from resnet.recipe import PRECISIONS, Plan, lr_factor
+from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
 from resnet.settings import add_train_arguments, recipe_from_args, validate_train_args
 
 NAME = "train"
@@ -96,8 +96,8 @@ def build_training(recipe, plan: Plan, device: torch.device, compile_model: bool
     loss_fn = ((lambda logits, y: label_smoothed_bce(logits, y, recipe.label_smoothing)) if recipe.loss == "bce"
                else nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing))
     return Training(model, net, ema, optimizer, scheduler,
-                    torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16"), loss_fn,
-                    PRECISIONS[recipe.precision], plan.ema_every_steps)
+                    torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)), loss_fn,
+                    amp_dtype(recipe.precision), plan.ema_every_steps)
 
 
 def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
@@ -211,7 +211,7 @@ def train(args: argparse.Namespace) -> int:
         train_crop_px=recipe.train_crop_px, crop_scale_min=recipe.crop_scale_min,
         eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px, workers=args.workers,
         device=dev.device, rank=dev.rank, world_size=dev.world_size, seed=seed,
-        dtype_train=PRECISIONS[recipe.precision] or torch.float32, dtype_eval=torch.float32)
+        dtype_train=amp_dtype(recipe.precision) or torch.float32, dtype_eval=torch.float32)
     plan = Plan(recipe, info["num_classes"], info["train_samples"], info["eval_samples"], dev.world_size)
     plan.check()
     identity = dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size,
@@ -227,9 +227,6 @@ def train(args: argparse.Namespace) -> int:
         sides = compile_every_side(t, recipe, plan, dev.device)
         if dev.is_main:
             progress(f"compiled {len(sides)} training sides before run_start ({time.time() - started:.0f} s)")
-    if recipe.target_accuracy < MLPERF_TARGET and dev.is_main:
-        progress(f"note: target {recipe.target_accuracy} is below MLPerf's {MLPERF_TARGET}: not a submission run "
-                 "(summarize will not count it as converged)")
 
     log = RunLog((Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir)))
                  if dev.is_main else None)
@@ -269,7 +266,7 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
     if run_start_ms is None:
         run_start_ms = saver.facts["run_start_ms"] = int(time.time() * 1000)
     log.start(C.RUN_START, time_ms=run_start_ms, **({"resumed_from_epoch": first_epoch} if state else {}))
-    eval_dtype = PRECISIONS[recipe.eval_precision]
+    eval_dtype = amp_dtype(recipe.eval_precision)
     accuracy, success, block_first, wall_start = None, False, first_epoch, time.time()
     bad_loss = torch.zeros((), dtype=torch.bool, device=dev.device)
     for epoch in range(first_epoch, recipe.epochs):        # `epoch` is 0-based; the log counts completed epochs
@@ -340,7 +337,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    validate_train_args(args)
+    for warning in validate_train_args(args) or []:
+        if os.environ.get("RANK", "0") == "0":
+            progress(f"mlperf-resnet: warning: {warning}")
     return train(args)
 
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: a small synthetic data set in ImageNet layout and its FFCV files, made once per session."""
+"""Shared fixtures (a small synthetic data set in ImageNet layout and its FFCV files, made once per session;
+CPU benchmark logs) and the helpers that read MLPerf logs."""
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +9,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def events(log: Path) -> list[dict]:
+    """The MLLOG events of a result log, in order."""
+    return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in Path(log).read_text().splitlines()
+            if ":::MLLOG" in line]
+
+
+def keys(log: Path) -> list[str]:
+    return [e["key"] for e in events(log)]
+
+
+def first(log: Path, key: str) -> dict:
+    return next(e for e in events(log) if e["key"] == key)
+
+
+def run_stop(log: Path) -> dict:
+    return first(log, "run_stop")
 
 
 def cli(*args, check=True, env=None, timeout=600, **kw):

@@ -43,11 +43,11 @@ def test_gpu_check_cpu_smoke_skips_cuda_parts(tmp_path):
     for part in ("amp_fp16", "amp_bf16", "channels_last", "ffcv_pipeline", "train_compliance"):
         assert f"SKIP: {part}: no CUDA device" in proc.stdout
     assert "SKIP: throughput_compiled:" in proc.stdout and "FAIL" not in proc.stdout
-    for row in ("plain resnet50", "mild resnet50", "mild / plain"):
+    for row in ("plain resnet50", "plain-cl resnet50", "mild resnet50", "mild / plain", "mild / plain-cl"):
         assert re.search(rf"^{row} +\d", proc.stdout, flags=re.M), row
     report = json.loads(out.read_text())
     rows = report["throughput"]["rows"]
-    assert {r["model"] for r in rows} == {"plain", "mild"} and all(r["images_per_s"] > 0 for r in rows)
+    assert {r["model"] for r in rows} == {"plain", "plain-cl", "mild"} and all(r["images_per_s"] > 0 for r in rows)
     assert {p["status"] for p in report["parts"].values()} == {"SKIP"}
 
 
@@ -79,3 +79,27 @@ def test_gpu_check_train_command_is_one_train_accepts(tmp_path):
     args = parser.parse_args(command[7:])
     validate_train_args(args, world_size=1)
     assert (args.epochs, args.eval_every_epochs, args.target_accuracy) == (2, 2, 0.05)
+
+
+def test_gpu_check_times_the_trainers_own_step():
+    """The mild loop is resnet.train.train_step on a resnet.train.build_training, not a copy of it."""
+    check = gpu_check()
+    step = check.TrainStep("mild", torch.device("cpu"), "fp32", full_px=32)
+    from resnet import train
+
+    assert step._step is train.train_step and isinstance(step.training, train.Training)
+    images, labels = step.batch(2, 32)
+    loss, logits = step(images, labels, 16)
+    assert step.training.step == 1 and logits.shape == (2, 1000) and loss.dim() == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA --ddp uses every GPU")
+def test_gpu_check_ddp_mode_runs_two_gloo_ranks(tmp_path):
+    out = tmp_path / "ddp.json"
+    proc = sh(sys.executable, REPO / "bench" / "gpu_check.py", "--ddp", "--cpu-smoke", "--no-compile", "--out", out,
+              cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and report["ffcv_batches"] == 3
+    assert {r["cudnn_benchmark"] for r in report["rows"]} == {False, True}
+    assert "PASS: ddp: 2 ranks stepped together" in proc.stdout

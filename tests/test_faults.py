@@ -1,0 +1,186 @@
+"""Faults around a training run, as a user meets them: a rank that fails, a resume of the wrong checkpoint, a disk
+that fills up under the log or the checkpoint, a stop without a checkpoint folder, a GPU config without a GPU.
+Real processes, real files, real gloo; each case ends in one console line and a log that says `aborted`."""
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compliance.check import check_log
+from tests.conftest import REPO, cli, events, run_stop
+from tests.test_train import TINY, torchrun
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error:" in line]
+
+
+def test_an_exception_on_one_rank_ends_the_job_within_seconds(synth_tree, tmp_path):
+    """A data error on one of two ranks (a corrupt JPEG in its shard): that rank exits at once, torchrun ends
+    its peer, nobody waits for the collective timeout."""
+    tree = tmp_path / "tree"
+    shutil.copytree(synth_tree, tree)
+    victim = sorted((tree / "train").rglob("*.JPEG"))[5]
+    victim.write_bytes(b"not a jpeg at all")
+    log = tmp_path / "result_0.txt"
+    started = time.time()
+    proc = torchrun(*TINY, "--loader", "torchvision", "--workers", "0", "--data", tree, "--log-file", log,
+                    "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0", "--seed", "2",
+                    "--device", "cpu", "--dist-timeout-s", "300")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert time.time() - started < 120, "the job waited for the collective timeout"
+    assert any(str(victim.name) in line or "cannot" in line.lower() for line in error_lines(err)), err[-3000:]
+    if log.exists() and log.stat().st_size:          # rank 0 logged aborted if it was the failing rank
+        assert run_stop(log)["metadata"]["status"] == "aborted"
+
+
+def resumable(ffcv_data, tmp_path, *extra):
+    """A run stopped by SIGTERM in its second epoch, leaving a checkpoint to resume."""
+    ckpt = tmp_path / "ck"
+    args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
+            "--seed", "5", "--checkpoint-dir", ckpt, *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--log-file",
+                             tmp_path / "first.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt / "last.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 4
+    return args, ckpt
+
+
+@pytest.fixture(scope="module")
+def interrupted(ffcv_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("interrupted")
+    return resumable(ffcv_data, tmp)
+
+
+RESUME_CHANGES = [
+    (["--batch-size", "8"], "global_batch_size is 8 here but 16 in the checkpoint"),
+    (["--lr", "0.5"], "lr_per_sample"),
+    (["--epochs", "4"], "epochs is 4 here but 3 in the checkpoint"),
+    (["--arch", "resnet34"], "arch is 'resnet34' here but 'resnet18'"),
+    (["--seed", "6"], "--seed: the checkpoint's run used seed 5, not 6"),
+]
+
+
+@pytest.mark.parametrize("change, message", RESUME_CHANGES, ids=[c[0][0] for c in RESUME_CHANGES])
+def test_resume_refuses_another_run_naming_the_difference(interrupted, tmp_path, change, message):
+    args, ckpt = interrupted
+    before = (ckpt / "last.pt").read_bytes()
+    log = tmp_path / "resumed.txt"
+    out = cli("train", *args, *change, "--resume", "--log-file", log, check=False)
+    assert out.returncode == 1, out.stderr
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not log.exists(), "a refused resume must not leave a result log"
+    assert (ckpt / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_finished_run(ffcv_data, tmp_path):
+    ckpt = tmp_path / "ck"
+    args = [*TINY, "--data", ffcv_data, "--epochs", "1", "--eval-every-epochs", "1", "--target-accuracy", "0.01",
+            "--seed", "5", "--checkpoint-dir", ckpt]
+    cli("train", *args, "--log-file", tmp_path / "a.txt")
+    out = cli("train", *args, "--resume", "--log-file", tmp_path / "b.txt", check=False)
+    assert out.returncode == 1
+    assert "already ended" in out.stderr and not (tmp_path / "b.txt").exists()
+
+
+def limited_file_size(limit_bytes: int):
+    """A disk that fills up: writes past `limit_bytes` fail with EFBIG (SIGXFSZ ignored, so no core dump)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+def test_a_log_that_cannot_be_written_stops_the_run_in_one_line(ffcv_data, tmp_path):
+    log = tmp_path / "result_0.txt"
+    proc = subprocess.run([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data", str(ffcv_data),
+                           "--log-file", str(log), "--epochs", "30", "--eval-every-epochs", "1",
+                           "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, preexec_fn=limited_file_size(6000))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "cannot write the MLPerf log" in lines[0], proc.stderr[-2000:]
+    assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("epoch ") < 29, "training went on without its log"
+
+
+def test_a_failed_checkpoint_write_warns_and_the_run_goes_on(ffcv_data, tmp_path):
+    """The log fits under the limit, a ResNet-18 checkpoint (~45 MB) does not: each save warns, the run ends in
+    success all the same, and no half-written checkpoint is left."""
+    log, ckpt = tmp_path / "result_0.txt", tmp_path / "ck"
+    proc = subprocess.run([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data", str(ffcv_data),
+                           "--log-file", str(log), "--epochs", "2", "--eval-every-epochs", "2",
+                           "--target-accuracy", "0.01", "--seed", "1", "--checkpoint-dir", str(ckpt)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          preexec_fn=limited_file_size(1_000_000))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: checkpoint" in proc.stderr and "training goes on" in proc.stderr
+    assert run_stop(log)["metadata"]["status"] == "success"
+    assert not any(ckpt.glob("*")) if ckpt.exists() else True
+    assert check_log(log)[0]
+
+
+def test_a_stop_without_checkpoint_folder_does_not_promise_a_resume(ffcv_data, tmp_path):
+    log = tmp_path / "result_0.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data",
+                             str(ffcv_data), "--log-file", str(log), "--epochs", "50", "--eval-every-epochs", "50",
+                             "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "epoch_start" in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4
+    assert "--resume" not in err and "no checkpoint" in err
+    assert run_stop(log)["metadata"]["reason"] == "signal SIGINT"
+
+
+def test_a_non_finite_loss_is_never_checkpointed(ffcv_data, tmp_path):
+    ckpt, log = tmp_path / "ck", tmp_path / "nan.txt"
+    out = cli("train", *TINY, "--data", ffcv_data, "--log-file", log, "--epochs", "2", "--eval-every-epochs", "1",
+              "--lr", "1e30", "--warmup-epochs", "0", "--seed", "1", "--checkpoint-dir", ckpt,
+              "--checkpoint-every-minutes", "0.0001", check=False)
+    assert out.returncode == 3, out.stderr
+    for path in ckpt.glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_config_without_a_gpu_fails_in_one_line(ffcv_data, tmp_path):
+    out = cli("train", *TINY, "--data", ffcv_data, "--results-dir", tmp_path / "r", "--device", "cuda",
+              check=False)
+    assert out.returncode == 1
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and "no CUDA device is visible" in lines[0], out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_error_after_run_start_ends_the_log_with_aborted_and_its_reason(synth_tree, tmp_path):
+    """One process, a JPEG that fails to decode in the middle of the first epoch: run_stop aborted with the
+    reason in the log, one console line, exit 1."""
+    tree = tmp_path / "tree"
+    shutil.copytree(synth_tree, tree)
+    for victim in sorted((tree / "train").rglob("*.JPEG"))[10:14]:
+        victim.write_bytes(b"not a jpeg at all")
+    log = tmp_path / "result_0.txt"
+    out = cli("train", *TINY, "--loader", "torchvision", "--workers", "0", "--data", tree, "--log-file", log,
+              "--epochs", "2", "--eval-every-epochs", "1", "--target-accuracy", "1.0", "--seed", "1", check=False)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert len(error_lines(out.stderr)) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    stop = run_stop(log)
+    assert stop["metadata"]["status"] == "aborted" and stop["metadata"]["reason"]
+    assert [e["key"] for e in events(log)].count("run_start") == 1
