@@ -1,8 +1,11 @@
-"""The recipes as data. Field names and comments follow ../shared/RECIPE.md section by section.
+"""The recipes as data. Field names and comments follow docs/RECIPE.md section by section.
 
 A `Recipe` holds only what the recipe says. Everything that depends on the data set or the machine
-(steps per epoch, number of classes, world size, per-device batch) is derived in `Plan`, so the same
-recipe runs on ImageNet on 8 GPUs and on a tiny synthetic set on 2 CPU cores.
+(steps per epoch, number of classes, world size, per-device batch, EMA steps) is derived in `Plan`, so the
+same recipe runs on ImageNet on 8 GPUs and on a tiny synthetic set on 2 CPU cores.
+
+Epochs are counted from 0 in code (`epoch` = index of the epoch being trained); the MLPerf log and the
+schedule command number them as completed epochs (epoch index + 1).
 """
 from __future__ import annotations
 
@@ -10,12 +13,44 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from resnet.errors import SettingError
+
+SUBMISSION_TARGET_ACCURACY = 0.759   # MLPerf's ResNet-50 quality target: top-1 strictly above this
+LOSSES = ("bce", "ce")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One way to run the arithmetic. Names only (no torch import), so that settings checks stay fast."""
+    autocast: str | None      # torch dtype name for autocast; None: plain fp32, no autocast
+    grad_scaler: bool         # fp16's narrow exponent needs loss scaling; bf16 keeps fp32's range
+    needs_cuda: bool          # CPU autocast has no fp16
+
+
+PRECISIONS = {
+    "fp16": Precision("float16", grad_scaler=True, needs_cuda=True),
+    "bf16": Precision("bfloat16", grad_scaler=False, needs_cuda=False),
+    "fp32": Precision(None, grad_scaler=False, needs_cuda=False),
+}
+
+
+def amp_dtype(precision: str):
+    """The autocast dtype of a precision name (None for fp32: run without autocast)."""
+    import torch
+
+    name = PRECISIONS[precision].autocast
+    return getattr(torch, name) if name else None
+
+
+def needs_grad_scaler(precision: str) -> bool:
+    return PRECISIONS[precision].grad_scaler
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     # 1. model and initialisation
-    arch: str = "resnet50"                 # any torchvision ResNet; resnet50 is v1.5 (stride on the 3x3 conv)
+    arch: str = "resnet50"                 # a name in resnet.model.ARCHS; resnet50 is v1.5 (stride on the 3x3 conv)
     log_bias_init: bool = True             # fc bias = -ln(num_classes): initial sigmoid outputs ~ 1/num_classes
     # 2. BlurPool surgery (strided convs with >= 16 input channels, and max-pools)
     blurpool: bool = True
@@ -33,37 +68,44 @@ class Recipe:
     warmup_epochs: float = 8.0             # linear from 0, not scaled with the epoch budget; then cosine to 0
     # 7. progressive resizing (train) and FixRes (eval)
     train_crop_px: int = 176               # the loader's RandomResizedCrop size
-    resize_initial_scale: float = 0.5      # first training side = train_crop_px x initial scale
+    crop_scale_min: float = 0.08           # RandomResizedCrop keeps 8%..100% of the image area (ImageNet's range)
+    resize_initial_scale: float = 0.5      # first training side = train_crop_px x initial scale (1: no resizing)
     resize_delay: float = 0.4              # fraction of training at the initial scale
     resize_finetune: float = 0.2           # fraction of training at full scale
     resize_increment_px: int = 4           # sides are multiples of this
     eval_crop_px: int = 224
     eval_resize_px: int = 232              # centre-crop ratio = eval_crop_px / eval_resize_px
-    # 8. EMA of the weights (parameters and buffers); every evaluation uses it
+    # 8. EMA of the weights (parameters and buffers); every evaluation uses it. Counted in images, so that
+    # another global batch averages over the same images (at 2048: every 20 steps, half-life 100 steps).
     ema: bool = True
-    ema_half_life_steps: int = 100
-    ema_every_steps: int = 20
+    ema_half_life_samples: int = 204_800
+    ema_every_samples: int = 40_960
     # 10. precision, batch, evaluation, stopping
-    precision: str = "fp16"                # "fp16" (with a gradient scaler), "bf16" or "fp32"
+    precision: str = "fp16"                # training: a name in PRECISIONS (fp16 with a gradient scaler)
+    eval_precision: str = "fp32"           # evaluation: Composer v0.7 put no autocast around validation
     global_batch_size: int = 2048
-    eval_every_epochs: int = 3             # counted back from the last epoch, so the last epoch is evaluated
-    target_accuracy: float = 0.759         # top-1 strictly above this stops the run
+    eval_every_epochs: int = 3             # after every k completed epochs, and after the last
+    target_accuracy: float = SUBMISSION_TARGET_ACCURACY   # top-1 strictly above this stops the run
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
-
-    @property
-    def ema_decay(self) -> float:
-        """Decay per EMA update: k = 2^(-every / half-life) (0.870551 for 20 / 100)."""
-        return 2.0 ** (-self.ema_every_steps / self.ema_half_life_steps)
 
     @property
     def peak_lr(self) -> float:
         return self.lr_per_sample * self.global_batch_size
 
     def evaluates_after(self, epoch: int) -> bool:
-        """Whether 0-based `epoch` ends with an evaluation: every `eval_every_epochs`, ending at the last epoch."""
-        return (self.epochs - 1 - epoch) % self.eval_every_epochs == 0
+        """Whether 0-based `epoch` ends with an evaluation. As Composer: when the number of completed epochs is a
+        multiple of `eval_every_epochs` (Mild: after 3, 6, ..., 27), and after the last epoch as a safety net."""
+        completed = epoch + 1
+        return completed % self.eval_every_epochs == 0 or completed == self.epochs
+
+    def block_epochs(self, first_epoch: int) -> int:
+        """Epochs from 0-based `first_epoch` through the next evaluated one: an MLPerf block's epoch_count."""
+        last = first_epoch
+        while not self.evaluates_after(last):
+            last += 1
+        return last - first_epoch + 1
 
     def resolution_px(self, epoch: int) -> int:
         from resnet.algorithms.progressive_resize import progressive_resize_px
@@ -101,7 +143,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise SystemExit(f"mlperf-resnet: error: unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+        raise SettingError(f"RECIPE: unknown recipe {name!r}; use one of {', '.join(RECIPES)}") from None
 
 
 @dataclass(frozen=True)
@@ -129,14 +171,24 @@ class Plan:
     def total_steps(self) -> int:
         return self.recipe.epochs * self.steps_per_epoch
 
+    @property
+    def ema_every_steps(self) -> int:
+        """Optimiser steps between EMA updates: the recipe's images per update at this global batch."""
+        return max(1, round(self.recipe.ema_every_samples / self.recipe.global_batch_size))
+
+    @property
+    def ema_decay(self) -> float:
+        """Decay per EMA update, k = 2^(-images per update / half-life in images): 0.870551 at 2048 (20 / 100 steps)."""
+        return 2.0 ** (-self.ema_every_steps * self.recipe.global_batch_size / self.recipe.ema_half_life_samples)
+
     def check(self) -> None:
         r = self.recipe
         if r.global_batch_size % self.world_size:
-            raise SystemExit(f"mlperf-resnet: error: global batch {r.global_batch_size} is not divisible by "
-                             f"the world size {self.world_size}; change BATCHSIZE or the number of processes")
+            raise SettingError(f"BATCHSIZE: global batch {r.global_batch_size} is not divisible by the world size "
+                               f"{self.world_size}; change BATCHSIZE or the number of processes")
         if self.steps_per_epoch < 1:
-            raise SystemExit(f"mlperf-resnet: error: {self.train_samples} training images make no full batch of "
-                             f"{r.global_batch_size}; lower BATCHSIZE or use more data")
+            raise SettingError(f"BATCHSIZE: {self.train_samples} training images make no full batch of "
+                               f"{r.global_batch_size}; lower BATCHSIZE or use more data")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

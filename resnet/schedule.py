@@ -1,56 +1,68 @@
-"""`mlperf-resnet schedule`: the whole training plan, per epoch, before any GPU hour is spent."""
+"""The whole training plan, per epoch, before any GPU hour is spent: the learning rate at the start of each epoch,
+its training resolution, and whether an evaluation follows it.
+
+Epochs are numbered as MLPerf logs them: epoch N is the one after which N epochs are complete. Every recipe
+setting of `train` can be given (the same flags, from the same settings table), so a config's schedule can be
+previewed: `mlperf-resnet schedule --epochs 18 --eval-every-epochs 2`.
+"""
 import argparse
 import json
 import sys
 
-from resnet.recipe import RECIPES, get_recipe, lr_factor
+from resnet import errors, settings
+from resnet.errors import SettingError
+from resnet.recipe import lr_factor
 
+NAME = "schedule"
+HELP = "print the per-epoch LR, training resolution and evaluations"
 IMAGENET_TRAIN = 1_281_167
+# The rows that shape the schedule: the recipe, its fields and the learning rate (no data, device or output).
+ROWS = [s for s in settings.SETTINGS if s.field or s.env in ("RECIPE", "LR")]
 
 
 def plan_rows(recipe, steps_per_epoch: int) -> list[dict]:
+    """One row per epoch; `epoch` is 1-based (the number of epochs complete when it ends)."""
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     total = recipe.epochs * steps_per_epoch
-    return [dict(epoch=e, lr=recipe.peak_lr * lr_factor(e * steps_per_epoch, warmup, total),
+    return [dict(epoch=e + 1, lr=recipe.peak_lr * lr_factor(e * steps_per_epoch, warmup, total),
                  resolution=recipe.resolution_px(e), eval=recipe.evaluates_after(e))
             for e in range(recipe.epochs)]
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("schedule", help="print the per-epoch LR, training resolution and evaluations")
-    p.add_argument("--recipe", default="mild", choices=sorted(RECIPES))
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    settings.add_arguments(p, ROWS)
     p.add_argument("--steps-per-epoch", type=int,
                    help="default: ImageNet's 1,281,167 images / the global batch (625 at 2048)")
-    p.add_argument("--global-batch-size", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = get_recipe(args.recipe)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise SystemExit("mlperf-resnet schedule: error: --epochs must be >= 1")
-        recipe = recipe.replace(epochs=args.epochs)
-    if args.global_batch_size:
-        recipe = recipe.replace(global_batch_size=args.global_batch_size)
+    settings.read(args, ROWS)
+    recipe = settings.recipe_from_args(args, world_size=1, rows=ROWS)
+    settings.check_recipe(recipe)
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise SettingError(f"--steps-per-epoch: {args.steps_per_epoch} is not positive; give at least 1")
     steps = args.steps_per_epoch or IMAGENET_TRAIN // recipe.global_batch_size
     if steps < 1:
-        raise SystemExit("mlperf-resnet schedule: error: --steps-per-epoch must be >= 1")
+        raise SettingError(f"--global-batch-size: {recipe.global_batch_size} images make no full batch of "
+                           f"ImageNet's {IMAGENET_TRAIN}; give --steps-per-epoch or a smaller batch")
     rows = plan_rows(recipe, steps)
     if args.json:
-        print(json.dumps(dict(recipe=recipe.name, steps_per_epoch=steps, peak_lr=recipe.peak_lr, epochs=rows)))
+        print(json.dumps(dict(recipe=recipe.name, steps_per_epoch=steps, peak_lr=recipe.peak_lr,
+                              epoch_numbering="completed epochs", epochs=rows)))
         return 0
+    evals = [r["epoch"] for r in rows if r["eval"]]
     print(f"recipe {recipe.name}: {recipe.epochs} epochs x {steps} steps, peak lr {recipe.peak_lr:g}, "
-          f"eval {recipe.eval_crop_px}px (resize {recipe.eval_resize_px}), target > {recipe.target_accuracy}")
-    print(f"{'epoch':>5}  {'lr':>6}  {'px':>4}  eval")
+          f"eval {recipe.eval_crop_px}px (resize {recipe.eval_resize_px}) in {recipe.eval_precision}, "
+          f"target > {recipe.target_accuracy}")
+    print(f"evaluations after {', '.join(map(str, evals))} completed epochs (every {recipe.eval_every_epochs}, "
+          "and after the last)")
+    print(f"{'epoch':>5}  {'lr':>6}  {'px':>4}  eval after it")
     for r in rows:
         print(f"{r['epoch']:>5}  {r['lr']:6.3f}  {r['resolution']:>4}  {'yes' if r['eval'] else ''}")
+    print("epoch N = the N-th epoch, after which N are complete (as MLPerf logs epoch_num); lr at its first step")
     return 0
 
 
 if __name__ == "__main__":
-    from resnet.cli import standalone
-
-    sys.exit(standalone(register))
+    sys.exit(errors.main(sys.modules[__name__]))

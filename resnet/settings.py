@@ -1,199 +1,315 @@
-"""Every setting of a run in one table: its config variable (exported by config_<SYSTEM>.sh), its train flag,
-and its checks. `python -m resnet.settings flags` turns the environment into train flags (run_and_time.sh),
-`python -m resnet.settings check-config FILE` finds typos in a config. Each bad value fails with one line that
-names the setting and the fix, before any process is launched."""
+"""Every setting of a run in one table, `SETTINGS`: its config variable (exported by config_<SYSTEM>.sh), its
+train flag, its type, its checks, and either the Recipe field it sets (its default is the recipe's value) or,
+for a run setting, its default. The flags, the environment -> flags translation, the per-setting checks and
+the recipe overrides are all read from the table: a new hyper-parameter is one Recipe field plus one row.
+
+`python -m resnet.settings flags` turns the environment into checked train flags (run_and_time.sh),
+`check-config FILE` finds names in a config that no part of this package reads (typos), `check-env` finds
+environment variables that look like a misspelt setting. Each bad value fails with one line that names the
+setting and the fix, before any process is launched.
+"""
+from __future__ import annotations
+
 import argparse
 import difflib
+import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from resnet.recipe import RECIPES, get_recipe
+from resnet import errors
+from resnet.errors import SettingError
+from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
+
+
+def bool01(text) -> bool:
+    """A config switch: "0" or "1"."""
+    if isinstance(text, bool):
+        return text
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
+def _archs() -> tuple:
+    from resnet.model import ARCHS   # imports torchvision: only when an ARCH is checked
+
+    return ARCHS
 
 
 @dataclass(frozen=True)
 class Setting:
-    env: str
+    env: str | None                 # config variable; None: a flag only (the launcher sets it per run)
     flag: str
-    type: type
+    type: Callable                  # int, float, str or bool01
     help: str
+    field: str | None = None        # the Recipe field it sets; None: a run setting (or derived, see recipe_from_args)
+    default: object = None          # run settings only: a recipe field defaults to the chosen recipe's value
+    choices: tuple | Callable = ()  # allowed values (or a function returning them, for lazy imports)
+    within: str | None = None       # allowed range as an interval, e.g. "(0, 1]"; every float must also be finite
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def name(self) -> str:
+        """How an error names it: the flag and the config variable."""
+        return f"{self.flag} ({self.env})" if self.env else self.flag
 
 
-def _bool01(text: str) -> bool:
-    if text not in ("0", "1"):
-        raise ValueError
-    return text == "1"
+def _recipe_row(field: str, type_, help_: str, env: str | None = None, **checks) -> Setting:
+    """A row for a Recipe field: env = FIELD, flag = --field-with-dashes unless an older name is kept."""
+    return Setting(env or field.upper(), "--" + field.replace("_", "-"), type_, help_, field=field, **checks)
 
 
+POSITIVE, NON_NEGATIVE, FRACTION = "[1, inf)", "[0, inf)", "(0, 1]"
 SETTINGS = [
-    Setting("RECIPE", "--recipe", str, f"recipe: {' | '.join(RECIPES)}"),
-    Setting("ARCH", "--arch", str, "torchvision ResNet (default: the recipe's, resnet50)"),
-    Setting("EPOCHS", "--epochs", int, "training epochs"),
-    Setting("BATCHSIZE", "--batch-size", int, "batch per device (global = this x processes)"),
-    Setting("GLOBAL_BATCHSIZE", "--global-batch-size", int, "global batch (instead of --batch-size)"),
-    Setting("LR", "--lr", float, "peak learning rate (default: 0.001 x global batch)"),
-    Setting("WARMUP_EPOCHS", "--warmup-epochs", float, "linear warm-up epochs"),
-    Setting("EVAL_EVERY_EPOCHS", "--eval-every-epochs", int, "evaluate every k epochs, ending at the last"),
-    Setting("TARGET_ACCURACY", "--target-accuracy", float, "stop at the first top-1 above this"),
-    Setting("PRECISION", "--precision", str, "fp16 | bf16 | fp32"),
-    Setting("TRAIN_CROP_PX", "--train-crop-px", int, "training crop side (progressive resizing ends here)"),
-    Setting("EVAL_CROP_PX", "--eval-crop-px", int, "evaluation centre-crop side"),
-    Setting("EVAL_RESIZE_PX", "--eval-resize-px", int, "evaluation resize-equivalent side"),
-    Setting("NUM_WORKERS", "--workers", int, "data loader workers per process"),
+    # what the run trains: the recipe and its fields (defaults: the recipe's)
+    Setting("RECIPE", "--recipe", str, "the recipe", default="mild", choices=tuple(RECIPES)),
+    _recipe_row("arch", str, "network (resnet.model.ARCHS)", choices=_archs),
+    _recipe_row("epochs", int, "training epochs", within=POSITIVE),
+    Setting("BATCHSIZE", "--batch-size", int, "batch per device (global = this x processes)", within=POSITIVE),
+    _recipe_row("global_batch_size", int, "global batch (instead of --batch-size)", env="GLOBAL_BATCHSIZE",
+                within=POSITIVE),
+    Setting("LR", "--lr", float, "peak learning rate (default: 0.001 x global batch)", within="(0, inf)"),
+    _recipe_row("warmup_epochs", float, "linear warm-up epochs", within=NON_NEGATIVE),
+    _recipe_row("eval_every_epochs", int, "evaluate after every k completed epochs, and after the last",
+                within=POSITIVE),
+    _recipe_row("target_accuracy", float, "stop at the first top-1 above this (MLPerf: 0.759)", within=FRACTION),
+    _recipe_row("precision", str, "training arithmetic", choices=tuple(PRECISIONS)),
+    _recipe_row("eval_precision", str, "evaluation arithmetic (the submission: fp32)", choices=tuple(PRECISIONS)),
+    _recipe_row("train_crop_px", int, "training crop side (progressive resizing ends here)", within=POSITIVE),
+    _recipe_row("crop_scale_min", float, "smallest RandomResizedCrop area fraction (ImageNet: 0.08)",
+                within=FRACTION),
+    _recipe_row("resize_initial_scale", float, "first training side / crop side (1: no progressive resizing)",
+                within=FRACTION),
+    _recipe_row("resize_delay", float, "fraction of training at the initial side", within="[0, 1]"),
+    _recipe_row("resize_finetune", float, "fraction of training at the full side", within="[0, 1]"),
+    _recipe_row("eval_crop_px", int, "evaluation centre-crop side", within=POSITIVE),
+    _recipe_row("eval_resize_px", int, "evaluation resize-equivalent side", within=POSITIVE),
+    _recipe_row("blurpool", bool01, "1 = BlurPool surgery"),
+    _recipe_row("ema", bool01, "1 = evaluate an EMA of the weights"),
+    _recipe_row("ema_half_life_samples", int, "EMA half-life in training images", within=POSITIVE),
+    _recipe_row("ema_every_samples", int, "training images between EMA updates", within=POSITIVE),
+    _recipe_row("loss", str, "bce: label-smoothed binary cross-entropy; ce: cross-entropy", choices=LOSSES),
+    _recipe_row("label_smoothing", float, "label smoothing", within="[0, 1)"),
+    _recipe_row("log_bias_init", bool01, "1 = fc bias -ln(classes)"),
+    # how and where it runs
+    Setting("NUM_WORKERS", "--workers", int, "data loader workers per process",
+            default=min(8, len(os.sched_getaffinity(0))), within=NON_NEGATIVE),
     Setting("DATADIR", "--data", str, "data folder: train.beton/val.beton (ffcv) or train/ val/ (torchvision)"),
-    Setting("LOADER", "--loader", str, "ffcv | torchvision"),
-    Setting("SUBMISSION_ORG", "--org", str, "submitting organisation"),
-    Setting("SUBMISSION_STATUS", "--status", str, "onprem | cloud | preview | research"),
-    Setting("DGXSYSTEM", "--platform", str, "system name (submission_platform)"),
-    Setting("COMPILE", "--compile", _bool01, "1 = torch.compile the model"),
+    Setting("LOADER", "--loader", str, "data loader", default="ffcv", choices=("ffcv", "torchvision")),
+    Setting("DEVICE", "--device", str, "auto: CUDA when visible; GPU configs say cuda", default="auto",
+            choices=("auto", "cpu", "cuda")),
+    Setting("COMPILE", "--compile", bool01, "1 = torch.compile the model", default=False),
+    Setting("SUBMISSION_ORG", "--org", str, "submitting organisation", default="mlperf-resnet"),
+    Setting("SUBMISSION_STATUS", "--status", str, "MLPerf status", default="onprem",
+            choices=("onprem", "cloud", "preview", "research")),
+    Setting("DGXSYSTEM", "--platform", str, "system name (submission_platform)", default="local"),
     Setting("CHECKPOINT_DIR", "--checkpoint-dir", str, "write last.pt here every epoch"),
-    Setting("CHECKPOINT_EVERY_MINUTES", "--checkpoint-every-minutes", float, "also checkpoint every N minutes"),
+    Setting("CHECKPOINT_EVERY_MINUTES", "--checkpoint-every-minutes", float, "also checkpoint every N minutes",
+            within="(0, inf)"),
+    # set per run by the launcher (run_and_time.sh), not by a config
+    Setting(None, "--results-dir", str, "result_N.txt goes here (next free N); from LOGDIR/DGXSYSTEM/resnet",
+            default="results/local/resnet"),
+    Setting(None, "--log-file", str, "write the MLPerf log to this exact (new) file instead"),
+    Setting(None, "--seed", int, "default: a fresh random seed", within="[0, 2147483647]"),
+    Setting(None, "--cache-cleared", bool01, "whether the launcher dropped the page cache (logged as cache_clear)",
+            default=False),
+    Setting(None, "--dist-timeout-s", float, "collective timeout (a dead peer)", default=300.0, within="(0, inf)"),
 ]
-BY_ENV = {s.env: s for s in SETTINGS}
+BY_ENV = {s.env: s for s in SETTINGS if s.env}
+BY_FLAG = {s.flag: s for s in SETTINGS}
+BY_FIELD = {s.field: s for s in SETTINGS if s.field}
 # Read by the launch scripts rather than by the training process.
-LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU",
-                "MASTER_ADDR", "MASTER_PORT", "CONT", "CACHE_CLEARED"}
+LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU", "CONFIG_FILE",
+                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON"}
+# Whole numbers the launch scripts compute with (bash arithmetic): checked before they are used.
+LAUNCH_NUMBERS = {"DGXNGPU": POSITIVE, "DGXNNODES": POSITIVE, "NEXP": POSITIVE, "SEED": "[0, 2147483647]"}
 KNOWN_NAMES = set(BY_ENV) | LAUNCH_NAMES
-KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_")
-PRECISIONS = ("fp16", "bf16", "fp32")
-STATUSES = ("onprem", "cloud", "preview", "research")
-LOADERS = ("ffcv", "torchvision")
+KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_", "SLURM_")
+TYPE_WORDS = {int: "a whole number", float: "a number", bool01: "0 or 1", str: "text"}
 
 
 def fail(setting: str, problem: str, fix: str):
-    raise SystemExit(f"mlperf-resnet: error: {setting}: {problem}; {fix}")
+    raise SettingError(f"{setting}: {problem}; {fix}")
 
 
-def _name(flag: str) -> str:
-    env = next((s.env for s in SETTINGS if s.flag == flag), None)
-    return f"{flag} ({env})" if env else flag
+# ----------------------------------------------------------------------------------------- generic over rows
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    for s in SETTINGS:
-        kind = str if s.type is _bool01 else s.type
-        p.add_argument(s.flag, type=kind, default=None, help=f"{s.help} [config: {s.env}]")
-    p.add_argument("--results-dir", default="results/local/resnet", help="result_N.txt goes here (next free N)")
-    p.add_argument("--log-file", help="write the MLPerf log to this exact (new) file instead")
-    p.add_argument("--seed", type=int, help="default: a fresh random seed")
-    p.add_argument("--cache-cleared", type=int, choices=(0, 1), default=0,
-                   help="whether the launcher dropped the page cache (logged as cache_clear)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dist-timeout-s", type=float, default=300.0, help="collective timeout (a dead peer)")
+def add_arguments(parser: argparse.ArgumentParser, rows=SETTINGS, recipes=RECIPES) -> None:
+    """One option per row. Values stay text here: `read` converts and checks them, so that a bad value is one
+    line naming the setting (argparse's own errors are two lines and exit 2)."""
+    for s in rows:
+        lazy = callable(s.choices)     # not resolved for --help: ARCH's list imports torchvision
+        metavar = ("|".join(s.choices) if s.choices and not lazy
+                   else {bool01: "0|1", int: "N", float: "X"}.get(s.type, "NAME" if lazy else "TEXT"))
+        default = s.default
+        if s.field:
+            default = "the recipe's (" + ", ".join(f"{n}: {getattr(r, s.field)}" for n, r in recipes.items()) + ")"
+        where = f"config: {s.env}; " if s.env else ""
+        parser.add_argument(s.flag, default=s.default, metavar=metavar,
+                            help=f"{s.help} [{where}default: {default}]".replace("%", "%%"))
 
 
-def recipe_from_args(args: argparse.Namespace, world_size: int):
-    recipe = get_recipe(args.recipe or "mild")
-    changes = {field: getattr(args, attr) for field, attr in (
-        ("arch", "arch"), ("epochs", "epochs"), ("warmup_epochs", "warmup_epochs"),
-        ("eval_every_epochs", "eval_every_epochs"), ("target_accuracy", "target_accuracy"),
-        ("precision", "precision"), ("train_crop_px", "train_crop_px"), ("eval_crop_px", "eval_crop_px"),
-        ("eval_resize_px", "eval_resize_px")) if getattr(args, attr) is not None}
-    if args.global_batch_size is not None:
-        changes["global_batch_size"] = args.global_batch_size
-    elif args.batch_size is not None:
+def read(args: argparse.Namespace, rows=SETTINGS) -> None:
+    """Convert each given value to its row's type and check it against the row; the first bad one raises."""
+    for s in rows:
+        value = getattr(args, s.dest, None)
+        if value is None:
+            continue
+        if isinstance(value, str) and s.type is not str:
+            try:
+                value = s.type(value.strip())
+            except ValueError:
+                fail(s.name, f"{value!r} is not {TYPE_WORDS[s.type]}", "fix the value in the config or flag")
+        if s.type is str and not value.strip():
+            fail(s.name, "is empty", "set a value or leave the setting out")
+        if s.type is float and not math.isfinite(value):
+            fail(s.name, f"{value} is not a finite number", "give a finite value")
+        choices = s.choices() if callable(s.choices) else s.choices
+        if choices and value not in choices:
+            fail(s.name, f"{value!r} is not one of {', '.join(map(str, choices))}", "pick one of them")
+        if s.within and not in_interval(value, s.within):
+            fail(s.name, f"{value} is not in {s.within}", f"choose a value in {s.within}")
+        setattr(args, s.dest, value)
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether `value` lies in an interval written as in maths: "(0, 1]", "[1, inf)"."""
+    match = re.fullmatch(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])", interval)
+    opening, low, high, closing = match.groups()
+    low, high = float(low), float(high)
+    above = value >= low if opening == "[" else value > low
+    below = value <= high if closing == "]" else value < high
+    return above and below
+
+
+def recipe_from_args(args: argparse.Namespace, world_size: int, rows=SETTINGS, recipes=RECIPES) -> Recipe:
+    """The chosen recipe with every given recipe-field setting applied (call after `read`). Two settings are
+    derived rather than fields: BATCHSIZE (x processes = the global batch) and LR (= lr per sample x batch)."""
+    name = getattr(args, "recipe", None) or "mild"
+    if name not in recipes:
+        fail(BY_FLAG["--recipe"].name, f"unknown recipe {name!r}", f"use one of {', '.join(recipes)}")
+    recipe = recipes[name]
+    changes = {s.field: getattr(args, s.dest) for s in rows if s.field and getattr(args, s.dest, None) is not None}
+    if getattr(args, "batch_size", None) is not None and "global_batch_size" not in changes:
         changes["global_batch_size"] = args.batch_size * world_size
     recipe = recipe.replace(**changes)
-    if args.lr is not None:
+    if getattr(args, "lr", None) is not None:
         recipe = recipe.replace(lr_per_sample=args.lr / recipe.global_batch_size)
-    if recipe.precision == "fp16" and args.precision is None and (args.device == "cpu" or not _cuda()):
+    device = getattr(args, "device", None)
+    if recipe.precision == "fp16" and "precision" not in changes and device is not None and not _cuda(device):
         recipe = recipe.replace(precision="fp32")    # the recipe's GPU default; without CUDA, fp32 unless asked
     return recipe
 
 
-def _cuda() -> bool:
+def check_recipe(recipe: Recipe) -> None:
+    """The checks that involve more than one field (each field's own checks are in its row)."""
+    def name(field):
+        return BY_FIELD[field].name if field in BY_FIELD else field
+
+    if recipe.epochs < recipe.eval_every_epochs:
+        fail(name("epochs"), f"{recipe.epochs} epochs is fewer than the evaluation interval "
+             f"{recipe.eval_every_epochs}", "train longer or evaluate more often (EVAL_EVERY_EPOCHS)")
+    if recipe.warmup_epochs > recipe.epochs:
+        fail(name("warmup_epochs"), f"{recipe.warmup_epochs} is more than the {recipe.epochs} epochs",
+             "shorten the warm-up")
+    if recipe.eval_crop_px > recipe.eval_resize_px:
+        fail(name("eval_crop_px"), f"{recipe.eval_crop_px} is larger than EVAL_RESIZE_PX {recipe.eval_resize_px}",
+             "crop at most the resized side")
+    first_px = recipe.resolution_px(0)
+    if first_px < 1:
+        fail(name("resize_initial_scale"), f"{recipe.resize_initial_scale} x TRAIN_CROP_PX {recipe.train_crop_px} "
+             f"rounds to a first training side of {first_px} px", "raise RESIZE_INITIAL_SCALE or TRAIN_CROP_PX")
+    if recipe.resize_delay + recipe.resize_finetune > 1:
+        fail(name("resize_finetune"), f"{recipe.resize_finetune} plus RESIZE_DELAY {recipe.resize_delay} is more "
+             "than all of training", "keep RESIZE_DELAY + RESIZE_FINETUNE <= 1")
+
+
+def env_to_flags(environ, rows=SETTINGS) -> list[str]:
+    """Train flags from the config variables in `environ` (empty values count as unset); `read` checks them."""
+    words = []
+    for s in rows:
+        value = environ.get(s.env, "") if s.env else ""
+        if value != "":
+            words += [s.flag, value]
+    logdir, system = environ.get("LOGDIR", ""), environ.get("DGXSYSTEM", "")
+    if logdir:
+        words += ["--results-dir", str(Path(logdir) / (system or "local") / "resnet")]
+    return words
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    add_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
+
+
+def _cuda(device: str = "auto") -> bool:
+    if device == "cpu":
+        return False
     import torch
 
     return torch.cuda.is_available()
 
 
-# What a setting that neither the config nor the command line gives falls back to (recipe values come from
-# the recipe itself).
-DEFAULTS = {"loader": "ffcv", "workers": min(8, len(os.sched_getaffinity(0))), "org": "mlperf-resnet",
-            "platform": "local", "status": "onprem", "compile": False}
-
-
-def validate_train_args(args: argparse.Namespace, world_size: int | None = None, here: bool = True) -> None:
-    """Check every setting up front; the first bad one fails with one line naming it and the fix.
-    Fills in DEFAULTS for what was not given. here=False skips what depends on this machine's devices
-    (a dry run on a login node checks a GPU config)."""
+def validate_train_args(args: argparse.Namespace, world_size: int | None = None, here: bool = True) -> list[str]:
+    """Check every setting up front; the first bad one raises SettingError naming it and the fix. Converts the
+    values in place. here=False skips what depends on this machine (a dry run on a login node checks a GPU
+    config): its devices and its data folder (run_and_time.sh warns about that itself). Returns warnings for the
+    console (print them once, not once per rank)."""
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
-    if args.recipe is not None and args.recipe not in RECIPES:
-        fail(_name("--recipe"), f"unknown recipe {args.recipe!r}", f"use one of {', '.join(RECIPES)}")
-    if args.compile is not None:
-        try:
-            args.compile = _bool01(str(args.compile)) if not isinstance(args.compile, bool) else args.compile
-        except ValueError:
-            fail(_name("--compile"), f"{args.compile!r} is not 0 or 1", "set COMPILE=0 or COMPILE=1")
-    from resnet.model import ARCHS
-
-    if args.arch is not None and args.arch not in ARCHS:
-        fail(_name("--arch"), f"{args.arch!r} is not a torchvision ResNet", f"use one of {', '.join(ARCHS)}")
-    for flag in ("--epochs", "--batch-size", "--global-batch-size", "--eval-every-epochs", "--train-crop-px",
-                 "--eval-crop-px", "--eval-resize-px"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and value <= 0:
-            fail(_name(flag), f"must be a positive whole number, got {value}", "fix the value in the config")
-    if args.lr is not None and args.lr <= 0:
-        fail(_name("--lr"), f"the learning rate must be positive, got {args.lr}", "unset LR to use 0.001 x batch")
+    read(args)
+    warnings = []
     if args.batch_size is not None and args.global_batch_size is not None:
-        fail(_name("--global-batch-size"), "given together with --batch-size (BATCHSIZE)", "set only one of them")
+        fail(BY_FLAG["--global-batch-size"].name, "given together with --batch-size (BATCHSIZE)",
+             "set only one of them")
     if args.global_batch_size is not None and args.global_batch_size % world_size:
-        fail(_name("--global-batch-size"), f"{args.global_batch_size} is not divisible by the world size "
+        fail(BY_FLAG["--global-batch-size"].name, f"{args.global_batch_size} is not divisible by the world size "
              f"{world_size}", "choose a multiple of the number of processes")
-    if args.workers is not None and args.workers < 0:
-        fail(_name("--workers"), f"must be >= 0, got {args.workers}", "use 0 for in-process loading")
-    if args.precision is not None and args.precision not in PRECISIONS:
-        fail(_name("--precision"), f"unknown precision {args.precision!r}", f"use one of {', '.join(PRECISIONS)}")
-    if here and args.precision == "fp16" and (args.device == "cpu" or not _cuda()):
-        fail(_name("--precision"), "fp16 needs a CUDA GPU and none is visible", "use bf16 or fp32 on the CPU")
-    if args.loader is not None and args.loader not in LOADERS:
-        fail(_name("--loader"), f"unknown loader {args.loader!r}", f"use one of {', '.join(LOADERS)}")
-    if args.status is not None and args.status not in STATUSES:
-        fail(_name("--status"), f"{args.status!r} is not an MLPerf status", f"use one of {', '.join(STATUSES)}")
-    for flag in ("--org", "--platform"):
-        if getattr(args, flag[2:]) is not None and not getattr(args, flag[2:]).strip():
-            fail(_name(flag), "is empty", "set a non-empty name")
-    if args.seed is not None and not 0 <= args.seed < 2**31:
-        fail("--seed (SEED)", f"{args.seed} is outside 0..2^31-1", "pick a smaller non-negative seed")
-    recipe = recipe_from_args(args, world_size)
-    if not 0 < recipe.target_accuracy <= 1:
-        fail(_name("--target-accuracy"), f"{recipe.target_accuracy} is not in (0, 1]", "use a fraction such as 0.759")
-    if recipe.epochs < recipe.eval_every_epochs:
-        fail(_name("--epochs"), f"{recipe.epochs} epochs is fewer than the evaluation interval "
-             f"{recipe.eval_every_epochs}", "train longer or evaluate more often (EVAL_EVERY_EPOCHS)")
-    if not 0 <= recipe.warmup_epochs <= recipe.epochs:
-        fail(_name("--warmup-epochs"), f"{recipe.warmup_epochs} is not within 0..{recipe.epochs} epochs",
-             "shorten the warm-up")
-    if recipe.eval_crop_px > recipe.eval_resize_px:
-        fail(_name("--eval-crop-px"), f"{recipe.eval_crop_px} is larger than EVAL_RESIZE_PX "
-             f"{recipe.eval_resize_px}", "crop at most the resized side")
-    if args.checkpoint_every_minutes is not None and args.checkpoint_every_minutes <= 0:
-        fail(_name("--checkpoint-every-minutes"), "must be positive", "unset it to checkpoint only per epoch")
-    if args.checkpoint_every_minutes and not args.checkpoint_dir:
-        fail(_name("--checkpoint-every-minutes"), "needs a checkpoint folder", "set CHECKPOINT_DIR")
+    if here and args.device == "cuda" and not _cuda():
+        fail(BY_FLAG["--device"].name, "cuda asked for, but no CUDA GPU is visible", "check the driver and the "
+             "container's GPU access (docker --gpus, SLURM --gpus-per-node), or set DEVICE=auto to run anywhere")
+    for flag in ("--precision", "--eval-precision"):
+        value = getattr(args, BY_FLAG[flag].dest)
+        if here and value is not None and PRECISIONS[value].needs_cuda and not _cuda(args.device):
+            fail(BY_FLAG[flag].name, f"{value} needs a CUDA GPU and none is visible", "use bf16 or fp32 on the CPU")
+    if args.checkpoint_every_minutes is not None and not args.checkpoint_dir:
+        fail(BY_FLAG["--checkpoint-every-minutes"].name, "needs a checkpoint folder", "set CHECKPOINT_DIR")
     if args.resume and not args.checkpoint_dir:
         fail("--resume", "needs the killed run's checkpoint folder", "add --checkpoint-dir DIR")
-    _validate_data(args)
+    recipe = recipe_from_args(args, world_size)
+    check_recipe(recipe)
+    if recipe.target_accuracy < SUBMISSION_TARGET_ACCURACY:
+        warnings.append(f"{BY_FLAG['--target-accuracy'].name}: {recipe.target_accuracy} is below MLPerf's ResNet "
+                        f"target {SUBMISSION_TARGET_ACCURACY}: this is not a submission run, and summarize will not "
+                        "count it as converged")
+    if here:                  # a dry run previews on a login node: the data may live on the compute nodes only
+        _validate_data(args)
     _validate_output(args)
-    for name, value in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    return warnings
 
 
 def _validate_data(args) -> None:
+    name = BY_FLAG["--data"].name
     if not args.data:
-        fail(_name("--data"), "no data folder given", "set DATADIR (see README: mlperf-resnet prepare)")
-    data, loader = Path(args.data), args.loader or "ffcv"
+        fail(name, "no data folder given", "set DATADIR (see README: mlperf-resnet prepare)")
+    data = Path(args.data)
     if not data.is_dir():
-        fail(_name("--data"), f"{data} does not exist", "prepare the data set first (mlperf-resnet prepare)")
-    wanted = ("train.beton", "val.beton") if loader == "ffcv" else ("train", "val")
+        fail(name, f"{data} does not exist", "prepare the data set first (mlperf-resnet prepare)")
+    wanted = ("train.beton", "val.beton") if args.loader == "ffcv" else ("train", "val")
     for split in wanted:
         if not (data / split).exists():
-            fail(_name("--data"), f"{data / split} is missing", "run mlperf-resnet prepare SRC OUT for ffcv files, "
+            fail(name, f"{data / split} is missing", "run mlperf-resnet prepare SRC OUT for ffcv files, "
                  "or point DATADIR at a folder with train/ and val/ for LOADER=torchvision")
 
 
@@ -209,7 +325,7 @@ def _validate_output(args) -> None:
     if not _writable(folder):
         fail("--results-dir (LOGDIR)", f"{folder} is not writable", "choose a folder you can write to")
     if args.checkpoint_dir and not _writable(Path(args.checkpoint_dir)):
-        fail(_name("--checkpoint-dir"), f"{args.checkpoint_dir} is not writable", "choose another folder")
+        fail(BY_FLAG["--checkpoint-dir"].name, f"{args.checkpoint_dir} is not writable", "choose another folder")
 
 
 def _writable(folder: Path) -> bool:
@@ -219,22 +335,22 @@ def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def env_to_flags(environ) -> list[str]:
-    """Train flags from the config variables in `environ` (empty values count as unset)."""
-    words = []
-    for s in SETTINGS:
-        value = environ.get(s.env, "")
+# ----------------------------------------------------------------------------------------- launch checks
+
+
+def world_size_from_env(environ) -> int:
+    """The launch numbers checked (bash computes with them next) and the world size they give."""
+    for name, interval in LAUNCH_NUMBERS.items():
+        value = environ.get(name, "")
         if value == "":
             continue
-        try:
-            s.type(value)
-        except ValueError:
-            fail(s.env, f"{value!r} is not a valid {s.type.__name__.strip('_')}", f"fix {s.env} in the config")
-        words += [s.flag, value]
-    logdir, system = environ.get("LOGDIR", ""), environ.get("DGXSYSTEM", "")
-    if logdir:
-        words += ["--results-dir", str(Path(logdir) / (system or "local") / "resnet")]
-    return words
+        if not re.fullmatch(r"[0-9]+", value) or not in_interval(int(value), interval):
+            fail(name, f"{value!r} is not a whole number in {interval}", f"fix {name} in the config")
+    last_seed = int(environ.get("SEED") or 0) + int(environ.get("NEXP") or 1) - 1
+    if environ.get("SEED") and last_seed > 2**31 - 1:
+        fail("SEED", f"experiment seeds SEED..SEED+NEXP-1 end at {last_seed}, above 2147483647",
+             "choose a smaller SEED")
+    return int(environ.get("DGXNGPU") or 1) * int(environ.get("DGXNNODES") or 1)
 
 
 def check_config(path: Path) -> list[str]:
@@ -243,13 +359,27 @@ def check_config(path: Path) -> list[str]:
         fail(str(path), "no such config", "pick one of the config_*.sh files")
     script = 'source "$1" >/dev/null || exit 1; env -0'
     out = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", "bash", "-c", script, "_", str(path.resolve())],
-                         capture_output=True, cwd=path.parent)
+                         capture_output=True, cwd=path.resolve().parent)
     if out.returncode:
-        last = (out.stderr.decode().strip().splitlines() or ["no message"])[-1]
+        last = (out.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         fail(str(path), f"sourcing it failed ({last})", "fix the shell error")
-    names = {item.split(b"=", 1)[0].decode() for item in out.stdout.split(b"\0") if item}
+    names = {item.split(b"=", 1)[0].decode(errors="replace") for item in out.stdout.split(b"\0") if item}
     names -= {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}
     return sorted(n for n in names if n not in KNOWN_NAMES and not n.startswith(KNOWN_PREFIXES))
+
+
+def misspelt_settings(environ, known=None) -> dict[str, str]:
+    """Environment variables that are no setting but look like one: {name: the setting it probably means}.
+    Only close matches count (cutoff 0.8), so ordinary variables such as HOME or HOSTNAME pass."""
+    known = sorted(known or KNOWN_NAMES)
+    found = {}
+    for name in environ:
+        if name in known or name.startswith(KNOWN_PREFIXES) or not name.isupper():
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            found[name] = close[0]
+    return found
 
 
 def main(argv=None) -> int:
@@ -258,23 +388,40 @@ def main(argv=None) -> int:
     sub.add_parser("flags", help="print the train flags from the environment, one word per line, after checking them")
     c = sub.add_parser("check-config", help="report exported names that are no known setting (typos)")
     c.add_argument("config", type=Path)
+    sub.add_parser("check-env", help="report environment variables that look like a misspelt setting")
     args = p.parse_args(argv)
-    if args.cmd == "flags":
-        words = env_to_flags(os.environ)
-        train_parser = argparse.ArgumentParser()
-        add_train_arguments(train_parser)
-        world = int(os.environ.get("DGXNGPU", 1) or 1) * int(os.environ.get("DGXNNODES", 1) or 1)
-        validate_train_args(train_parser.parse_args(words), world_size=world,
-                            here=os.environ.get("DRY_RUN", "0") != "1")
-        print("\n".join(words))
-        return 0
-    unknown = check_config(args.config)
-    for name in unknown:
-        close = difflib.get_close_matches(name, sorted(KNOWN_NAMES), n=1)
-        print(f"mlperf-resnet: error: {args.config}: unknown setting {name}"
-              + (f"; did you mean {close[0]}?" if close else "; remove it or see README 'Settings'"),
-              file=sys.stderr)
-    return 1 if unknown else 0
+    try:
+        if args.cmd == "flags":
+            return _flags(os.environ)
+        if args.cmd == "check-env":
+            problems = [f"environment: {name} is no setting; did you mean {close}? (unset {name} if it is not "
+                        "meant for this run)"
+                        for name, close in sorted(misspelt_settings(os.environ).items())]
+        else:
+            problems = []
+            for name in check_config(args.config):
+                close = difflib.get_close_matches(name, sorted(KNOWN_NAMES), n=1)
+                problems.append(f"{args.config}: unknown setting {name}"
+                                + (f"; did you mean {close[0]}?" if close else "; remove it or see README 'Settings'"))
+    except errors.Error as e:
+        errors.report(e)
+        return e.exit_code
+    for line in problems:
+        print(f"mlperf-resnet: error: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _flags(environ) -> int:
+    words = env_to_flags(environ)
+    world = world_size_from_env(environ)
+    train_parser = argparse.ArgumentParser()
+    add_train_arguments(train_parser)
+    warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
+                                   here=environ.get("DRY_RUN", "0") != "1")
+    for line in warnings:
+        print(f"mlperf-resnet: warning: {line}", file=sys.stderr)
+    print("\n".join(words))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,38 +1,70 @@
-"""The recipe core (Recipe, Plan, learning-rate schedule, the schedule command) against the formulas and
-tables of the recipe (docs/RECIPE.md)."""
+"""The recipe core (Recipe, Plan, learning-rate schedule, evaluation cadence, the schedule command) against the
+formulas and tables of the recipe (docs/RECIPE.md) and MosaicML's submitted run."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from resnet.recipe import MILD, Plan, lr_factor
+from resnet.errors import SettingError
+from resnet.recipe import BASELINE, MILD, Plan, get_recipe, lr_factor
 
 LR_AT_EVEN_EPOCHS = [0, .512, 1.024, 1.536, 2.048, 1.998, 1.852, 1.626, 1.340, 1.024, .708, .422, .196, .050, 0]
 RESOLUTIONS = [88] * 12 + [96, 104, 112, 116, 124, 132, 140, 148, 156, 164, 172] + [176] * 5
+# Composer evaluates when the number of completed epochs is a multiple of the interval, and at the end.
+MILD_EVALS = [3, 6, 9, 12, 15, 18, 21, 24, 27, 28]
+BASELINE_EVALS = list(range(4, 89, 4)) + [90]
+
+
+def schedule(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "resnet.schedule", *args], check=check,
+                          capture_output=True, text=True)
 
 
 def schedule_json(*args):
-    out = subprocess.run([sys.executable, "-m", "resnet.cli", "schedule", *args, "--json"],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return json.loads(schedule(*args, "--json").stdout)
 
 
 def test_schedule_command_reproduces_recipe_tables():
     plan = schedule_json("--recipe", "mild", "--epochs", "28", "--steps-per-epoch", "625")
     epochs = plan["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(28))
+    assert plan["epoch_numbering"] == "completed epochs"
+    assert [e["epoch"] for e in epochs] == list(range(1, 29))
     for even, lr in zip(range(0, 28, 2), LR_AT_EVEN_EPOCHS):
         assert round(epochs[even]["lr"], 3) == pytest.approx(lr, abs=1e-9), even
     assert [e["resolution"] for e in epochs] == RESOLUTIONS
-    assert [e["epoch"] for e in epochs if e["eval"]] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert [e["epoch"] for e in epochs if e["eval"]] == MILD_EVALS
+    baseline = schedule_json("--recipe", "baseline")["epochs"]
+    assert [e["epoch"] for e in baseline if e["eval"]] == BASELINE_EVALS
 
 
 def test_schedule_defaults_to_imagenet_steps_and_text_output():
     assert schedule_json("--recipe", "mild")["steps_per_epoch"] == 625
-    text = subprocess.run([sys.executable, "-m", "resnet.cli", "schedule"], check=True, capture_output=True,
-                          text=True).stdout
+    text = schedule().stdout
     assert "2.048" in text and " 176" in text
+    assert "evaluations after 3, 6, 9, 12, 15, 18, 21, 24, 27, 28 completed epochs" in text
+    assert "as MLPerf logs epoch_num" in text and "in fp32" in text
+
+
+def test_schedule_takes_the_recipe_settings_of_train():
+    plan = schedule_json("--epochs", "18", "--eval-every-epochs", "2", "--resize-initial-scale", "1",
+                         "--global-batch-size", "1024", "--lr", "1.5")
+    assert [e["epoch"] for e in plan["epochs"] if e["eval"]] == list(range(2, 19, 2))
+    assert {e["resolution"] for e in plan["epochs"]} == {176}
+    assert (plan["steps_per_epoch"], plan["peak_lr"]) == (1_281_167 // 1024, 1.5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--recipe", "spicy"], "--recipe (RECIPE): 'spicy' is not one of mild, baseline"),
+    (["--epochs", "0"], "--epochs (EPOCHS): 0 is not in [1, inf)"),
+    (["--epochs", "2"], "--epochs (EPOCHS): 2 epochs is fewer than the evaluation interval 3"),
+    (["--lr", "inf"], "--lr (LR): inf is not a finite number"),
+    (["--steps-per-epoch", "0"], "--steps-per-epoch: 0 is not positive"),
+])
+def test_schedule_rejects_bad_settings_in_one_line(args, message):
+    out = schedule(*args, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"mlperf-resnet: error: {message}") and out.stderr.count("\n") == 1, out.stderr
 
 
 def test_lr_is_zero_at_the_last_step_and_peak_after_warmup():
@@ -41,11 +73,53 @@ def test_lr_is_zero_at_the_last_step_and_peak_after_warmup():
     assert lr_factor(2500, 5000, 17500) == 0.5
 
 
+def test_evaluation_cadence_follows_composer():
+    """Evaluate after every k completed epochs, and after the last as a safety net (0-based epoch = completed - 1)."""
+    assert [e + 1 for e in range(MILD.epochs) if MILD.evaluates_after(e)] == MILD_EVALS
+    assert [e + 1 for e in range(BASELINE.epochs) if BASELINE.evaluates_after(e)] == BASELINE_EVALS
+    divisible = MILD.replace(epochs=12, eval_every_epochs=4)
+    assert [e + 1 for e in range(12) if divisible.evaluates_after(e)] == [4, 8, 12]
+
+
+def test_block_epochs_run_through_the_next_evaluation():
+    assert [MILD.block_epochs(first) for first in (0, 3, 24, 27)] == [3, 3, 3, 1]
+    assert MILD.block_epochs(1) == 2                     # a resumed run starts mid-block
+    assert [BASELINE.block_epochs(first) for first in (0, 84, 88)] == [4, 4, 2]
+    for recipe in (MILD, BASELINE):                      # blocks tile the run, each ending on an evaluation
+        first, blocks = 0, []
+        while first < recipe.epochs:
+            blocks.append(first + recipe.block_epochs(first))
+            first = blocks[-1]
+        assert blocks == (MILD_EVALS if recipe is MILD else BASELINE_EVALS)
+
+
 def test_plan_derives_from_data_and_machine():
     imagenet = Plan(MILD, num_classes=1000, train_samples=1_281_167, eval_samples=50_000, world_size=8)
     assert (imagenet.steps_per_epoch, imagenet.per_device_batch, imagenet.warmup_steps) == (625, 256, 5000)
     tiny = Plan(MILD.replace(global_batch_size=64, epochs=10), num_classes=10, train_samples=3200,
                 eval_samples=1000, world_size=2)
     assert (tiny.steps_per_epoch, tiny.per_device_batch, tiny.total_steps) == (50, 32, 500)
-    with pytest.raises(SystemExit, match="not divisible"):
+    with pytest.raises(SettingError, match="not divisible"):
         Plan(MILD, 10, 10_000, 100, world_size=3).check()
+    with pytest.raises(SettingError, match="^BATCHSIZE: 100 training images make no full batch of 2048; "):
+        Plan(MILD, 10, 100, 100, world_size=1).check()
+
+
+def test_ema_is_defined_in_images_so_any_batch_averages_the_same():
+    """At 2048: every 20 steps, half-life 100 steps, k = 2^(-20/100) = 0.870551. At 256 (config_1xH100.sh): every
+    160 steps with the same k, so both average over the same number of images."""
+    at_2048 = Plan(MILD, 1000, 1_281_167, 50_000, world_size=8)
+    assert (at_2048.ema_every_steps, at_2048.ema_decay) == (20, pytest.approx(0.870551, abs=1e-6))
+    at_256 = Plan(MILD.replace(global_batch_size=256), 1000, 1_281_167, 50_000, world_size=1)
+    assert (at_256.ema_every_steps, at_256.ema_decay) == (160, pytest.approx(0.870551, abs=1e-6))
+    huge = Plan(MILD.replace(global_batch_size=65536), 1000, 1_281_167, 50_000, world_size=8)
+    assert huge.ema_every_steps == 1 and huge.ema_decay == pytest.approx(2 ** (-65536 / 204_800))
+    assert not hasattr(MILD, "ema_decay")            # a step count is no property of the recipe
+
+
+def test_recipe_defaults_are_the_submitted_ones():
+    assert (MILD.eval_precision, MILD.crop_scale_min, MILD.target_accuracy) == ("fp32", 0.08, 0.759)
+    assert (BASELINE.eval_precision, BASELINE.crop_scale_min) == ("fp32", 0.08)
+    assert get_recipe("baseline") is BASELINE
+    with pytest.raises(SettingError, match=r"^RECIPE: unknown recipe 'spicy'; use one of mild, baseline$"):
+        get_recipe("spicy")
