@@ -189,6 +189,12 @@ class Plan:
         if self.steps_per_epoch < 1:
             raise SettingError(f"BATCHSIZE: {self.train_samples} training images make no full batch of "
                                f"{r.global_batch_size}; lower BATCHSIZE or use more data")
+        if r.ema and self.ema_every_steps > self.total_steps:
+            # Every evaluation would silently score the raw weights: on a small data set the EMA must be
+            # scaled to it (ImageNet's half-life is 0.16 epoch, one update every 0.032 epoch).
+            raise SettingError(f"EMA_EVERY_SAMPLES: {r.ema_every_samples} images per EMA update is more than the "
+                               f"whole run trains ({self.total_steps * r.global_batch_size}); scale "
+                               "EMA_EVERY_SAMPLES and EMA_HALF_LIFE_SAMPLES to the data set, or set EMA=0")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
