@@ -3,11 +3,26 @@ submission tree. Reads logs only; never imports the training code (`resnet`)."""
 import argparse
 import sys
 
+ERROR_PREFIX = "mlperf-resnet: error: "  # what the command layer puts before an error's text
+
 
 class ComplianceError(Exception):
     """A problem the user can fix; str() is '<where>: <problem>; <fix>'."""
 
     exit_code = 1
+
+
+class ComplianceErrors(ComplianceError):
+    """Several problems found at once (e.g. every log a submission cannot take). str() puts each on its own line,
+    so that the command layer, which prints ERROR_PREFIX + str(error), shows every problem as its own error
+    line; `.problems` holds them for callers that want the list."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return f"\n{ERROR_PREFIX}".join(self.problems)
 
 
 def main(command, argv=None) -> int:
@@ -20,5 +35,5 @@ def main(command, argv=None) -> int:
     try:
         return command.run(args)
     except ComplianceError as e:
-        print(f"mlperf-resnet: error: {e}", file=sys.stderr, flush=True)
+        print(f"{ERROR_PREFIX}{e}", file=sys.stderr, flush=True)
         return e.exit_code

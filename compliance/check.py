@@ -13,6 +13,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from compliance import ComplianceError
+
+NAME = "check"
+HELP = "run the official MLPerf compliance checker on result logs"
 DEFAULT_RULESET = "4.0.0"
 _RECORD = re.compile(r"^(INFO|WARNING|ERROR) - ")
 _SEPARATOR = "-" * 30  # what the checker puts between two messages
@@ -76,10 +80,11 @@ def check_log(path, ruleset: str = DEFAULT_RULESET) -> tuple[bool, list[str]]:
     """Run the official compliance checker on one log. Returns (passed, problems); problems may list warnings
     even when the log passes."""
     if ruleset not in resnet_rulesets():
-        raise ValueError(f"ruleset {ruleset} has no ResNet rules; use one of {', '.join(resnet_rulesets())}")
+        raise ComplianceError(f"--ruleset {ruleset}: has no ResNet rules in the installed mlperf-logging; "
+                              f"use one of {', '.join(resnet_rulesets())}")
     path = Path(path)
     if not path.is_file():
-        return False, [f"{path}: no such file"]
+        return False, [f"{path}: {'not a file' if path.exists() else 'no such file'}"]
     proc = run_official_tool("compliance_checker", "--usage", "training", "--ruleset", ruleset, path)
     output = proc.stdout + proc.stderr
     problems = parse_checker_output(output)
@@ -98,18 +103,24 @@ def check_logs(paths, ruleset: str = DEFAULT_RULESET) -> list[tuple[bool, list[s
 
 
 def expand_logs(args) -> list[Path]:
-    """Files as given; a folder stands for its result_*.txt."""
+    """Files as given; a folder stands for its result_*.txt files."""
     paths = []
     for arg in map(Path, args):
-        paths.extend(sorted(arg.glob("result_*.txt")) if arg.is_dir() else [arg])
+        paths.extend(sorted(p for p in arg.glob("result_*.txt") if p.is_file()) if arg.is_dir() else [arg])
     return paths
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
+    parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
+                        help="MLPerf Training ruleset (default %(default)s; 2.0.0 is MosaicML's round)")
 
 
 def run(args) -> int:
     paths = expand_logs(args.logs)
     if not paths:
-        raise SystemExit(f"mlperf-resnet check: error: {' '.join(args.logs)}: no result_*.txt in these folders; "
-                         "pass log files or folders that hold result_*.txt")
+        raise ComplianceError(f"{' '.join(args.logs)}: no result_*.txt in these folders; "
+                              "pass log files or folders that hold result_*.txt")
     failed = 0
     for path, (passed, problems) in zip(paths, check_logs(paths, args.ruleset)):
         failed += not passed
@@ -121,16 +132,7 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("check", help="run the official MLPerf compliance checker on result logs",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
-    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                   help="MLPerf Training ruleset (default %(default)s; 2.0.0 is MosaicML's round)")
-    p.set_defaults(func=run)
-
-
 if __name__ == "__main__":
-    from resnet.cli import standalone
+    import compliance
 
-    sys.exit(standalone(register))
+    sys.exit(compliance.main(sys.modules[__name__]))

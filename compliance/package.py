@@ -6,22 +6,35 @@
                                                       facts in compliance/systems/SYSTEM.json on top (DGXA100,
                                                       DGXA100_2x8, DGXH100), then --system-json, then --set
 
+Before anything is written, the set is checked as a submission needs it: every log passes the official
+compliance checker; a log that says success reached the quality target (ResNet: top-1 above 0.759, --target
+for other uses); the set has a score (5 runs, at most one that did not reach the target); every log's
+submission_benchmark, submission_org and submission_division agree with the package (a submission_platform
+other than --system is reported, not refused: NVIDIA's published logs name the machine there). Each problem is
+one error line, and nothing is written. ORG, SYSTEM and IMPL become folder names: letters, digits and . _ - +
+only.
+
 The tree is built under a temporary name and moved into place whole; an existing OUT/ORG is never touched.
 Then the official `mlperf_logging.package_checker` lints it (it exits 0 even when it finds errors, so its verdict
 line is read); the exit status is 1 when it finds errors.
 """
-import argparse
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from compliance import ComplianceError, ComplianceErrors
 from compliance.check import DEFAULT_RULESET, resnet_rulesets, run_official_tool
+from compliance.summarize import TARGET_TOP1, check_target, summarize_dirs
+
+NAME = "package"
+HELP = "build an MLPerf submission tree from result logs"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Hardware facts of the systems our configs name (config_<SYSTEM>.sh), as NVIDIA published them for DGX A100
@@ -48,10 +61,19 @@ INTEGER_FIELDS = ("number_of_nodes", "host_processors_per_node", "accelerators_p
 SKIP_TOP = {".git", ".venv", "venv", "data", "results", "build", "dist", "checkpoints"}
 SKIP_ANY = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = (".pyc", ".beton", ".log", ".egg-info", ".pt")
+# --org, --system and --impl become folder names in the tree, and the official tools put them in paths and CSV
+# files: a leading letter or digit, then letters, digits, . _ - + (no spaces, slashes, quotes, $ ; | & ...).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+PLAIN_NAME_RULE = ("use 1-64 letters, digits, '.', '_', '-' or '+', starting with a letter or digit "
+                   "(no spaces, slashes, quotes or shell characters)")
 
 
-def _error(where: str, what: str) -> SystemExit:
-    return SystemExit(f"mlperf-resnet package: error: {where}: {what}")
+def _error(where: str, what: str) -> ComplianceError:
+    return ComplianceError(f"{where}: {what}")
+
+
+def _warn(message: str) -> None:
+    print(f"mlperf-resnet package: warning: {message}", file=sys.stderr, flush=True)
 
 
 # ---- the system description -----------------------------------------------------------------------------------
@@ -172,8 +194,7 @@ def apply_overrides(desc: dict, overrides: dict) -> dict:
     name; a status no ruleset accepts is an error."""
     for key in overrides:
         if key not in SYSTEM_FIELDS:
-            print(f"mlperf-resnet package: warning: {key} is not one of MLPerf's system fields; kept as given",
-                  file=sys.stderr)
+            _warn(f"{key} is not one of MLPerf's system fields; kept as given")
     desc = merge(desc, overrides)
     desc["status"] = STATUS.get(desc["status"], desc["status"])
     if desc["status"] not in STATUS.values():
@@ -209,43 +230,119 @@ def code_files(root: Path, exclude: Path | None = None) -> list[Path]:
     return sorted(keep)
 
 
-def _log_value(log: Path, key: str):
+def check_name(flag: str, value: str) -> str:
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value):
+        raise _error(f"{flag} {value!r}", f"not a plain name; {PLAIN_NAME_RULE}")
+    return value
+
+
+def check_out(out: Path, org_dir: Path) -> None:
+    """Refuse an --out that cannot hold the tree before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise _error(f"--out {out}", "is a file, not a folder; name a folder (created when missing)")
+    if org_dir.exists() or org_dir.is_symlink():
+        raise _error(str(org_dir), "already exists; choose another --out or remove it first")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the part of --out that exists already
+    if not existing.is_dir():
+        raise _error(f"--out {out}", f"{existing} is a file, not a folder; name a folder (created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _error(f"--out {out}", f"{existing} is not writable; choose a folder you can write to")
+
+
+def _log_identity(log: Path) -> dict:
+    """The submission_* values a log states (None for a key it does not have)."""
     from mlperf_logging.compliance_checker.mlp_parser import parse_file
 
-    return next((ll.value["value"] for ll in parse_file(str(log), ruleset=DEFAULT_RULESET)[0] if ll.key == key), None)
+    keys = ("submission_benchmark", "submission_org", "submission_division", "submission_platform",
+            "submission_status")
+    found = dict.fromkeys(keys)
+    try:
+        loglines = parse_file(str(log), ruleset=DEFAULT_RULESET)[0]
+    except OSError:
+        return found  # unreadable: the compliance check reports it
+    for ll in loglines:
+        if ll.key in found and found[ll.key] is None and isinstance(ll.value, dict):
+            found[ll.key] = ll.value.get("value")
+    return found
+
+
+def set_problems(results: Path, logs: list[Path], org: str, system: str, division: str,
+                 ruleset: str = DEFAULT_RULESET, target: float = TARGET_TOP1) -> tuple[list[str], list[str], dict]:
+    """(problems, warnings, what the logs agree on) for packaging `logs` as ORG's SYSTEM. A problem is a reason to
+    refuse the set; a warning is printed and the set packaged."""
+    problems, warnings = [], []
+    identities = {log: _log_identity(log) for log in logs}
+    for log, ident in identities.items():
+        if ident["submission_benchmark"] != BENCHMARK:
+            problems.append(f"{log.name}: submission_benchmark {ident['submission_benchmark']!r}, not "
+                            f"{BENCHMARK!r}; package ResNet logs only")
+        if ident["submission_org"] != org:
+            problems.append(f"{log.name}: submission_org {ident['submission_org']!r} but --org {org!r}; "
+                            f"package with the org the runs logged, or train again with SUBMISSION_ORG={org} "
+                            "(a result log is never edited)")
+        if ident["submission_division"] not in (None, division):
+            problems.append(f"{log.name}: submission_division {ident['submission_division']!r} but --division "
+                            f"{division!r}; they must agree (the system file decides which checks run)")
+    agreed = {}
+    for key in ("submission_platform", "submission_status"):
+        values = sorted({str(ident[key]) for ident in identities.values()})
+        if len(values) > 1:
+            problems.append(f"--results {results}: the logs disagree on {key} ({', '.join(values)}); a set is "
+                            "five runs of one system")
+        agreed[key] = next(iter(identities.values()))[key] if len(values) == 1 else None
+    if agreed["submission_platform"] not in (None, system):
+        warnings.append(f"the logs say submission_platform {agreed['submission_platform']!r}, the package "
+                        f"--system {system!r}; the results go under results/{system}/ and systems/{system}.json")
+
+    summary = summarize_dirs([results], ruleset, target=target)[0]
+    for run in summary["runs"]:
+        honest_miss = run["compliant"] and run["status"] != "success"  # e.g. aborted: one of five is tolerated
+        if run["problems"] and not honest_miss:
+            problems.append(f"{run['file']}: {'; '.join(run['problems'])}")
+    if not summary["valid"]:
+        problems.append(f"--results {results}: the set has no score: {summary['reason']}")
+    if target != TARGET_TOP1:
+        warnings.append(f"--target {target:g} is not the ResNet quality target {TARGET_TOP1}: this tree is not a "
+                        "submission")
+    return problems, warnings, agreed
 
 
 def build_package(org: str, system: str, results, out, *, division: str = "open", status: str | None = None,
-                  impl: str = "pytorch", code=REPO_ROOT, overrides: dict | None = None) -> Path:
+                  impl: str = "pytorch", code=REPO_ROOT, overrides: dict | None = None,
+                  ruleset: str = DEFAULT_RULESET, target: float = TARGET_TOP1) -> Path:
     """Write OUT/ORG (see the module's doc) and return its path. `status` defaults to the logs'
     submission_status. The system file is what this machine shows, then compliance/systems/<system>.json where
-    there is one, then `overrides`. Raises SystemExit with a one-line message on anything it refuses."""
+    there is one, then `overrides`. Raises ComplianceError (ComplianceErrors: every problem of the set) on
+    anything it refuses, before anything is written."""
+    for flag, value in (("--org", org), ("--system", system), ("--impl", impl)):
+        check_name(flag, value)
+    check_target(target)
     results, out, code = Path(results), Path(out), Path(code)
     org_dir = out / org
-    if org_dir.exists():
-        raise _error(str(org_dir), "already exists; choose another --out or remove it first")
+    check_out(out, org_dir)
     if not (code / "pyproject.toml").is_file():  # e.g. an installed copy: its parent is site-packages
         raise _error(f"--code {code}", "no pyproject.toml there, so not this repository's checkout; "
                      "pass --code /path/to/the/repository")
-    logs = sorted(results.glob("result_*.txt"))
+    logs = sorted(p for p in results.glob("result_*.txt") if p.is_file()) if results.is_dir() else []
     if not logs:
         raise _error(f"--results {results}", "no result_*.txt there; point it at the folder of a system's logs, "
                      "e.g. results/<system>/resnet")
-    for flag, value in (("--org", org), ("--system", system), ("--impl", impl)):
-        if not value or "/" in value or value.startswith("."):
-            raise _error(f"{flag} {value!r}", "must be a plain folder name")
-    log_division = _log_value(logs[0], "submission_division")
-    if log_division not in (None, division):
-        raise _error(f"{logs[0]}", f"logs submission_division {log_division!r} but --division {division!r}; "
-                     "they must agree (the system file decides which checks run)")
-    status = status or _log_value(logs[0], "submission_status") or "research"
+    problems, warnings, agreed = set_problems(results, logs, org, system, division, ruleset, target)
+    if problems:
+        raise ComplianceErrors([*problems, f"--results {results}: {len(problems)} problem(s); nothing was packaged"])
+    for warning in warnings:
+        _warn(warning)
+    status = status or agreed["submission_status"] or "research"
     template = SYSTEMS_DIR / f"{system}.json"
     known = json.loads(template.read_text()) if template.is_file() else {}
     desc = apply_overrides(describe_system(org, system, division, status, storage_path=results),
                            merge(known, overrides or {}))
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{org}.", dir=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{org}.", dir=out))
+    except OSError as e:
+        raise _error(f"--out {out}", f"cannot create the tree there ({e.strerror or e}); choose a writable folder")
     try:
         impl_dir = tmp / "benchmarks" / BENCHMARK / "implementations" / impl
         for rel in code_files(code, exclude=out):
@@ -259,8 +356,10 @@ def build_package(org: str, system: str, results, out, *, division: str = "open"
         (tmp / "systems" / f"{system}.json").write_text(json.dumps(desc, indent=4) + "\n")
         os.chmod(tmp, 0o755)
         os.replace(tmp, org_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _error(f"--out {out}", f"writing the tree failed ({e.strerror or e}); nothing was left there")
         raise
     return org_dir
 
@@ -280,18 +379,43 @@ def package_check(org_dir, ruleset: str = DEFAULT_RULESET) -> tuple[bool, list[s
     return passed, problems
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--org", required=True, help="submitting organisation (the tree's top folder; letters, "
+                        "digits, . _ - +)")
+    parser.add_argument("--system", required=True, help="system name: results/<system>/ and systems/<system>.json")
+    parser.add_argument("--results", required=True, metavar="DIR", help="folder holding the result_*.txt logs")
+    parser.add_argument("--out", required=True, help="folder where OUT/ORG is made (refused when OUT/ORG exists)")
+    parser.add_argument("--division", default="open", choices=["open", "closed"], help="default %(default)s")
+    parser.add_argument("--status", help=f"availability: {', '.join(STATUS)} or the 4.x names "
+                        "(default: the logs' submission_status)")
+    parser.add_argument("--impl", default="pytorch", help="implementation folder name (default %(default)s)")
+    parser.add_argument("--code", default=str(REPO_ROOT), help="repository to copy (default: this one)")
+    parser.add_argument("--system-json", metavar="FILE",
+                        help="JSON object of system fields that override the detected ones")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one system field (repeatable; other_software_stack.NAME=VERSION for that "
+                             "table)")
+    parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
+                        help="ruleset of the compliance and package checks (default %(default)s)")
+    parser.add_argument("--target", type=float, default=TARGET_TOP1,
+                        help="top-1 a run must be above at success (default %(default)s, the ResNet quality "
+                             "target; another value does not make a submission)")
+    parser.add_argument("--no-check", action="store_true", help="do not run the official package checker")
+
+
 def run(args) -> int:
     overrides = {}
     if args.system_json:
         try:
             overrides = json.loads(Path(args.system_json).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise _error(f"--system-json {args.system_json}", f"{e}; give a JSON object of system fields")
         if not isinstance(overrides, dict):
             raise _error(f"--system-json {args.system_json}", "not a JSON object; give {\"field\": \"value\", ...}")
     overrides = merge(overrides, parse_set(args.set))
     org_dir = build_package(args.org, args.system, args.results, args.out, division=args.division,
-                            status=args.status, impl=args.impl, code=args.code, overrides=overrides)
+                            status=args.status, impl=args.impl, code=args.code, overrides=overrides,
+                            ruleset=args.ruleset, target=args.target)
     print(f"packaged {org_dir}")
     if args.no_check:
         return 0
@@ -301,28 +425,7 @@ def run(args) -> int:
     return 0 if passed else 1
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("package", help="build an MLPerf submission tree from result logs",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--org", required=True, help="submitting organisation (the tree's top folder)")
-    p.add_argument("--system", required=True, help="system name: results/<system>/ and systems/<system>.json")
-    p.add_argument("--results", required=True, metavar="DIR", help="folder holding the result_*.txt logs")
-    p.add_argument("--out", required=True, help="where OUT/ORG is made (refused when OUT/ORG exists)")
-    p.add_argument("--division", default="open", choices=["open", "closed"], help="default %(default)s")
-    p.add_argument("--status", help=f"availability: {', '.join(STATUS)} or the 4.x names "
-                   "(default: the logs' submission_status)")
-    p.add_argument("--impl", default="pytorch", help="implementation folder name (default %(default)s)")
-    p.add_argument("--code", default=str(REPO_ROOT), help="repository to copy (default: this one)")
-    p.add_argument("--system-json", metavar="FILE", help="JSON object of system fields that override the detected ones")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one system field (repeatable; other_software_stack.NAME=VERSION for that table)")
-    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                   help="ruleset of the package check (default %(default)s)")
-    p.add_argument("--no-check", action="store_true", help="do not run the official package checker")
-    p.set_defaults(func=run)
-
-
 if __name__ == "__main__":
-    from resnet.cli import standalone
+    import compliance
 
-    sys.exit(standalone(register))
+    sys.exit(compliance.main(sys.modules[__name__]))

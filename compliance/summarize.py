@@ -2,23 +2,28 @@
 
 PATH is a folder of result_*.txt or a submission tree (every folder under it that holds result_*.txt is a set,
 e.g. ORG/results/<system>/resnet/). Per run: minutes from run_start to the first run_stop, counted only when the
-run succeeded (run_stop status success, and the log passes the official compliance checker); the epoch and
-top-1 at success; the seed. Per set: the score, the olympic mean (drop the fastest and the slowest of the 5
-runs, average the other 3; a run without success counts as infinitely slow: one is tolerated, two make the set
-invalid). The score is the raw one of the rules; where the review left a scaling.json (closed division RCP
-scaling) the scaled score is reported beside it. Exit status 0 when every set is valid, 1 otherwise.
+run reached the quality target: run_stop says success, the last eval_accuracy before it is above the target
+(ResNet: top-1 > 0.759; --target for other uses), and the log passes the official compliance checker. A run
+that does not count is named with the reason. Also per run: the epochs completed at success (counted the way
+MosaicML and NVIDIA log them) and the top-1 there, and the seed. Per set: the score, the olympic mean (drop the
+fastest and the slowest of the 5 runs, average the other 3; a run that does not count is infinitely slow: one
+is tolerated, two make the set invalid). The score is the raw one of the rules; where the review left a
+scaling.json (closed division RCP scaling) the scaled score is reported beside it. Exit status 0 when every
+set is valid, 1 otherwise.
 """
-import argparse
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
+from compliance import ComplianceError
 from compliance.check import DEFAULT_RULESET, check_logs, resnet_rulesets
 
+NAME = "summarize"
+HELP = "time to train and MLPerf score of sets of result logs"
 RUNS_PER_SET = 5
-TARGET_TOP1 = 0.759  # the ResNet quality target: top-1 > 75.90%
+TARGET_TOP1 = 0.759  # the ResNet quality target: top-1 strictly above 75.90%
 MINUTE_MS = 60_000
 
 
@@ -26,40 +31,88 @@ def _first(loglines, key):
     return next((ll for ll in loglines if ll.key == key), None)
 
 
+def _meta(ll) -> dict:
+    """A log line's metadata (an edited log may carry something other than an object there)."""
+    meta = ll.value.get("metadata") if isinstance(ll.value, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def completed_epochs_offset(loglines) -> int:
+    """What to add to a log's epoch_num to get the number of completed epochs. MosaicML (epoch_start 0,
+    epoch_stop 1), NVIDIA (epochs numbered from 1) and our logs since issue 10 put the completed count on
+    epoch_stop and eval_accuracy: 0. Our older logs numbered epochs from 0 on epoch_stop too (the first epoch
+    both started and stopped as epoch 0): 1."""
+    start, stop = _first(loglines, "epoch_start"), _first(loglines, "epoch_stop")
+    if start and stop and _meta(start).get("epoch_num") == 0 and _meta(stop).get("epoch_num") == 0:
+        return 1
+    return 0
+
+
 def parse_run(path, ruleset: str = DEFAULT_RULESET) -> dict:
-    """What one log says about its run, read with mlperf_logging's own parser (compliance not included).
-    Like the official summarizer, the run is timed from the first run_start to the first run_stop, whether
-    they are point events or interval start/end, and whatever is logged after run_stop is not part of it."""
+    """What one log says about its run, read with mlperf_logging's own parser (compliance and target not
+    included: see why_not_counted). Like the official summarizer, the run is timed from the first run_start to
+    the first run_stop, whether they are point events or interval start/end, and whatever is logged after
+    run_stop is not part of it."""
     from mlperf_logging.compliance_checker.mlp_parser import parse_file
 
     path = Path(path)
-    loglines, errors = parse_file(str(path), ruleset=ruleset)
+    try:
+        loglines, errors = parse_file(str(path), ruleset=ruleset)
+    except OSError as e:
+        loglines, errors = [], [(str(path), f"cannot read it: {e.strerror or e}")]
     start, stop = _first(loglines, "run_start"), _first(loglines, "run_stop")
     seed = _first(loglines, "seed")
-    status = stop.value["metadata"].get("status") if stop else None
+    status = _meta(stop).get("status") if stop else None
     evals = [ll for ll in loglines if ll.key == "eval_accuracy" and (stop is None or ll.lineno < stop.lineno)]
     at_success = evals[-1] if evals and status == "success" else None
-    problems = []
-    if start is None:
-        problems.append("no run_start")
-    if stop is None:
-        problems.append("no run_stop")
-    elif status != "success":
-        problems.append(f"run_stop status {status}")
-    if errors:
-        problems.append(f"{len(errors)} unparsable log lines")
+    offset = completed_epochs_offset(loglines)
+
+    def completed(ll):
+        epoch = _meta(ll).get("epoch_num")
+        return epoch + offset if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+    def value(ll):
+        return ll.value.get("value") if ll and isinstance(ll.value, dict) else None
+
     return {
         "file": path.name,
-        "seed": seed.value["value"] if seed else None,
+        "seed": value(seed),
         "status": status,
         "raw_minutes": (stop.timestamp - start.timestamp) / MINUTE_MS if start and stop else None,
-        "epoch_at_success": at_success.value["metadata"].get("epoch_num") if at_success else None,
-        "accuracy_at_success": at_success.value["value"] if at_success else None,
-        # (minutes since run_start, epoch, top-1) of each evaluation up to run_stop, for the plot
-        "evals": [[(ll.timestamp - start.timestamp) / MINUTE_MS if start else None,
-                   ll.value["metadata"].get("epoch_num"), ll.value["value"]] for ll in evals],
-        "problems": problems,
+        "started": start is not None,
+        "epoch_at_success": completed(at_success) if at_success else None,
+        "accuracy_at_success": value(at_success),
+        # (minutes since run_start, completed epochs, top-1) of each evaluation up to run_stop, for the plot
+        "evals": [[(ll.timestamp - start.timestamp) / MINUTE_MS if start else None, completed(ll), value(ll)]
+                  for ll in evals],
+        "unparsable_lines": len(errors),
+        "problems": [],
     }
+
+
+def why_not_counted(run: dict, target: float = TARGET_TOP1) -> list[str]:
+    """Why a run's time does not count (empty: it counts). Only a run that reached the quality target counts:
+    a log that says success at an accuracy at or below the target (a mistyped target, an edited log) does not."""
+    problems = []
+    if not run["started"]:
+        problems.append("no run_start")
+    if run["status"] is None:
+        problems.append("no run_stop")
+    elif run["status"] != "success":
+        problems.append(f"run_stop status {run['status']}")
+    else:
+        accuracy = run["accuracy_at_success"]
+        if accuracy is None:
+            problems.append("success without an eval_accuracy before run_stop")
+        elif not _is_number(accuracy):
+            problems.append(f"success at top-1 {accuracy!r}, which is not a number")
+        elif not accuracy > target:
+            problems.append(f"success at top-1 {accuracy:.4f} is not above the target {target:g}")
+    return problems
 
 
 def olympic_score(runs_minutes) -> tuple[float | None, str | None]:
@@ -89,7 +142,7 @@ def find_result_dirs(path) -> list[Path]:
     return found
 
 
-def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float | None) -> dict:
+def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float | None, target: float) -> dict:
     runs_minutes = [r["minutes"] for r in runs]
     score, reason = olympic_score(runs_minutes)
     in_tree = folder.parent.parent.name == "results"
@@ -98,6 +151,7 @@ def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float
         "system": folder.parent.name if in_tree else None,
         "benchmark": folder.name if in_tree else None,
         "ruleset": ruleset,
+        "target": target,
         "runs_minutes": runs_minutes,
         "score_minutes": score,
         "valid": score is not None,
@@ -107,9 +161,18 @@ def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float
         "seeds": [r["seed"] for r in runs],
         "runs": runs,
     }
-    seeds = [s for s in summary["seeds"] if s is not None]
+    notes = []
+    if target != TARGET_TOP1:
+        notes.append(f"target {target:g} is not the ResNet quality target {TARGET_TOP1}: not a submission score")
+    seeds = [s for s in summary["seeds"] if s is not None and not isinstance(s, (dict, list))]
     if len(set(seeds)) < len(seeds):
-        summary["notes"] = ["runs share a seed; MLPerf wants a different seed per run"]
+        notes.append("runs share a seed; MLPerf wants a different seed per run")
+    for run in runs:
+        notes += [f"{run['file']}: checker warning: {w}" for w in run["warnings"]]
+        if run["unparsable_lines"]:
+            notes.append(f"{run['file']}: {run['unparsable_lines']} unparsable log lines")
+    if notes:
+        summary["notes"] = notes
     scaling = folder / "scaling.json"
     if scaling.is_file():
         summary["scaling_factor"] = json.loads(scaling.read_text())["scaling_factor"]
@@ -121,32 +184,37 @@ def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float
     return summary
 
 
-def summarize_dirs(folders, ruleset: str = DEFAULT_RULESET, usd_per_hour: float | None = None) -> list[dict]:
+def summarize_dirs(folders, ruleset: str = DEFAULT_RULESET, usd_per_hour: float | None = None,
+                   target: float = TARGET_TOP1) -> list[dict]:
     """One summary per folder of result_*.txt (the compliance checks of all their logs run together)."""
     folders = [Path(f) for f in folders]
-    logs = {f: sorted(f.glob("result_*.txt")) for f in folders}
+    logs = {f: sorted(p for p in f.glob("result_*.txt") if p.is_file()) for f in folders}
     verdicts = iter(check_logs([p for f in folders for p in logs[f]], ruleset))
     summaries = []
     for folder in folders:
         runs = []
         for log in logs[folder]:
             run = parse_run(log, ruleset)
-            run["compliant"], compliance_problems = next(verdicts)
+            run["compliant"], checker_messages = next(verdicts)
+            run["problems"] = why_not_counted(run, target)
             if not run["compliant"]:
-                run["problems"].append(f"fails compliance {ruleset}: " + "; ".join(compliance_problems))
-            run["minutes"] = run["raw_minutes"] if run["compliant"] and run["status"] == "success" else None
+                run["problems"].append(f"fails compliance {ruleset}: " + "; ".join(checker_messages))
+            run["warnings"] = checker_messages if run["compliant"] else []
+            run["minutes"] = None if run["problems"] else run["raw_minutes"]
             runs.append(run)
-        summaries.append(_summarize(folder, runs, ruleset, usd_per_hour))
+        summaries.append(_summarize(folder, runs, ruleset, usd_per_hour, target))
     return summaries
 
 
-def summarize_dir(path, ruleset: str = DEFAULT_RULESET, usd_per_hour: float | None = None) -> dict:
+def summarize_dir(path, ruleset: str = DEFAULT_RULESET, usd_per_hour: float | None = None,
+                  target: float = TARGET_TOP1) -> dict:
     """The summary of one folder of result_*.txt (e.g. $LOGDIR/$DGXSYSTEM/resnet), or of the one such folder
     below `path` (e.g. $LOGDIR). A folder without logs gives an invalid summary with no runs."""
     found = find_result_dirs(path)
     if len(found) > 1:
-        raise ValueError(f"{path} holds {len(found)} sets of result logs; use summarize_dirs(find_result_dirs(path))")
-    return summarize_dirs(found or [path], ruleset, usd_per_hour)[0]
+        raise ComplianceError(f"{path}: holds {len(found)} sets of result logs; summarize each, or use "
+                              "summarize_dirs(find_result_dirs(path))")
+    return summarize_dirs(found or [path], ruleset, usd_per_hour, target)[0]
 
 
 def _label(summary: dict) -> str:
@@ -155,11 +223,17 @@ def _label(summary: dict) -> str:
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
-    return none if value is None else format(value, spec)
+    if value is None:
+        return none
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    width = "".join(c for c in spec if c.isdigit())[:2] or "0"
+    return format(str(value)[:12], f">{width}")  # whatever an edited log put there, without failing
 
 
 def format_table(summaries: list[dict]) -> str:
-    """The human output: a header line per set, then one row per run."""
+    """The human output: a header line per set, one row per run, then why each run that does not count does
+    not, and notes."""
     cost = any("usd_per_hour" in s for s in summaries)
     out = []
     for s in summaries:
@@ -170,25 +244,27 @@ def format_table(summaries: list[dict]) -> str:
         if cost:
             score += f", ${_fmt(s['cost_usd'], '.2f')} at ${s['usd_per_hour']:g}/h"
         out.append(f"{s['path']}: {score}, {verdict}")
-        out.append(f"  {'run':<12} {'seed':>10} {'status':<8} {'minutes':>8} {'epoch':>5} {'top-1':>7}"
+        out.append(f"  {'run':<12} {'seed':>10} {'status':<8} {'minutes':>8} {'epochs':>6} {'top-1':>7}"
                    + (f" {'usd':>8}" if cost else ""))
         for i, run in enumerate(s["runs"]):
             row = (f"  {run['file']:<12} {_fmt(run['seed'], '>10', ' ' * 9 + '-')} {str(run['status']):<8} "
-                   f"{_fmt(run['minutes'], '8.3f', '       x')} {_fmt(run['epoch_at_success'], '>5', '    -')} "
+                   f"{_fmt(run['minutes'], '8.3f', '       x')} {_fmt(run['epoch_at_success'], '>6', '     -')} "
                    f"{_fmt(run['accuracy_at_success'], '7.4f', '      -')}")
             if cost:
                 row += f" {_fmt(s['runs_cost_usd'][i], '8.2f', '       -')}"
-            if run["minutes"] is None:
-                row += f"  no success: {'; '.join(run['problems'])}"
             out.append(row)
+        for run in s["runs"]:
+            if run["problems"]:
+                out.append(f"  {run['file']}: {'; '.join(run['problems'])}")
         for note in s.get("notes", []):
             out.append(f"  note: {note}")
     return "\n".join(out)
 
 
 def plot(summaries: list[dict], out, target: float = TARGET_TOP1) -> Path:
-    """accuracy against minutes for every run (dotted: no success) with the target line, and the time to train of
-    every run (hatched at the set's slowest success: did not converge) with each set's score."""
+    """accuracy against minutes for every run (dotted: does not count) with the target line, and the time to
+    train of every run (hatched at the set's slowest counted run: does not count) with each set's score. The
+    PNG is written under a temporary name and renamed, so `out` is never left half-written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,12 +273,12 @@ def plot(summaries: list[dict], out, target: float = TARGET_TOP1) -> Path:
     out = Path(out)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (acc_ax, ttt_ax) = plt.subplots(1, 2, figsize=(13, 5))
-    bars = []  # (label, minutes or None, the set's slowest success, color)
+    bars = []  # (label, minutes or None, the set's slowest counted run, color)
     for i, s in enumerate(summaries):
         color, label = colors[i % len(colors)], _label(s)
         slowest = max([m for m in s["runs_minutes"] if m is not None], default=1.0)
         for j, run in enumerate(s["runs"]):
-            points = [(m, acc) for m, _, acc in run["evals"] if m is not None]
+            points = [(m, acc) for m, _, acc in run["evals"] if m is not None and _is_number(acc)]
             if points:
                 style = "-" if run["minutes"] is not None else ":"
                 acc_ax.plot(*zip(*points), marker=".", color=color, linestyle=style, alpha=0.8,
@@ -217,56 +293,83 @@ def plot(summaries: list[dict], out, target: float = TARGET_TOP1) -> Path:
         ttt_ax.barh(y, minutes if minutes is not None else slowest, color=color,
                     alpha=1.0 if minutes is not None else 0.25, hatch=None if minutes is not None else "//")
         if minutes is None:
-            ttt_ax.text(0, y, " did not converge", va="center", fontsize="small")
+            ttt_ax.text(0, y, " does not count", va="center", fontsize="small")
     ttt_ax.set_yticks(range(len(bars)), [bar[0] for bar in bars], fontsize="small")
     ttt_ax.invert_yaxis()
     ttt_ax.set(xlabel="minutes (run_start to run_stop); dashed: score", title="time to train per run")
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ComplianceError(f"--plot {out}: cannot write it ({e.strerror or e}); choose a writable place")
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out
 
 
+def check_plot_path(path) -> Path:
+    """The --plot file, refused before any work when it cannot be written there."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ComplianceError(f"--plot {path}: not a .png name; name the PNG file to write, e.g. ttt.png")
+    if path.is_dir():
+        raise ComplianceError(f"--plot {path}: is a folder; name the PNG file to write inside it, e.g. {path}/ttt.png")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ComplianceError(f"--plot {path}: the folder {folder} does not exist; create it first or write the "
+                              "plot elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ComplianceError(f"--plot {path}: the folder {folder} is not writable; write the plot elsewhere")
+    return path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a folder of result_*.txt, or a submission tree")
+    parser.add_argument("--json", action="store_true", help="one JSON object per set instead of the table")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy against minutes and time to train per run")
+    parser.add_argument("--usd-per-hour", type=float, metavar="X", help="add the cost of each run and of the score")
+    parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
+                        help="ruleset of the compliance check (default %(default)s)")
+    parser.add_argument("--target", type=float, default=TARGET_TOP1,
+                        help="a run counts only when its top-1 at success is above this (default %(default)s, "
+                             "the ResNet quality target; another value is not a submission score)")
+
+
+def check_target(target: float, flag: str = "--target") -> float:
+    if not (math.isfinite(target) and 0 < target < 1):
+        raise ComplianceError(f"{flag} {target}: not a top-1 fraction in (0, 1); ResNet's quality target is "
+                              f"{TARGET_TOP1}")
+    return target
+
+
 def run(args) -> int:
+    check_target(args.target)
+    if args.usd_per_hour is not None and not (math.isfinite(args.usd_per_hour) and args.usd_per_hour >= 0):
+        raise ComplianceError(f"--usd-per-hour {args.usd_per_hour}: must be a price of 0 or more; give the "
+                              "machine's price per hour in US dollars")
+    plot_path = check_plot_path(args.plot) if args.plot else None
     folders = []
     for path in map(Path, args.paths):
         found = find_result_dirs(path) if path.is_dir() else []
         if not found:
-            raise SystemExit(f"mlperf-resnet summarize: error: {path}: no result_*.txt in it or below it; "
-                             "pass a folder of result logs or a submission tree")
+            raise ComplianceError(f"{path}: no result_*.txt in it or below it; pass a folder of result logs or "
+                                  "a submission tree")
         folders.extend(found)
-    if args.usd_per_hour is not None and args.usd_per_hour < 0:
-        raise SystemExit("mlperf-resnet summarize: error: --usd-per-hour: must not be negative; "
-                         "give the machine's price per hour in US dollars")
-    summaries = summarize_dirs(folders, args.ruleset, args.usd_per_hour)
+    summaries = summarize_dirs(folders, args.ruleset, args.usd_per_hour, args.target)
     if args.json:
         for s in summaries:
             print(json.dumps(s))
     else:
         print(format_table(summaries))
-    if args.plot:
-        print(f"plot: {plot(summaries, args.plot, args.target)}", file=sys.stderr if args.json else sys.stdout)
+    if plot_path:
+        print(f"plot: {plot(summaries, plot_path, args.target)}", file=sys.stderr if args.json else sys.stdout)
     return 0 if all(s["valid"] for s in summaries) else 1
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("summarize", help="time to train and MLPerf score of sets of result logs",
-                              description=__doc__.split("\n\n")[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="a folder of result_*.txt, or a submission tree")
-    p.add_argument("--json", action="store_true", help="one JSON object per set instead of the table")
-    p.add_argument("--plot", metavar="FILE.png", help="draw accuracy against minutes and time to train per run")
-    p.add_argument("--usd-per-hour", type=float, metavar="X", help="add the cost of each run and of the score")
-    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                   help="ruleset of the compliance check (default %(default)s)")
-    p.add_argument("--target", type=float, default=TARGET_TOP1,
-                   help="top-1 line drawn in the plot (default %(default)s)")
-    p.set_defaults(func=run)
-
-
 if __name__ == "__main__":
-    from resnet.cli import standalone
+    import compliance
 
-    sys.exit(standalone(register))
+    sys.exit(compliance.main(sys.modules[__name__]))

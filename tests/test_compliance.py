@@ -1,14 +1,19 @@
 """`mlperf-resnet check`: the official compliance checker (mlperf-logging 4.1.68, run for real) on reference logs
-written with the official mllog API, on deliberately broken copies of them, and on published logs."""
+written with the official mllog API, on deliberately broken copies of them, and on published logs (the repository's
+own copies, tests/data/peer_logs). Also the command seam of the compliance package (issue 12)."""
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import compliance
+from compliance import ComplianceError, check, package, summarize
 from compliance.check import check_log, check_logs, parse_checker_output, resnet_rulesets
-from compliance.reference_log import write_reference_log, write_reference_logs
-from resnet.cli import main
+from tests.reference_log import PEER_LOGS, edit_log, write_reference_log, write_reference_logs
 
-PEER_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "peer_logs" / "v2.0"
+REPO = Path(__file__).resolve().parents[1]
 NVIDIA = PEER_LOGS / "NVIDIA" / "dgxa100_ngc22.04_mxnet"
 
 
@@ -17,23 +22,22 @@ def reference_logs(tmp_path_factory):
     return write_reference_logs(tmp_path_factory.mktemp("reference"))
 
 
-def _edit(src: Path, dst: Path, replace=None, drop_key=None) -> Path:
-    """A copy of a log with one key's lines dropped or one string replaced."""
-    lines = src.read_text().splitlines(keepends=True)
-    if drop_key:
-        lines = [line for line in lines if f'"key": "{drop_key}"' not in line]
-    text = "".join(lines)
-    if replace:
-        assert replace[0] in text
-        text = text.replace(*replace)
-    dst.write_text(text)
-    return dst
+def _epoch_nums(log: Path) -> dict:
+    """{key: [epoch_num or first_epoch_num, ...]} of a log's epoch, block and eval events."""
+    found = {}
+    for line in log.read_text().splitlines():
+        event = json.loads(line.split(":::MLLOG ", 1)[1])
+        meta = event["metadata"]
+        number = meta.get("epoch_num", meta.get("first_epoch_num"))
+        if number is not None:
+            found.setdefault(event["key"], []).append(number)
+    return found
 
 
 def test_resnet_rulesets_include_both_rounds_and_not_the_tools_default():
     rulesets = resnet_rulesets()
     assert {"2.0.0", "4.0.0"} <= set(rulesets) and "6.1.0" not in rulesets
-    with pytest.raises(ValueError, match="no ResNet rules"):
+    with pytest.raises(ComplianceError, match=r"^--ruleset 6\.1\.0: has no ResNet rules"):
         check_log("result_0.txt", ruleset="6.1.0")
 
 
@@ -42,6 +46,24 @@ def test_reference_logs_pass_without_a_single_warning(reference_logs, ruleset):
     logs = sorted(reference_logs.glob("result_*.txt"))
     assert len(logs) == 5
     assert check_logs(logs, ruleset) == [(True, [])] * 5
+
+
+def test_reference_logs_number_completed_epochs_like_the_published_ones(reference_logs):
+    ours = _epoch_nums(reference_logs / "result_0.txt")  # 16 epochs, evaluated every 4
+    assert ours["epoch_start"] == list(range(16)) and ours["epoch_stop"] == list(range(1, 17))
+    for key in ("eval_start", "eval_stop", "eval_accuracy", "block_stop"):
+        assert ours[key] == [4, 8, 12, 16], key
+    assert ours["block_start"] == [0, 4, 8, 12]
+    mosaic = _epoch_nums(PEER_LOGS / "MosaicML/8xA100_80GB-methods/result_0.txt")
+    assert mosaic["epoch_start"][:2] == [0, 1] and mosaic["epoch_stop"][:2] == [1, 2]
+    assert mosaic["eval_accuracy"] == list(range(3, 28, 3))  # after 3, 6, ..., 27 completed epochs
+    assert mosaic["block_stop"] == mosaic["eval_accuracy"]
+    nvidia = _epoch_nums(NVIDIA / "result_0.txt")  # numbered from 1: epoch k stops with k completed
+    assert nvidia["epoch_start"][0] == nvidia["epoch_stop"][0] == 1 and nvidia["eval_accuracy"][-1] == 35
+    # Composer's cadence with a last epoch that is no multiple of the interval: it is evaluated too
+    odd = _epoch_nums(write_reference_log(reference_logs.parent / "odd.txt", seed=1, minutes=1.0, epochs=10,
+                                          eval_every_epochs=4))
+    assert odd["eval_accuracy"] == [4, 8, 10] and odd["block_start"] == [0, 4, 8]
 
 
 @pytest.mark.parametrize("ruleset", ["4.0.0", "2.0.0"])
@@ -56,9 +78,11 @@ def test_reference_logs_pass_without_a_single_warning(reference_logs, ruleset):
     (dict(replace=('"value": "onprem"', '"value": "Available on-premise"')),
      "CHECK for 'submission_status' failed in line 6: failed test: v['value'] in"),
     (dict(replace=('"first_epoch_num": 0, ', '')), "CHECK for 'block_start' failed"),
+    # a stub: a run that died right after claiming its log
+    (dict(keep_lines=7), "Required EXACTLY_ONE occurrence of 'run_start' but found 0"),
 ])
 def test_broken_logs_fail_with_the_rule_they_break(reference_logs, tmp_path, ruleset, broken, expected):
-    log = _edit(reference_logs / "result_0.txt", tmp_path / "result_0.txt", **broken)
+    log = edit_log(reference_logs / "result_0.txt", tmp_path / "result_0.txt", **broken)
     passed, problems = check_log(log, ruleset)
     assert not passed
     assert any(expected in p for p in problems), problems
@@ -108,21 +132,33 @@ def test_parse_checker_output_condenses_messages_and_parse_errors():
 def test_cli_one_line_per_log_nonzero_on_failure_and_nothing_left_in_cwd(reference_logs, tmp_path, capsys,
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["check", str(reference_logs)]) == 0
+    assert compliance.main(check, [str(reference_logs)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["PASS"] * 5
-    bad = _edit(reference_logs / "result_1.txt", tmp_path / "result_9.txt", drop_key="run_start")
-    assert main(["check", "--ruleset", "2.0.0", str(reference_logs / "result_0.txt"), str(bad)]) == 1
+    bad = edit_log(reference_logs / "result_1.txt", tmp_path / "result_9.txt", drop_key="run_start")
+    assert compliance.main(check, ["--ruleset", "2.0.0", str(reference_logs / "result_0.txt"), str(bad)]) == 1
     ok, failed = capsys.readouterr().out.splitlines()
     assert ok.startswith("PASS ") and failed.startswith(f"FAIL {bad}: ") and "'run_start'" in failed
     assert list(tmp_path.iterdir()) == [bad]  # the checker's compliance_checker.log went to a scratch folder
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    with pytest.raises(SystemExit, match=r"^mlperf-resnet check: error: .*no result_\*\.txt"):
-        main(["check", str(tmp_path)])
-    passed, problems = check_log(tmp_path / "missing.txt")
-    assert not passed and problems == [f"{tmp_path / 'missing.txt'}: no such file"]
+@pytest.mark.parametrize("argv, code, stdout, stderr", [
+    # (arguments, exit code, stdout lines, stderr line); {d}: a folder without logs
+    (["{d}"], 1, [], "mlperf-resnet: error: {d}: no result_*.txt in these folders; pass log files or folders "
+                     "that hold result_*.txt"),
+    (["{d}/missing.txt"], 1, ["FAIL {d}/missing.txt: {d}/missing.txt: no such file"], None),
+    (["{d}/folder"], 1, [], "mlperf-resnet: error: {d}/folder: no result_*.txt in these folders; pass log files "
+                            "or folders that hold result_*.txt"),  # a folder named like a log is not one
+])
+def test_cli_bad_inputs_table(tmp_path, capsys, argv, code, stdout, stderr):
+    (tmp_path / "folder" / "result_0.txt").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    fill = lambda text: text.replace("{d}", str(tmp_path))  # noqa: E731
+    assert compliance.main(check, [fill(a) for a in argv]) == code
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [fill(line) for line in stdout]
+    assert err.splitlines() == ([fill(stderr)] if stderr else [])
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_reference_log_after_stop_and_aborted_variants_still_pass(tmp_path):
@@ -130,3 +166,27 @@ def test_reference_log_after_stop_and_aborted_variants_still_pass(tmp_path):
     aborted = write_reference_log(tmp_path / "b.txt", seed=2, minutes=2.0, converge=False)
     # the open rules do not look at run_stop's status: an aborted open run is compliant (see summarize)
     assert check_logs([after, aborted]) == [(True, []), (True, [])]
+
+
+# ---- the command seam (issue 12) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", [check, summarize, package])
+def test_command_modules_follow_the_seam(module):
+    assert isinstance(module.NAME, str) and isinstance(module.HELP, str) and module.__doc__
+    assert callable(module.add_arguments) and callable(module.run)
+    assert not hasattr(module, "register") and not hasattr(module, "standalone")
+    source = Path(module.__file__).read_text()
+    assert "SystemExit" not in source and "import resnet" not in source and "from resnet" not in source
+    assert source.rstrip().endswith("sys.exit(compliance.main(sys.modules[__name__]))")
+
+
+def test_compliance_imports_nothing_from_resnet_and_runs_standalone(tmp_path):
+    probe = ("import sys, compliance.check, compliance.summarize, compliance.package; "
+             "print(sorted(m for m in sys.modules if m == 'resnet' or m.startswith('resnet.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+    assert not (REPO / "compliance" / "reference_log.py").exists()  # a test fixture, not shipped code
+    proc = subprocess.run([sys.executable, "-m", "compliance.summarize", str(tmp_path)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"mlperf-resnet: error: {tmp_path}: no result_*.txt in it or below it; pass a folder of "
+                           "result logs or a submission tree\n")

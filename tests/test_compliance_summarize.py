@@ -1,5 +1,6 @@
-"""`mlperf-resnet summarize`: the published MLPerf v2.0 scores from their logs, the same numbers as the official
-result_summarizer on the same submission trees, and the olympic scoring rules."""
+"""`mlperf-resnet summarize`: the published MLPerf v2.0 scores from their logs (the repository's own copies,
+tests/data/peer_logs), the same numbers as the official result_summarizer on the same submission trees, the
+olympic scoring rules, and a score only for runs that reached the quality target (issue 13)."""
 import csv
 import json
 import shutil
@@ -7,32 +8,39 @@ from pathlib import Path
 
 import pytest
 
+import compliance
+from compliance import ComplianceError, summarize
 from compliance.check import run_official_tool
-from compliance.reference_log import write_reference_log, write_reference_logs
 from compliance.summarize import find_result_dirs, olympic_score, summarize_dir, summarize_dirs
-from resnet.cli import main
+from tests.reference_log import PEER_LOGS, edit_log, write_reference_log, write_reference_logs
 
-PEER_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "peer_logs" / "v2.0"
-# peer_logs/README.md: minutes per run (None: did not converge) and the published score
+# tests/data/peer_logs/README.md: minutes per run (None: did not converge), the published score, the epochs
+# completed at success (as both submitters log them: MosaicML after 27 of 28 epochs, its baseline after 84)
 PUBLISHED = {
-    "MosaicML/8xA100_80GB-methods": ([23.554, 24.100, 23.546, 24.540, 23.712], 23.7885),
-    "MosaicML/8xA100_80GB-baseline": ([111.654, 110.460, 110.538, 110.521, 110.480], 110.513),
-    "NVIDIA/dgxa100_ngc22.04_mxnet": ([28.410, 28.639, None, 28.748, 28.669], 28.685),
+    "MosaicML/8xA100_80GB-methods": ([23.554, 24.100, 23.546, 24.540, 23.712], 23.7885, [27] * 5),
+    "MosaicML/8xA100_80GB-baseline": ([111.654, 110.460, 110.538, 110.521, 110.480], 110.513, [84] * 5),
+    "NVIDIA/dgxa100_ngc22.04_mxnet": ([28.410, 28.639, None, 28.748, 28.669], 28.685, [35, 35, None, 35, 35]),
 }
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file below `folder` with its bytes: to show that a command wrote and overwrote nothing."""
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(Path(folder).rglob("*"))}
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_scores_from_published_logs(name):
-    runs, score = PUBLISHED[name]
+    runs, score, epochs = PUBLISHED[name]
     s = summarize_dir(PEER_LOGS / name)
     assert [None if m is None else round(m, 3) for m in s["runs_minutes"]] == runs
     assert s["score_minutes"] == pytest.approx(score, abs=6e-4)
     assert s["valid"] and s["reason"] is None
+    assert s["epochs_at_success"] == epochs
     assert len(set(s["seeds"])) == 5 and all(isinstance(seed, int) for seed in s["seeds"])
     for run in s["runs"]:
         if run["minutes"] is not None:
-            assert run["status"] == "success" and run["compliant"]
-            assert 0.759 <= run["accuracy_at_success"] < 1.0
+            assert run["status"] == "success" and run["compliant"] and run["problems"] == []
+            assert 0.759 < run["accuracy_at_success"] < 1.0
 
 
 def test_published_quirks_aborted_run_and_interval_events():
@@ -42,10 +50,8 @@ def test_published_quirks_aborted_run_and_interval_events():
     assert aborted["raw_minutes"] == pytest.approx(30.342, abs=1e-3)  # timed, but not a success
     assert aborted["problems"][0] == "run_stop status aborted"
     assert "fails compliance 4.0.0: Failed checks for eval_accuracy" in aborted["problems"][1]
-    assert s["epochs_at_success"] == [35, 35, None, 35, 35]
     assert s["accuracy_at_success"][0] == pytest.approx(0.7606)
-    mosaic = summarize_dir(PEER_LOGS / "MosaicML/8xA100_80GB-methods")  # point-in-time run_start/run_stop
-    assert mosaic["epochs_at_success"] == [27] * 5
+    assert s["accuracy_at_success"][1] == pytest.approx(0.75962)  # above 0.759 by a hair: counts
 
 
 def _org_tree(root: Path, org: str, sets: dict, system_json: Path) -> Path:
@@ -122,6 +128,7 @@ def test_invalid_set_two_runs_without_success(tmp_path):
     assert s["reason"] == "2 of 5 runs did not converge (one is tolerated)"
     assert s["runs_minutes"] == [10.0, None, 9.5, None, 10.5]
     assert all(run["compliant"] for run in s["runs"])  # compliant, but aborted: no success
+    assert [run["problems"] for run in s["runs"]][1] == ["run_stop status aborted"]
 
 
 def test_training_logged_after_run_stop_is_not_part_of_the_run(tmp_path):
@@ -129,8 +136,38 @@ def test_training_logged_after_run_stop_is_not_part_of_the_run(tmp_path):
     s = summarize_dir(tmp_path)
     assert s["reason"] == "fewer than 5 runs (found 1)"
     assert s["runs_minutes"] == [3.0] and s["accuracy_at_success"] == [pytest.approx(0.77)]
-    assert s["epochs_at_success"] == [15] and s["seeds"] == [7]
-    assert '"epoch_num": 16' in log.read_text()  # the epoch after run_stop is in the log, not in the numbers
+    assert s["epochs_at_success"] == [16] and s["seeds"] == [7]
+    assert '"epoch_num": 17' in log.read_text()  # the epoch after run_stop is in the log, not in the numbers
+
+
+def _old_numbering(log: Path, dst: Path) -> Path:
+    """The same run as our trainer logged it before issue 10: epoch_stop and the evaluation events carry the
+    0-based index of the epoch just trained, block_stop the block's first epoch (as its block_start)."""
+    lines, block_first = [], None
+    for line in log.read_text().splitlines():
+        event = json.loads(line.split(":::MLLOG ", 1)[1])
+        meta = event["metadata"]
+        if event["key"] == "block_start":
+            block_first = meta["first_epoch_num"]
+        elif event["key"] == "block_stop":
+            meta["first_epoch_num"] = block_first
+        elif event["key"] in ("epoch_stop", "eval_start", "eval_stop", "eval_accuracy"):
+            meta["epoch_num"] -= 1
+        lines.append(":::MLLOG " + json.dumps(event) + "\n")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(lines))
+    return dst
+
+
+def test_epochs_at_success_are_completed_epochs_in_either_numbering(tmp_path):
+    new = write_reference_log(tmp_path / "new" / "result_0.txt", seed=1, minutes=2.0, epochs=10, eval_every_epochs=3)
+    old = _old_numbering(new, tmp_path / "old" / "result_0.txt")
+    first_stop = next(line for line in old.read_text().splitlines() if '"key": "epoch_stop"' in line)
+    assert json.loads(first_stop.split(":::MLLOG ", 1)[1])["metadata"]["epoch_num"] == 0
+    s_new, s_old = summarize_dir(tmp_path / "new"), summarize_dir(tmp_path / "old")
+    assert s_old["runs"][0]["compliant"]  # the old numbering was compliant too
+    assert s_new["epochs_at_success"] == s_old["epochs_at_success"] == [10]
+    assert [e[1] for e in s_new["runs"][0]["evals"]] == [e[1] for e in s_old["runs"][0]["evals"]] == [3, 6, 9, 10]
 
 
 def test_find_result_dirs_in_a_submission_tree(tmp_path):
@@ -142,22 +179,85 @@ def test_find_result_dirs_in_a_submission_tree(tmp_path):
     s = summarize_dirs([a])[0]
     assert (s["system"], s["benchmark"]) == ("sys_a", "resnet")
     assert summarize_dir(tmp_path / "Org/results/sys_a")["path"] == str(a)  # the one set below
-    with pytest.raises(ValueError, match="holds 2 sets"):
+    with pytest.raises(ComplianceError, match="holds 2 sets"):
         summarize_dir(tmp_path / "Org")
     (tmp_path / "empty").mkdir()
     empty = summarize_dir(tmp_path / "empty")
     assert empty["runs"] == [] and empty["reason"] == "fewer than 5 runs (found 0)"
 
 
+# ---- a score only for runs that reached the target (issue 13, item 1) ----------------------------------------
+def _edited_success(src: Path, dst: Path) -> Path:
+    """An aborted run's log edited to claim success."""
+    return edit_log(src, dst, replace=('"status": "aborted"', '"status": "success"'))
+
+
+@pytest.mark.parametrize("case, expected_problems", [
+    # a config with TARGET_ACCURACY=0.0759 (a typo for 0.759): every run "succeeds" at chance accuracy
+    ("typo_target", ["success at top-1 0.0912 is not above the target 0.759"]),
+    # a log edited to say success at 0.09
+    ("edited", ["success at top-1 0.0900 is not above the target 0.759"]),
+    # the target is strict: top-1 > 75.90%
+    ("at_target", ["success at top-1 0.7590 is not above the target 0.759"]),
+    ("string_accuracy", "success at top-1 '0.77', which is not a number"),
+    ("no_eval", "success without an eval_accuracy before run_stop"),
+    ("stub", "no run_start; no run_stop; fails compliance 4.0.0: "),
+    ("empty", "no run_start; no run_stop; fails compliance 4.0.0: "),
+])
+def test_a_run_counts_only_when_it_reached_the_target(tmp_path, case, expected_problems):
+    good = write_reference_logs(tmp_path / "set", minutes=(10.0, 11.0, 9.5, 12.0))  # four good runs
+    bad = good / "result_4.txt"
+    if case == "typo_target":
+        write_reference_log(bad, seed=5, minutes=8.0, final_accuracy=0.0912, target=0.0759)
+    elif case == "edited":
+        _edited_success(write_reference_log(tmp_path / "a.txt", seed=5, minutes=8.0, converge=False,
+                                            final_accuracy=0.09), bad)
+    elif case == "at_target":
+        write_reference_log(bad, seed=5, minutes=8.0, final_accuracy=0.759, target=0.7)
+    elif case == "string_accuracy":
+        edit_log(write_reference_log(tmp_path / "a.txt", seed=5, minutes=8.0, final_accuracy=0.77), bad,
+                 replace=('"value": 0.77,', '"value": "0.77",'))
+    elif case == "no_eval":
+        edit_log(write_reference_log(tmp_path / "a.txt", seed=5, minutes=8.0), bad, drop_key="eval_accuracy")
+    elif case == "stub":
+        edit_log(write_reference_log(tmp_path / "a.txt", seed=5, minutes=8.0), bad, keep_lines=7)
+    else:
+        bad.write_text("")
+    s = summarize_dir(good)
+    run = s["runs"][4]
+    assert run["minutes"] is None
+    if isinstance(expected_problems, list):
+        assert run["problems"] == expected_problems and run["compliant"]
+    else:
+        assert "; ".join(run["problems"]).startswith(expected_problems), run["problems"]
+    # one run that does not count is tolerated: the score comes from the other four
+    assert s["valid"] and s["score_minutes"] == pytest.approx((10.0 + 11.0 + 12.0) / 3)
+
+
+def test_five_runs_at_chance_accuracy_are_no_score_and_say_why(tmp_path, capsys):
+    logs = write_reference_logs(tmp_path / "typo", final_accuracy=0.0912, target=0.0759)
+    assert compliance.main(summarize, [str(logs)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{logs}: score - min, INVALID: 5 of 5 runs did not converge (one is tolerated)"
+    assert out[7:] == [f"  result_{i}.txt: success at top-1 0.0912 is not above the target 0.759" for i in range(5)]
+    # the same logs scored against their own (non-submission) target count, with a note saying so
+    assert compliance.main(summarize, [str(logs), "--target", "0.05"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{logs}: score 10.500 min, valid"
+    assert out[-1] == "  note: target 0.05 is not the ResNet quality target 0.759: not a submission score"
+
+
+# ---- the command line ---------------------------------------------------------------------------------------------
 def test_cli_json_cost_and_plot(tmp_path, capsys):
     logs = write_reference_logs(tmp_path / "results/cpu/resnet")
     png = tmp_path / "ttt.png"
-    assert main(["summarize", str(tmp_path), "--json", "--usd-per-hour", "3", "--plot", str(png)]) == 0
+    assert compliance.main(summarize, [str(tmp_path), "--json", "--usd-per-hour", "3", "--plot", str(png)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1
     s = json.loads(out[0])
     assert s["path"] == str(logs) and s["valid"] and s["score_minutes"] == pytest.approx(10.5)
     assert s["runs_minutes"] == [10.0, 11.0, 9.5, 12.0, 10.5] and s["seeds"] == [1000, 1001, 1002, 1003, 1004]
+    assert s["target"] == 0.759 and s["epochs_at_success"] == [16] * 5
     assert s["cost_usd"] == pytest.approx(10.5 / 60 * 3)
     assert s["runs_cost_usd"][3] == pytest.approx(12 / 60 * 3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -167,12 +267,57 @@ def test_cli_json_cost_and_plot(tmp_path, capsys):
 def test_cli_table_and_exit_status(tmp_path, capsys):
     write_reference_logs(tmp_path / "good")
     write_reference_logs(tmp_path / "bad", minutes=(1.0, 2.0, 3.0))
-    assert main(["summarize", str(tmp_path / "good")]) == 0
+    assert compliance.main(summarize, [str(tmp_path / "good")]) == 0
     table = capsys.readouterr().out
     assert f"{tmp_path / 'good'}: score 10.500 min, valid" in table
-    assert "  result_3.txt       1003 success    12.000    15  0.7612" in table
-    assert main(["summarize", str(tmp_path / "bad"), "--usd-per-hour", "2.5"]) == 1
+    assert "  result_3.txt       1003 success    12.000     16  0.7612" in table
+    assert compliance.main(summarize, [str(tmp_path / "bad"), "--usd-per-hour", "2.5"]) == 1
     table = capsys.readouterr().out
     assert "score - min, $- at $2.5/h, INVALID: fewer than 5 runs (found 3)" in table
-    with pytest.raises(SystemExit, match=r"^mlperf-resnet summarize: error: .*no result_\*\.txt"):
-        main(["summarize", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("argv, line", [
+    # (arguments, the one error line); {d}: a folder with a valid set of logs in logs/
+    (["{d}/nothing"], "{d}/nothing: no result_*.txt in it or below it; pass a folder of result logs or a "
+                      "submission tree"),
+    (["{d}/logs/result_0.txt"], "{d}/logs/result_0.txt: no result_*.txt in it or below it; pass a folder of "
+                                "result logs or a submission tree"),
+    (["{d}/logs", "--usd-per-hour", "-1"], "--usd-per-hour -1.0: must be a price of 0 or more; give the machine's "
+                                           "price per hour in US dollars"),
+    (["{d}/logs", "--usd-per-hour", "nan"], "--usd-per-hour nan: must be a price of 0 or more; give the "
+                                            "machine's price per hour in US dollars"),
+    (["{d}/logs", "--target", "0"], "--target 0.0: not a top-1 fraction in (0, 1); ResNet's quality target is 0.759"),
+    (["{d}/logs", "--target", "75.9"], "--target 75.9: not a top-1 fraction in (0, 1); ResNet's quality target is "
+                                       "0.759"),
+    (["{d}/logs", "--target", "nan"], "--target nan: not a top-1 fraction in (0, 1); ResNet's quality target is "
+                                      "0.759"),
+    (["{d}/logs", "--plot", "{d}/missing/ttt.png"], "--plot {d}/missing/ttt.png: the folder {d}/missing does not "
+                                                    "exist; create it first or write the plot elsewhere"),
+    (["{d}/logs", "--plot", "{d}/logs"], "--plot {d}/logs: not a .png name; name the PNG file to write, e.g. "
+                                         "ttt.png"),
+    (["{d}/logs", "--plot", "{d}/dir.png"], "--plot {d}/dir.png: is a folder; name the PNG file to write inside "
+                                            "it, e.g. {d}/dir.png/ttt.png"),
+    (["{d}/logs", "--plot", "{d}/logs/result_0.txt"], "--plot {d}/logs/result_0.txt: not a .png name; name the "
+                                                      "PNG file to write, e.g. ttt.png"),
+])
+def test_cli_bad_inputs_table(tmp_path, capsys, argv, line):
+    write_reference_logs(tmp_path / "logs")
+    (tmp_path / "dir.png").mkdir()
+    before = _snapshot(tmp_path)
+    fill = lambda text: text.replace("{d}", str(tmp_path))  # noqa: E731
+    assert compliance.main(summarize, [fill(a) for a in argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"mlperf-resnet: error: {fill(line)}\n"
+    assert _snapshot(tmp_path) == before  # nothing written, nothing overwritten, no temporary file
+
+
+def test_a_plot_that_cannot_be_written_leaves_no_temporary_file(tmp_path, capsys):
+    from compliance.summarize import plot
+
+    logs = write_reference_logs(tmp_path / "logs")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "ttt.png").mkdir()  # os.replace onto a folder fails after the PNG was drawn
+    with pytest.raises(ComplianceError, match=r"^--plot .*ttt\.png: cannot write it"):
+        plot([summarize_dir(logs)], folder / "ttt.png")
+    assert [p.name for p in folder.iterdir()] == ["ttt.png"] and not list((folder / "ttt.png").iterdir())
