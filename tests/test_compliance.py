@@ -159,6 +159,7 @@ def test_cli_bad_inputs_table(tmp_path, capsys, argv, code, stdout, stderr):
     assert out.splitlines() == [fill(line) for line in stdout]
     assert err.splitlines() == ([fill(stderr)] if stderr else [])
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    assert check_log(tmp_path / "folder" / "result_0.txt") == (False, [f"{tmp_path}/folder/result_0.txt: not a file"])
 
 
 def test_reference_log_after_stop_and_aborted_variants_still_pass(tmp_path):
