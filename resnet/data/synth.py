@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from resnet import errors
+from resnet.errors import DataError
+
 CMD = "synth"
 #: Class motifs, in class-index order. All are symmetric under a horizontal flip (no chiral pairs).
 MOTIFS = (
@@ -237,9 +240,11 @@ def make_synthetic(out, classes=10, train_per_class=320, val_per_class=100, size
     return settings
 
 
-def register(subparsers):
-    p = subparsers.add_parser(CMD, help="write a learnable synthetic ImageNet-layout JPEG data set",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+NAME = CMD
+HELP = "write a learnable synthetic ImageNet-layout JPEG data set"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="output folder (must not exist)")
     p.add_argument("--classes", type=int, default=10, help=f"number of classes, 1-{len(MOTIFS)} (default 10)")
     p.add_argument("--train-per-class", type=int, default=320, help="training images per class (default 320)")
@@ -252,7 +257,6 @@ def register(subparsers):
     p.add_argument("--colour-cue", type=float, default=0.8,
                    help="probability that a motif takes its class's hue, not a random colour (default 0.8)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -261,11 +265,9 @@ def run(args) -> int:
                        args.seed, noise=args.noise, distractors=args.distractors, colour_cue=args.colour_cue,
                        workers=args.workers)
     except (ValueError, FileExistsError) as e:
-        raise SystemExit(f"mlperf-resnet {CMD}: error: {e}") from None
+        raise DataError(f"synth: {e}") from None
     return 0
 
 
 if __name__ == "__main__":
-    from resnet.cli import standalone
-
-    sys.exit(standalone(register))
+    sys.exit(errors.main(sys.modules[__name__]))
