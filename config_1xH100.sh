@@ -8,15 +8,19 @@
 
 # One run unless asked (a full 5-run set takes most of a day here); set before the A100 config's default of 5.
 export NEXP="${NEXP:-1}"
+# Everything else, DEVICE=cuda and SUBMISSION_ORG (MUST CHANGE: your organisation) included, comes from:
 # shellcheck source=config_DGXA100.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/config_DGXA100.sh"
 
 ## System
-DGXSYSTEM=$(basename "$(readlink -f "${BASH_SOURCE[0]}")" | sed 's/^config_//' | sed 's/\.sh$//')
-export DGXSYSTEM
+CONFIG_FILE=$(readlink -f "${BASH_SOURCE[0]}")
+DGXSYSTEM=$(basename "$CONFIG_FILE" | sed 's/^config_//' | sed 's/\.sh$//')
+export CONFIG_FILE DGXSYSTEM
 export DGXNGPU=1
 export WALLTIME=$((30 + NEXP * 240))
 
 ## Recipe execution
+# No EMA settings here: the recipe defines the EMA in images (a half-life of 204,800 images, an update every
+# 40,960), so at global batch 256 it updates every 160 steps instead of 20 and averages the same images.
 export PRECISION=bf16
 export NUM_WORKERS=12           # a 16-core host; 4 cores left for the training process and the system

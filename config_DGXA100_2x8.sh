@@ -9,12 +9,14 @@
 # price is lower per-GPU efficiency in the 88 px epochs and twice the all-reduces per image, so expect less
 # than 2x the one-node speed.
 
+# Everything else, DEVICE=cuda and SUBMISSION_ORG (MUST CHANGE: your organisation) included, comes from:
 # shellcheck source=config_DGXA100.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/config_DGXA100.sh"
 
 ## System
-DGXSYSTEM=$(basename "$(readlink -f "${BASH_SOURCE[0]}")" | sed 's/^config_//' | sed 's/\.sh$//')
-export DGXSYSTEM
+CONFIG_FILE=$(readlink -f "${BASH_SOURCE[0]}")
+DGXSYSTEM=$(basename "$CONFIG_FILE" | sed 's/^config_//' | sed 's/\.sh$//')
+export CONFIG_FILE DGXSYSTEM
 export DGXNNODES=2
 # Minutes for the whole job: ~15 min of training + ~5 min of start-up per run.
 export WALLTIME=$((15 + NEXP * 20))

@@ -1,5 +1,7 @@
 """The system configs: each exports only contract settings, is consistent (global batch, crops, evaluation
-schedule), passes the settings check, and sources the same from anywhere."""
+schedule), passes the settings check, sources the same from anywhere, names itself in CONFIG_FILE; the GPU
+configs ask for CUDA, carry a must-change SUBMISSION_ORG, and average the same images in the EMA."""
+import argparse
 import re
 import subprocess
 import sys
@@ -16,9 +18,10 @@ CONFIGS = sorted(REPO.glob("config_*.sh"))
 CONTRACT_NAMES = KNOWN_NAMES - {"CACHE_CLEARED"}
 REQUIRED_NAMES = {"DGXSYSTEM", "DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "DATADIR", "LOGDIR", "LOADER", "RECIPE",
                   "ARCH", "EPOCHS", "BATCHSIZE", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY", "PRECISION", "NUM_WORKERS",
-                  "TRAIN_CROP_PX", "EVAL_CROP_PX", "EVAL_RESIZE_PX"}
+                  "TRAIN_CROP_PX", "EVAL_CROP_PX", "EVAL_RESIZE_PX", "CONFIG_FILE"}
 SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
 A100_MILD_GLOBAL_BATCH = {"DGXA100": 2048, "DGXA100_2x8": 2048}
+GPU_CONFIGS = [c for c in CONFIGS if c.name != "config_CPU.sh"]
 
 
 def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
@@ -118,19 +121,66 @@ def test_user_settings_override_but_recipe_values_do_not():
 def test_the_mild_submission_config():
     env = source_config(REPO / "config_DGXA100.sh")
     wanted = dict(DGXSYSTEM="DGXA100", DGXNGPU="8", DGXNNODES="1", BATCHSIZE="256", EPOCHS="28",
-                  EVAL_EVERY_EPOCHS="3", PRECISION="fp16", NUM_WORKERS="8", TRAIN_CROP_PX="176", EVAL_CROP_PX="224",
+                  EVAL_EVERY_EPOCHS="3", PRECISION="fp16", NUM_WORKERS="12", DEVICE="cuda", TRAIN_CROP_PX="176", EVAL_CROP_PX="224",
                   EVAL_RESIZE_PX="232", TARGET_ACCURACY="0.759", ARCH="resnet50", RECIPE="mild", LOADER="ffcv",
                   WARMUP_EPOCHS="8", NEXP="5")
     assert {k: env[k] for k in wanted} == wanted
 
 
 def test_config_check_catches_a_typo_and_a_wrong_batch(tmp_path):
-    good = (REPO / "config_CPU.sh").read_text()
+    good = (REPO / "config_DGXA100.sh").read_text()
     bad = tmp_path / "config_TYPO.sh"
+    assert config_problems(REPO / "config_DGXA100.sh") == []
     bad.write_text(good.replace("export EPOCHS=", "export EPOCH="))
     problems = config_problems(bad)
     assert "exports EPOCH, which is no contract setting" in problems and "does not export EPOCHS" in problems
-    bad.write_text(good.replace("export BATCHSIZE=64", "export BATCHSIZE=32"))
-    assert any("global batch 32" in p for p in config_problems(bad))
-    bad.write_text(good.replace("export EVAL_CROP_PX=48", "export EVAL_CROP_PX=72"))
-    assert any("EVAL_CROP_PX 72 > EVAL_RESIZE_PX 52" in p for p in config_problems(bad))
+    bad.write_text(good.replace("export BATCHSIZE=256", "export BATCHSIZE=128"))
+    assert any("global batch 1024" in p for p in config_problems(bad))
+    bad.write_text(good.replace("export EVAL_CROP_PX=224", "export EVAL_CROP_PX=240"))
+    assert any("EVAL_CROP_PX 240 > EVAL_RESIZE_PX 232" in p for p in config_problems(bad))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_names_the_file_that_was_sourced(config, tmp_path):
+    """run_and_time.sh checks CONFIG_FILE for typos: it must be this file, also through a symlink."""
+    assert source_config(config)["CONFIG_FILE"] == str(config.resolve())
+    link = tmp_path / "config_LINK.sh"
+    link.symlink_to(config)
+    assert source_config(link)["CONFIG_FILE"] == str(config.resolve())
+
+
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+def test_gpu_configs_ask_for_cuda_and_a_real_org(config):
+    env = source_config(config)
+    assert env["DEVICE"] == "cuda", "a container without CUDA must fail, not train on 8 CPU processes"
+    assert env["SUBMISSION_ORG"] not in ("", "mlperf-resnet")
+    assert source_config(config, SUBMISSION_ORG="Acme")["SUBMISSION_ORG"] == "Acme"
+    sourced = [config] + [REPO / name for name in re.findall(r"source=(config_\w+\.sh)", config.read_text())]
+    assert any("MUST CHANGE" in c.read_text() and "SUBMISSION_ORG" in c.read_text() for c in sourced)
+
+
+def resolved_recipe(env: dict):
+    """The recipe a config's settings give, as the trainer resolves it."""
+    from resnet.settings import add_train_arguments, env_to_flags, read, recipe_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(env_to_flags(env))
+    read(args)
+    return recipe_from_args(args, world_size=int(env["DGXNGPU"]) * int(env["DGXNNODES"]))
+
+
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+def test_the_ema_averages_the_same_images_at_every_global_batch(config):
+    """config_1xH100.sh trains at global batch 256, the DGX configs at 2048: the EMA (defined in images by the
+    recipe) must update after the same number of images, in whole steps, with the same half-life in images."""
+    from resnet.recipe import Plan
+
+    submitted = resolved_recipe(source_config(REPO / "config_DGXA100.sh"))
+    env = source_config(config)
+    recipe = resolved_recipe(env)
+    plan = Plan(recipe, num_classes=1000, train_samples=1_281_167, eval_samples=50_000,
+                world_size=int(env["DGXNGPU"]) * int(env["DGXNNODES"]))
+    assert recipe.ema and recipe.ema_half_life_samples == submitted.ema_half_life_samples
+    assert plan.ema_every_steps * recipe.global_batch_size == submitted.ema_every_samples
+    assert "EMA_" not in config.read_text().replace("# No EMA settings", ""), "the recipe defines the EMA"
