@@ -11,7 +11,9 @@
 # checks it; the run's console goes to $LOGDIR/$DGXSYSTEM/console_<stamp>_<i>.log. At the end the set is
 # summarised (`python3 -m compliance.summarize`), and that verdict is the script's exit status. Use a fresh
 # LOGDIR per set: a submission takes exactly five logs.
-# DATADIR is mounted read-only at /data, LOGDIR read-write at /results. The container is removed on exit.
+# DATADIR is mounted read-only at /data, LOGDIR read-write at /results, and CHECKPOINT_DIR (when set: a host
+# folder, created if missing) read-write at /checkpoints, where the trainer writes last.pt (CHECKPOINT_EVERY_MINUTES
+# needs it). The container is removed on exit.
 # DRY_RUN=1 prints every command (after '+ ', shell-quoted) instead of running it: no Docker needed.
 # BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the NUMA node of its GPU.
 set -euo pipefail
@@ -24,14 +26,32 @@ config="${here}/config_${DGXSYSTEM}.sh"
 dry_run="${DRY_RUN:-0}"
 unset DRY_RUN   # ours, not run_and_time.sh's
 
+whole() {  # whole NAME MIN: $NAME is a whole number >= MIN (checked before bash computes with it)
+    if [[ ! "${!1}" =~ ^[0-9]{1,10}$ ]] || ((10#${!1} < $2)); then
+        echo "run_with_docker.sh: error: $1=$(printf '%q' "${!1}") is not a whole number >= $2; fix or unset $1" >&2
+        exit 2
+    fi
+    printf -v "$1" '%d' "$((10#${!1}))"
+}
+
+# The user's NEXP and SEED before the config computes with them (WALLTIME), and again after it.
+if [[ -n "${NEXP:-}" ]]; then whole NEXP 1; fi
+if [[ -n "${SEED:-}" ]]; then whole SEED 0; fi
 # The names the config exports, then the config itself (user values of DATADIR, LOGDIR, NEXP, SEED survive it).
 # shellcheck disable=SC2016  # $1 is expanded by the inner bash
 mapfile -t config_names < <(env -i bash -c 'source "$1" && compgen -e' bash "$config" |
     grep -Ev '^(PWD|OLDPWD|SHLVL|_)$')
 # shellcheck source=config_DGXA100.sh
 source "$config"
+whole NEXP 1
+if [[ -n "${SEED:-}" ]]; then whole SEED 0; fi
 datadir=$(readlink -m "$DATADIR")
 logdir=$(readlink -m "$LOGDIR")
+volumes=(--volume "${datadir}:/data:ro" --volume "${logdir}:/results")
+if [[ -n "${CHECKPOINT_DIR:-}" ]]; then
+    ckptdir=$(readlink -m "$CHECKPOINT_DIR")
+    volumes+=(--volume "${ckptdir}:/checkpoints")
+fi
 if [[ "$dry_run" != 1 && ! -d "$datadir" ]]; then
     echo "run_with_docker.sh: error: DATADIR=${DATADIR} is not a directory; run 'mlperf-resnet prepare' first" >&2
     exit 2
@@ -64,19 +84,21 @@ drop_caches() {
 
 # Settings for the container: the config's exports with the container's paths, the optional ones when set.
 env_args=()
+# CONFIG_FILE is a host path: inside, run_and_time.sh checks the settings themselves (check-env).
 for name in "${config_names[@]}" SUBMISSION_ORG SUBMISSION_STATUS COMPILE CHECKPOINT_EVERY_MINUTES BIND_CPU; do
-    case "$name" in DATADIR | LOGDIR | NEXP | SEED) continue ;; esac
+    case "$name" in DATADIR | LOGDIR | NEXP | SEED | CHECKPOINT_DIR | CONFIG_FILE) continue ;; esac
     if [[ -n "${!name+set}" ]]; then env_args+=(--env "${name}=${!name}"); fi
 done
 env_args+=(--env DATADIR=/data --env LOGDIR=/results)
+if [[ -n "${ckptdir:-}" ]]; then env_args+=(--env CHECKPOINT_DIR=/checkpoints); fi
 
 cont_name="mlperf_resnet_${DGXSYSTEM}_$$"
 stamp=$(date +%y%m%d%H%M%S)
-run mkdir -p "${logdir}/${DGXSYSTEM}"
+run mkdir -p "${logdir}/${DGXSYSTEM}" ${ckptdir:+"$ckptdir"}
 trap 'run docker rm -f "$cont_name" >/dev/null || true' EXIT
 run docker run -d --rm --init --name "$cont_name" --gpus all --ipc=host \
     --ulimit memlock=-1 --ulimit stack=67108864 \
-    --volume "${datadir}:/data:ro" --volume "${logdir}:/results" \
+    "${volumes[@]}" \
     "$CONT" sleep infinity >/dev/null
 
 if compgen -G "${logdir}/${DGXSYSTEM}/resnet/result_*.txt" >/dev/null; then

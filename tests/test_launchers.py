@@ -141,11 +141,13 @@ def test_run_with_docker_dry_run(tmp_path):
     envs = [docker_env(c) for c in execs]
     assert len({e["SEED"] for e in envs}) == 3, "one fresh seed per experiment"
     config = source_config(REPO / "config_DGXA100.sh", NEXP=3)
+    host_only = ("DATADIR", "LOGDIR", "NEXP", "CONFIG_FILE")      # CONFIG_FILE: a host path, meaningless inside
     for e in envs:
         assert e["NEXP"] == "1" and e["DATADIR"] == "/data" and e["LOGDIR"] == "/results" and e["BIND_CPU"] == "1"
-        assert e["CACHE_CLEARED"] in ("0", "1")
-        assert {k: e[k] for k in config if k not in ("DATADIR", "LOGDIR", "NEXP")} == \
-               {k: v for k, v in config.items() if k not in ("DATADIR", "LOGDIR", "NEXP")}
+        assert e["CACHE_CLEARED"] in ("0", "1") and e["DEVICE"] == "cuda" and "CONFIG_FILE" not in e
+        assert "CHECKPOINT_DIR" not in e
+        assert {k: e[k] for k in config if k not in host_only} == \
+               {k: v for k, v in config.items() if k not in host_only}
     # Order: start, then per experiment the cache drop right before the run, then the summary, the removal last.
     order = [cmds.index(start)] + [cmds.index(c) for c in execs]
     assert order == sorted(order)
@@ -154,6 +156,20 @@ def test_run_with_docker_dry_run(tmp_path):
     assert cmds[-2][:3] == ["docker", "exec", name] and cmds[-2][-3:] == ["-m", "compliance.summarize",
                                                                           "/results/DGXA100/resnet"]
     assert cmds[-1] == ["docker", "rm", "-f", name]
+
+
+def test_run_with_docker_mounts_the_checkpoint_folder(tmp_path):
+    cmds, _ = dry_run("run_with_docker.sh", tmp_path, DGXSYSTEM="DGXA100", NEXP="2", CHECKPOINT_DIR="ckpt",
+                      CHECKPOINT_EVERY_MINUTES="10")
+    (start,) = [c for c in cmds if c[:3] == ["docker", "run", "-d"]]
+    assert option_values(start, "--volume") == [f"{tmp_path}/data:/data:ro", f"{tmp_path}/results:/results",
+                                                f"{tmp_path}/ckpt:/checkpoints"]
+    assert ["mkdir", "-p", f"{tmp_path}/results/DGXA100", f"{tmp_path}/ckpt"] in cmds
+    for c in cmds:
+        if c[-1:] == ["./run_and_time.sh"]:
+            env = docker_env(c)
+            assert env["CHECKPOINT_DIR"] == "/checkpoints" and env["CHECKPOINT_EVERY_MINUTES"] == "10"
+    assert not (tmp_path / "ckpt").exists(), "a dry run creates nothing"
 
 
 def test_run_with_docker_seeds_follow_seed(tmp_path):
@@ -185,11 +201,13 @@ def test_run_sub_dry_run(tmp_path):
     assert len(trains) == 2
     for i, c in enumerate(trains):
         assert option_values(c, "--nodes") == ["2"] and option_values(c, "--ntasks-per-node") == ["1"]
+        assert option_values(c, "--gpus-per-node") == ["8"], "SLURM gives a step no GPU unless asked"
         assert option_values(c, "--container-mounts") == [f"{tmp_path}/data:/data:ro,{tmp_path}/results:/results"]
         assert option_values(c, "--container-workdir") == ["/workspace/resnet"]
         exported = option_values(c, "--export")[0].split(",")
         assert exported[0] == "ALL"
         env = dict(e.split("=", 1) for e in exported[1:])
+        assert env["CONFIG_FILE"] == "" and "CHECKPOINT_DIR" not in env   # the submit host's path, unset inside
         assert env["SEED"] == str(7 + i) and env["NEXP"] == "1"
         assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node001", "29500")
         assert (env["DATADIR"], env["LOGDIR"]) == ("/data", "/results")
@@ -197,6 +215,18 @@ def test_run_sub_dry_run(tmp_path):
         assert drop[0] == "srun" and "drop_caches" in " ".join(drop) and option_values(drop, "--nodes") == ["2"]
     assert cmds[-1][-3:] == ["-m", "compliance.summarize", "/results/DGXA100_2x8/resnet"]
     assert "rendezvous node001:29500" in log
+
+
+def test_run_sub_mounts_the_checkpoint_folder(tmp_path):
+    cmds, _ = dry_run("run.sub", tmp_path, DGXSYSTEM="DGXA100_2x8", NEXP="1", **SLURM_2, SLURM_SUBMIT_DIR=str(REPO),
+                      CHECKPOINT_DIR=str(tmp_path / "shared" / "ckpt"))
+    (train,) = [c for c in cmds if c[0] == "srun" and c[-1] == "./run_and_time.sh"]
+    assert option_values(train, "--container-mounts") == [
+        f"{tmp_path}/data:/data:ro,{tmp_path}/results:/results,{tmp_path}/shared/ckpt:/checkpoints"]
+    env = dict(e.split("=", 1) for e in option_values(train, "--export")[0].split(",")[1:])
+    assert env["CHECKPOINT_DIR"] == "/checkpoints"
+    assert ["mkdir", "-p", f"{tmp_path}/results/DGXA100_2x8", f"{tmp_path}/shared/ckpt"] in cmds
+    assert not (tmp_path / "shared").exists(), "a dry run creates nothing"
 
 
 def test_run_sub_refuses_a_node_count_the_config_does_not_want(tmp_path):
@@ -242,3 +272,30 @@ def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
     assert "--nproc_per_node=8" in torchrun and "--nnodes=2" in torchrun and "--node_rank=1" in torchrun
     assert "--rdzv_endpoint=node001:29500" in torchrun and "--standalone" not in torchrun
     assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == [exported["SEED"]]
+
+
+PWNED = "/tmp/launchers_pwned"
+LAUNCHER_BAD_INPUTS = [  # (environment, what the one line must say); both launchers exit 2
+    ({"NEXP": "abc"}, "NEXP=abc is not a whole number >= 1"),
+    ({"NEXP": "0"}, "NEXP=0 is not a whole number >= 1"),
+    ({"NEXP": f"a[$(touch {PWNED})]"}, "NEXP="),
+    ({"SEED": "-3"}, "SEED=-3 is not a whole number >= 0"),
+    ({"SEED": f"$(touch {PWNED})"}, "SEED="),
+]
+
+
+@pytest.mark.parametrize("script", ["run_with_docker.sh", "run.sub"])
+@pytest.mark.parametrize("case", LAUNCHER_BAD_INPUTS, ids=[",".join(f"{k}={v}" for k, v in c[0].items())[:30]
+                                                           for c in LAUNCHER_BAD_INPUTS])
+def test_a_launcher_refuses_a_bad_number_in_one_line(script, case, tmp_path):
+    env, line = case
+    Path(PWNED).unlink(missing_ok=True)
+    (tmp_path / "data").mkdir()
+    base = dict(PATH=f"{fake_bin(tmp_path)}:/usr/bin:/bin", HOME=str(tmp_path), CONT="x",
+                DATADIR=str(tmp_path / "data"), LOGDIR=str(tmp_path / "results"), SLURM_SUBMIT_DIR=str(REPO),
+                DGXSYSTEM="DGXA100_2x8" if script == "run.sub" else "DGXA100", **SLURM_2)
+    proc = sh("bash", REPO / script, env={**base, **env}, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    (error,) = proc.stderr.strip().splitlines()
+    assert error.startswith(f"{script}: error: ") and line in error, error
+    assert not Path(PWNED).exists() and not (tmp_path / "results").exists() and not (tmp_path / "called").exists()
