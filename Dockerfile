@@ -17,8 +17,13 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libturbojpeg0-dev libopencv-dev pkg-config numactl \
  && rm -rf /var/lib/apt/lists/*
 
-# Dependencies before the code, so editing the code does not rebuild FFCV.
-RUN pip install --no-cache-dir ffcv==1.0.2 mlperf-logging==4.1.68 "matplotlib>=3.7"
+# Dependencies before the code, so editing the code does not rebuild FFCV. Nothing here may replace what the
+# base image ships (its torch and numpy are built together): every installed version becomes a constraint, so
+# pip picks versions that fit them or fails the build. opencv-python 5 (FFCV's dependency) needs numpy >= 2,
+# hence the explicit < 5 for bases with numpy 1.x.
+RUN pip list --format=freeze > /opt/base-constraints.txt \
+ && pip install --no-cache-dir --constraint /opt/base-constraints.txt \
+      ffcv==1.0.2 mlperf-logging==4.1.68 "matplotlib>=3.7" "opencv-python<5"
 
 WORKDIR /workspace/resnet
 COPY . .

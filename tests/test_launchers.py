@@ -79,8 +79,22 @@ def test_dockerfile_lints_clean_and_pins_its_stack():
     for needed in ("libturbojpeg0-dev", "libopencv-dev", "pkg-config", "ffcv==1.0.2", "mlperf-logging==4.1.68",
                    "--no-deps -e .", "WORKDIR /workspace/resnet", 'CMD ["./run_and_time.sh"]'):
         assert needed in text, needed
+    # The dependency step cannot replace the base image's torch or numpy: its versions are the constraints.
+    deps = next(block for block in text.split("\nRUN ") if "ffcv==1.0.2" in block)
+    assert deps.startswith("pip list --format=freeze > /opt/base-constraints.txt")
+    assert "--constraint /opt/base-constraints.txt" in deps and '"opencv-python<5"' in deps
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "data" in ignored, "keep the venv and data out of the build context"
+
+
+def test_gitignore_covers_a_venv_symlink(tmp_path):
+    """`.venv/` would match only a folder; people link .venv to an environment elsewhere."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    (tmp_path / "env").mkdir()
+    (tmp_path / ".venv").symlink_to(tmp_path / "env")
+    ignored = sh("git", "check-ignore", ".venv", "results/x", cwd=tmp_path)
+    assert ignored.stdout.split() == [".venv", "results/x"], ignored.stdout + ignored.stderr
 
 
 def test_hadolint_catches_a_planted_problem(tmp_path):
