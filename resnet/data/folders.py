@@ -1,19 +1,45 @@
 """ImageNet-layout folders (SPLIT/<class>/<image>): the one scanner that `prepare` and the torchvision
 loader share, so both give every image the same label. Class index = position in the sorted list of
-train/ class folder names (as torchvision's ImageFolder does); val/ labels use train/'s classes."""
+train/ class folder names (as torchvision's ImageFolder does); val/ labels use train/'s classes.
+
+Every problem is a DataError naming the path: a folder that cannot be listed, a symbolic link that
+points nowhere or loops, an image that cannot be decoded or has no meaningful 8-bit rendering."""
 import os
 from pathlib import Path
+
+from resnet.errors import DataError  # noqa: F401  (importable from here, as before)
 
 #: The extensions torchvision's ImageFolder accepts (compared case-insensitively); other files are skipped.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
-    """A problem with the input data; str() is '<file>: <what is wrong>; <what to do>'."""
+def _list(folder):
+    """The visible entries of `folder`, sorted by name. Listing is attempted, not predicted with
+    os.access: root passes os.access but can still be refused (network file systems, capabilities)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list the folder ({e.strerror}); make it readable "
+                        f"(chmod a+rx) or remove it") from None
 
 
-def _visible(entries):
-    return [e for e in entries if not e.name.startswith(".")]
+def _kind(entry):
+    """'dir', 'file', or 'other' (sockets, devices, ...); a link that points nowhere or loops is a DataError:
+    dropping it silently would leave a class short of images without a word."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink():
+            os.stat(entry.path)  # a link that is neither: find out why
+    except FileNotFoundError:
+        raise DataError(f"{entry.path}: broken symbolic link (its target {os.readlink(entry.path)} does not "
+                        f"exist); fix or delete the link") from None
+    except OSError as e:  # ELOOP (a link loop), EACCES, ...
+        raise DataError(f"{entry.path}: cannot follow ({e.strerror}); fix or delete the link") from None
+    return "other"
 
 
 def scan_split(root, split, classes=None):
@@ -21,18 +47,19 @@ def scan_split(root, split, classes=None):
 
     samples: list of (path str, label int) in (class, file name) order; classes: the class folder names
     (those of this split when `classes` is None, else `classes`, which fixes the label numbering and
-    must include every class folder found here); skipped: how many non-image files were ignored.
-    Raises DataError for a missing split, a split without class folders, images lying directly in the
-    split folder, an empty class folder, or a class folder that `classes` does not have.
+    must include every class folder found here); skipped: how many other entries of the class folders
+    (files with other extensions, sub-folders) were ignored.
+    Raises DataError for a missing or unreadable split, a split without class folders, images lying
+    directly in the split folder, an empty or unreadable class folder, a class folder that `classes` does
+    not have, or a broken or looping symbolic link.
     """
     base = Path(root) / split
     if not base.is_dir():
         raise DataError(f"{base}: missing split folder; {root} needs train/ and val/ folders, "
                         f"each with one sub-folder of images per class")
-    with os.scandir(base) as it:
-        entries = sorted(_visible(it), key=lambda e: e.name)
-    dirs = [e.name for e in entries if e.is_dir()]
-    loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    entries = [(e, _kind(e)) for e in _list(base)]
+    dirs = [e.name for e, kind in entries if kind == "dir"]
+    loose = [e.name for e, kind in entries if kind == "file" and e.name.lower().endswith(IMAGE_EXTENSIONS)]
     if loose:
         raise DataError(f"{base / loose[0]}: image directly in the split folder ({len(loose)} such files); "
                         f"put each image into {base}/<class>/ (ImageNet's flat val/ needs the usual "
@@ -47,10 +74,9 @@ def scan_split(root, split, classes=None):
         if name not in index:
             raise DataError(f"{base / name}: class folder that train/ does not have; every {split}/ class "
                             f"needs a train/ folder of the same name (labels come from train/'s classes)")
-        with os.scandir(base / name) as it:
-            files = sorted(e.name for e in _visible(it) if e.is_file())
-        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        skipped += len(files) - len(images)
+        found = [(e.name, _kind(e)) for e in _list(base / name)]
+        images = [f for f, kind in found if kind == "file" and f.lower().endswith(IMAGE_EXTENSIONS)]
+        skipped += len(found) - len(images)
         if not images:
             raise DataError(f"{base / name}: class folder without images; add images "
                             f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder")
@@ -60,16 +86,39 @@ def scan_split(root, split, classes=None):
 
 
 def scan_dataset(root):
-    """Scan root/train and root/val: returns (classes, train_samples, val_samples, skipped files)."""
+    """Scan root/train and root/val: returns (classes, train_samples, val_samples, skipped entries)."""
     train, classes, skipped_train = scan_split(root, "train")
     val, _, skipped_val = scan_split(root, "val", classes)
     return classes, train, val, skipped_train + skipped_val
 
 
+def _to_8bit(im, path):
+    """Grayscale 8-bit ("L") version of a 16-bit, 32-bit integer or float image, scaled by the range its
+    type defines: PIL's own convert() clips these to 0-255, which stores 16-bit photographs as white and
+    0-1 float images as black. 16-bit (PIL modes I;16*, and I holding 0-65535, as older PIL reads 16-bit
+    PNG): 0-65535 -> 0-255. Float (F): 0-1 -> 0-255. Other ranges have no agreed meaning: refused."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.size and 0 <= a.min() and a.max() <= 65535):
+        return Image.fromarray(np.round(a.astype(np.float64) / 257).astype(np.uint8), "L")
+    if im.mode == "F" and a.size and np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1:
+        return Image.fromarray(np.round(a.astype(np.float64) * 255).astype(np.uint8), "L")
+    kind = "float" if im.mode == "F" else "32-bit integer"
+    lo, hi = (f"{np.nanmin(a):g}", f"{np.nanmax(a):g}") if a.size else ("-", "-")
+    expected = "0-1" if im.mode == "F" else "0-65535"
+    raise DataError(f"{path}: {kind} image with values from {lo} to {hi}, outside {expected}, so its 8-bit "
+                    f"rendering is ambiguous; convert it to 8-bit RGB (or rescale it to {expected}) first")
+
+
 def load_rgb(path):
-    """Open an image file as a fully decoded RGB PIL image (grayscale, CMYK, palette, alpha: converted)."""
+    """Open an image file as a fully decoded 8-bit RGB PIL image. Grayscale, CMYK, palette and alpha images
+    are converted; 16-bit and float images are scaled to 8 bits by their type's range (see _to_8bit)."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()  # decode now: a truncated or corrupt file fails here, not later
+        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            im = _to_8bit(im, path)
         return im if im.mode == "RGB" else im.convert("RGB")

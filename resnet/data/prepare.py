@@ -4,35 +4,178 @@ SRC holds train/<class>/* and val/<class>/* images (any number of classes; class
 sorted train/ folder names, as in torchvision's ImageFolder). Images are written with FFCV's DatasetWriter
 as the recipe's submission did: RGBImageField(write_mode="proportion", max_resolution=max_side,
 compress_probability, jpeg_quality) and an IntField label. Images are opened one at a time by the writer's
-worker processes, so memory stays flat however large SRC is. Grayscale, CMYK, palette and alpha images
-are converted to RGB; files with other extensions than ImageFolder's are skipped. A file that cannot be
-decoded stops the run with its name and no output. Files are written under temporary names and renamed
-into place only when all three are complete.
+worker processes, so memory stays flat however large SRC is.
+
+Images: grayscale, CMYK, palette and alpha images are converted to RGB; 16-bit images are scaled from
+0-65535 and float images from 0-1 to 8 bits; float or 32-bit images outside those ranges are refused.
+Files with other extensions than ImageFolder's are skipped. A file that cannot be decoded, a broken or
+looping symbolic link, or an unreadable folder stops the run with its name and no output.
+
+Output: the three files are written under hidden temporary names and renamed into place only when all
+three are complete, so an earlier set in OUT stays as it was until then. OUT may already hold a set made
+from the same SRC (it is rebuilt and replaced); a set made from another source is refused unless --force
+is given. Free space is checked up front against an estimate from a sample of the images; a full disk
+during the run stops it within seconds. SIGTERM/SIGINT remove the temporary files; the writer processes
+end with their parent, even after SIGKILL, and the next run into OUT removes what a killed run left.
 """
-import argparse
+import contextlib
+import ctypes
+import errno
+import fcntl
 import json
-import multiprocessing
 import os
+import queue
+import re
+import shutil
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
+from resnet import errors
 from resnet.data.folders import DataError, load_rgb, scan_dataset
 
-CMD = "prepare"
+NAME = "prepare"
+HELP = "write FFCV train/val files from ImageNet-layout folders"
 SPLIT_FILES = {"train": "train.beton", "val": "val.beton"}
 MANIFEST = "manifest.json"
+OUTPUTS = (SPLIT_FILES["train"], SPLIT_FILES["val"], MANIFEST)
+LOCK = ".prepare.lock"
+_TEMP = re.compile(r"^\.(train\.beton|val\.beton|manifest\.json)\.tmp-\d+(\.errors)?$")
+_PROGRESS_EVERY_S = 60
+_DATA = -1  # the "errno" of a writer failure caused by an image, whose message is already the one to print
+
+
+class Stopped(errors.Error):
+    """prepare stopped by SIGTERM/SIGINT (exit code 128 + the signal, as a shell reports it)."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+# ---- writer processes: they report their failure, and die with their parent -----------------------------------
+
+def _die_with_parent(parent_pid):
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG), else poll."""
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError
+    except (OSError, AttributeError):  # not Linux: a thread that watches the parent
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _describe(e: BaseException):
+    """(errno, or 0, or _DATA for a bad image; one line) for an exception raised in a writer process."""
+    if isinstance(e, DataError):
+        return _DATA, str(e)
+    if isinstance(e, OSError):
+        return e.errno or 0, e.strerror or str(e)
+    return 0, f"{type(e).__name__}: {e}".replace("\n", " ")
+
+
+def _worker(parent_pid, failures, work_fn, *args):
+    """A DatasetWriter worker under our watch: a failure is sent to the parent (which stops everything at once)
+    instead of FFCV's default of a traceback and a parent waiting forever for the dead worker's images."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
+    try:
+        work_fn(*args)
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
+        failures.put(_describe(e))
+        os._exit(1)
+
+
+class _WorkerFailed(Exception):
+    def __init__(self, errno_, text):
+        super().__init__(text)
+        self.errno, self.text = errno_, text
+
+
+def _writer_class():
+    import ctypes as c
+    from multiprocessing import Process, Queue, Value
+
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.writer import DatasetWriter
+
+    class Writer(DatasetWriter):
+        """FFCV's DatasetWriter with a parent that watches its workers: the first failure (a bad image, a full
+        disk, a worker killed for memory) ends the write within a fraction of a second."""
+
+        def __init__(self, fname, fields, page_size, num_workers, failures, progress):
+            super().__init__(fname, fields, page_size=page_size, num_workers=num_workers)
+            self.failures, self.progress = failures, progress
+
+        def _check(self, workers):
+            if not self.failures.empty():
+                raise _WorkerFailed(*self.failures.get())
+            for w in workers:
+                if w.exitcode not in (None, 0):
+                    time.sleep(0.1)  # a worker that failed has sent its reason just before it exited
+                    if not self.failures.empty():
+                        raise _WorkerFailed(*self.failures.get())
+                    how = (f"killed by signal {-w.exitcode}" if w.exitcode < 0 else f"exit code {w.exitcode}")
+                    raise _WorkerFailed(0, f"a writer process ended ({how}; out of memory? try fewer --workers)")
+
+        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+            self.num_samples = num_samples
+            self.prepare()  # FFCV: header and field descriptors, shared memory for the per-sample metadata
+            workers = []
+            try:
+                todo, tables, done = Queue(), Queue(), Value(c.c_uint64, 0)
+                for chunk in queue_content:
+                    todo.put(chunk)
+                for _ in range(self.num_workers):
+                    todo.put(None)
+                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+                args = (todo, self.metadata_sm, self.metadata_type, self.fields, allocator, done, tables,
+                        *extra_worker_args)
+                workers = [Process(target=_worker, args=(os.getpid(), self.failures, work_fn, *args), daemon=True)
+                           for _ in range(self.num_workers)]
+                for w in workers:
+                    w.start()
+                allocations, reported = [], 0
+                while reported < len(workers):  # each worker sends its allocation table when it is done
+                    self._check(workers)
+                    self.progress(done.value, num_samples)
+                    try:
+                        allocations.extend(tables.get(timeout=0.1))
+                        reported += 1
+                    except queue.Empty:
+                        pass
+                self.finalize(allocations)
+            finally:
+                for w in workers:
+                    if w.is_alive():
+                        w.kill()
+                    w.join()
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+    return Writer
 
 
 class _LazyImages:
-    """The indexed data set DatasetWriter's workers read: item i = (RGB uint8 HxWx3 array, label), decoded
-    on demand. A file that fails to decode is recorded (in `errors_path`, and in the shared `failed` flag
-    the forked workers inherit) and replaced by a 1-pixel placeholder: DatasetWriter would wait forever for
-    a worker that raised. Once anything failed, the rest is skipped, so the run ends quickly."""
+    """The indexed data set the writer's workers read: item i = (RGB uint8 HxWx3 array, label), decoded on
+    demand. A file that fails is reported to the parent straight away (the worker may then wait inside FFCV
+    for its turn to write a page, which never comes once the parent stops the write)."""
 
-    def __init__(self, samples, errors_path):
-        self.samples = samples
-        self.errors_path = str(errors_path)
-        self.failed = multiprocessing.Value("b", 0)
+    def __init__(self, samples, failures):
+        self.samples, self.failures = samples, failures
 
     def __len__(self):
         return len(self.samples)
@@ -41,40 +184,45 @@ class _LazyImages:
         import numpy as np
 
         path, label = self.samples[i]
-        if not self.failed.value:
-            try:
-                return np.asarray(load_rgb(path)), label
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-                self.failed.value = 1
-                with open(self.errors_path, "a") as f:
-                    f.write(f"{path}: cannot read image ({type(e).__name__}: {e})".replace("\n", " ") + "\n")
-        return np.zeros((1, 1, 3), np.uint8), label
+        try:
+            return np.asarray(load_rgb(path)), label
+        except DataError as e:
+            message = str(e)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            message = (f"{path}: cannot read image ({type(e).__name__}: {e})".replace("\n", " ")
+                       + "; replace or delete the file, then run prepare again")
+        self.failures.put((_DATA, message))
+        raise DataError(message)
 
 
-def _write_beton(path, samples, settings, workers):
-    """Write `samples` to the FFCV file `path`; raise DataError (naming the file) if an image is bad."""
+def _page_size(max_side):
+    """A page must hold one raw (uncompressed) image of max_side x max_side; FFCV's default is 8 MiB."""
+    return 1 << max(23, (3 * max_side * max_side).bit_length())
+
+
+def _write_beton(path, samples, settings, workers, progress):
+    """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, _WorkerFailed, OSError."""
+    from multiprocessing import SimpleQueue
+
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
 
-    errors = Path(f"{path}.errors")
-    errors.unlink(missing_ok=True)
-    images = _LazyImages(samples, errors)
-    max_side = settings["max_side"]
+    failures = SimpleQueue()  # put() writes straight into a pipe: nothing is lost when the worker exits
     fields = {
-        "image": RGBImageField(write_mode=settings["write_mode"], max_resolution=max_side,
+        "image": RGBImageField(write_mode=settings["write_mode"], max_resolution=settings["max_side"],
                                jpeg_quality=settings["jpeg_quality"],
                                compress_probability=settings["compress_prob"]),
         "label": IntField(),
     }
-    # A page must hold one raw (uncompressed) image of max_side x max_side; FFCV's default is 8 MiB.
-    page_size = 1 << max(23, (3 * max_side * max_side).bit_length())
-    DatasetWriter(str(path), fields, page_size=page_size, num_workers=workers).from_indexed_dataset(images)
-    if images.failed.value:
-        lines = errors.read_text().splitlines()
-        errors.unlink()
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise DataError(f"{lines[0]}{more}; replace or delete the file, then run prepare again")
+    writer = _writer_class()(str(path), fields, _page_size(settings["max_side"]), workers, failures, progress)
+    try:
+        writer.from_indexed_dataset(_LazyImages(samples, failures))
+    except _WorkerFailed as e:
+        if e.errno == _DATA:
+            raise DataError(e.text) from None  # a bad image, already '<file>: <problem>; <fix>'
+        raise
 
+
+# ---- checks before anything is written ----------------------------------------------------------------------
 
 def _validate(max_side, jpeg_quality, compress_prob, workers):
     if not 16 <= max_side <= 16384:
@@ -87,66 +235,230 @@ def _validate(max_side, jpeg_quality, compress_prob, workers):
         raise DataError(f"--workers {workers}: must be >= 1")
 
 
-def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=None, log=sys.stderr):
+def _existing_ancestor(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_output(src: Path, out: Path, force: bool):
+    """Refuse an output path that cannot work, or that holds a data set made from another source."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
+    ancestor = _existing_ancestor(out.absolute())
+    if not ancestor.is_dir():
+        raise DataError(f"{out}: cannot be created, {ancestor} is not a folder; choose another output folder")
+    for split in ("train", "val"):
+        if (src / split).is_dir() and out.resolve().is_relative_to((src / split).resolve()):
+            raise DataError(f"{out}: inside {src / split}, where it would become a class folder of the next "
+                            f"scan; choose an output folder outside {src}")
+    for name in OUTPUTS:
+        path = out / name
+        if os.path.lexists(path) and not path.is_file():
+            raise DataError(f"{path}: exists and is not a file, so the finished {name} could not replace it; "
+                            f"move it away or choose another output folder")
+    if force or not any(os.path.lexists(out / name) for name in OUTPUTS):
+        return
+    try:
+        source = json.loads((out / MANIFEST).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        source = None
+    if source == str(src.resolve()):
+        return  # a rebuild from the same folder: replaced once the new set is complete
+    held = f"a data set made from {source}" if source else "FFCV files without a readable manifest.json"
+    raise DataError(f"{out}: already holds {held}; choose another output folder, or add --force to replace it")
+
+
+def estimated_bytes(samples, max_side, compress_prob, workers, sample_images=64):
+    """A low estimate of the bytes one FFCV file of `samples` takes: the page-aligned header, raw images at
+    their stored size (from the headers of up to `sample_images` evenly spaced files, less 10%), JPEG images
+    at 1/25 of raw (photographs take 1/8-1/10 at quality 90, flat images less), one partly filled page per
+    worker. Low on purpose: the up-front check refuses only a disk that is clearly too small; a disk that
+    fills anyway stops the run within seconds."""
+    from PIL import Image
+
+    page = _page_size(max_side)
+    raw = []
+    for path, _ in samples[:: max(1, len(samples) // sample_images)][:sample_images]:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - a bad file is reported when it is written
+            continue
+        shrink = min(1.0, max_side / max(width, height, 1))
+        raw.append(int(width * shrink) * int(height * shrink) * 3)
+    per_image = (sum(raw) / len(raw) if raw else 0) * (0.9 * (1 - compress_prob) + compress_prob / 25)
+    header = -(-(64 + 2 * 1040 + 16 * len(samples)) // page) * page
+    return int(header + len(samples) * per_image + workers * page)
+
+
+def _check_space(out, train, val, settings, workers, reclaimable):
+    needed = sum(estimated_bytes(s, settings["max_side"], settings["compress_prob"], workers) for s in (train, val))
+    where = _existing_ancestor(out.absolute())
+    free = shutil.disk_usage(where).free + reclaimable
+    if free < needed:
+        raise DataError(f"{out}: {free / 1e9:.2f} GB free on its file system, this set needs at least "
+                        f"{needed / 1e9:.2f} GB; free space there or choose another output folder "
+                        f"(or lower --max-side, raise --compress-prob)")
+    return needed
+
+
+# ---- the output folder: created, locked, cleaned ---------------------------------------------------------------
+
+def _create(out: Path):
+    """mkdir -p `out`; returns the folders created (deepest first), to be removed again if the run fails."""
+    created, path = [], out.absolute()
+    while not os.path.lexists(path):
+        created.append(path)
+        path = path.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the folder ({e.strerror}); choose a folder you can write to") from None
+    return created
+
+
+def _lock(out: Path):
+    """Hold OUT/.prepare.lock for this run (flock: released by the kernel however the process ends)."""
+    try:
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataError(f"{out}: another prepare is writing into this folder; wait for it to end, or stop it "
+                        f"and run prepare again") from None
+    return fd
+
+
+def _stale_temps(out: Path):
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if _TEMP.match(p.name)]
+
+
+@contextlib.contextmanager
+def _stop_on_signals(out: Path):
+    """SIGTERM/SIGINT raise Stopped here, so that the `finally` blocks remove the temporary files and end the
+    writer processes (Python's default: SIGTERM kills at once, SIGINT prints a traceback from every worker)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Stopped(f"{out}: prepare stopped by {signal.Signals(signum).name}; its temporary files were "
+                      f"removed and {out} holds what it held before; run prepare again", signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _write_error(e: OSError | _WorkerFailed, out: Path, file: Path, needed: int) -> DataError:
+    code = e.errno or 0
+    problem = e.text if isinstance(e, _WorkerFailed) else (e.strerror or str(e))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space there (this set needs about {needed / 1e9:.2f} GB or more) or choose another output folder"
+    elif code == errno.EFBIG:
+        fix = "a size limit (file system, or `ulimit -f`) caps the file; raise it or choose another output folder"
+    elif code:
+        fix = "check the output folder and its file system"
+    else:
+        fix = "see the message, then run prepare again"
+    return DataError(f"{out}: writing {file.name} failed ({problem}); {fix}; no output was written")
+
+
+def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=None, force=False, log=sys.stderr):
     """Write out/train.beton, out/val.beton and out/manifest.json from the folders under `src`.
 
-    Returns the manifest dict. Raises DataError ('<file>: <problem>; <fix>') on bad input, leaving no
-    output file behind (an earlier complete set under `out` stays as it was).
+    Returns the manifest dict. Raises DataError ('<file>: <problem>; <fix>') on bad input, a full disk or an
+    unwritable output, and Stopped on SIGTERM/SIGINT, leaving no output file behind (an earlier complete set
+    under `out` stays as it was). `force` replaces a set in `out` made from another source.
     """
     src, out = Path(src), Path(out)
     workers = workers or len(os.sched_getaffinity(0))
     _validate(max_side, jpeg_quality, compress_prob, workers)
     if not src.is_dir():
         raise DataError(f"{src}: not a folder; give the ImageNet-layout folder that holds train/ and val/")
+    _check_output(src, out, force)
     classes, train, val, skipped = scan_dataset(src)
-    print(f"{CMD}: {src}: {len(classes)} classes, {len(train)} train and {len(val)} val images"
-          + (f" ({skipped} non-image files skipped)" if skipped else ""), file=log)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
-    out.mkdir(parents=True, exist_ok=True)
+    print(f"{NAME}: {src}: {len(classes)} classes, {len(train)} train and {len(val)} val images"
+          + (f" ({skipped} other files and folders skipped)" if skipped else ""), file=log, flush=True)
     settings = {"write_mode": "proportion", "max_side": max_side, "jpeg_quality": jpeg_quality,
                 "compress_prob": compress_prob}
+    stale = _stale_temps(out)
+    needed = _check_space(out, train, val, settings, workers, sum(p.stat().st_size for p in stale))
     manifest = {"classes": classes, "num_classes": len(classes), "train_samples": len(train),
                 "eval_samples": len(val), "settings": settings, "source": str(src.resolve()),
                 "files": dict(SPLIT_FILES), "format": "ffcv-1.0"}
-    final = [out / SPLIT_FILES["train"], out / SPLIT_FILES["val"], out / MANIFEST]
-    tmp = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in final]
+    final = [out / name for name in OUTPUTS]
+    tmp = [_temp_name(p) for p in final]
+    created, lock, done = _create(out), None, False
     try:
-        for samples, t, f in zip((train, val), tmp, final):
-            print(f"{CMD}: writing {f} ({len(samples)} images, {workers} workers)", file=log, flush=True)
-            _write_beton(t, samples, settings, workers)
-        tmp[2].write_text(json.dumps(manifest, indent=1) + "\n")
-        for t, f in zip(tmp, final):
-            os.replace(t, f)
+        with _stop_on_signals(out):
+            lock = _lock(out)
+            stale = _stale_temps(out)  # the lock is ours: these are left by a killed run
+            if stale:
+                size = sum(p.stat().st_size for p in stale)
+                for p in stale:
+                    p.unlink(missing_ok=True)
+                print(f"{NAME}: removed {len(stale)} temporary files ({size / 1e9:.2f} GB) left in {out} by an "
+                      f"interrupted prepare", file=log, flush=True)
+            for samples, t, f in zip((train, val), tmp, final):
+                print(f"{NAME}: writing {f} ({len(samples)} images, {workers} workers)", file=log, flush=True)
+                last = [time.monotonic()]
+
+                def progress(count, total, name=f.name):
+                    if time.monotonic() - last[0] >= _PROGRESS_EVERY_S:
+                        last[0] = time.monotonic()
+                        print(f"{NAME}: {name}: {count}/{total} images", file=log, flush=True)
+
+                try:
+                    _write_beton(t, samples, settings, workers, progress)
+                except (OSError, _WorkerFailed) as e:
+                    raise _write_error(e, out, f, needed) from None
+            try:
+                tmp[2].write_text(json.dumps(manifest, indent=1) + "\n")
+                for t, f in zip(tmp, final):
+                    os.replace(t, f)
+            except OSError as e:
+                raise _write_error(e, out, final[2], needed) from None
+            done = True
     finally:
         for t in tmp:
             t.unlink(missing_ok=True)
-    print(f"{CMD}: wrote {', '.join(str(f) for f in final)}", file=log)
+        if lock is not None:
+            os.unlink(out / LOCK)
+            os.close(lock)
+        if not done:
+            for folder in created:  # deepest first; only what this run created, and only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+    print(f"{NAME}: wrote {', '.join(str(f) for f in final)}", file=log)
     return manifest
 
 
-def register(subparsers):
-    p = subparsers.add_parser(CMD, help="write FFCV train/val files from ImageNet-layout folders",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=Path, help="folder with train/<class>/ and val/<class>/ images")
-    p.add_argument("out", type=Path, help="output folder for train.beton, val.beton, manifest.json")
-    p.add_argument("--max-side", type=int, default=500, help="longest side stored, px (default 500)")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="quality of the JPEG-stored images (default 90)")
-    p.add_argument("--compress-prob", type=float, default=0.5,
-                   help="fraction of images stored as JPEG, the rest raw (default 0.5)")
-    p.add_argument("--workers", type=int, default=None, help="writer processes (default: all usable cores)")
-    p.set_defaults(func=run)
+def add_arguments(parser):
+    parser.add_argument("src", type=Path, help="folder with train/<class>/ and val/<class>/ images")
+    parser.add_argument("out", type=Path, help="output folder for train.beton, val.beton, manifest.json")
+    parser.add_argument("--max-side", type=int, default=500, help="longest side stored, px (default 500)")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="quality of the JPEG-stored images (default 90)")
+    parser.add_argument("--compress-prob", type=float, default=0.5,
+                        help="fraction of images stored as JPEG, the rest raw (default 0.5)")
+    parser.add_argument("--workers", type=int, default=None, help="writer processes (default: all usable cores)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a data set in OUT that was made from another source")
 
 
 def run(args) -> int:
-    try:
-        prepare(args.src, args.out, args.max_side, args.jpeg_quality, args.compress_prob, args.workers)
-    except DataError as e:
-        raise SystemExit(f"mlperf-resnet {CMD}: error: {e}") from None
+    prepare(args.src, args.out, args.max_side, args.jpeg_quality, args.compress_prob, args.workers, args.force)
     return 0
 
 
 if __name__ == "__main__":
-    from resnet.cli import standalone
-
-    sys.exit(standalone(register))
+    sys.exit(errors.main(sys.modules[__name__]))
