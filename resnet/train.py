@@ -297,7 +297,7 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
                 saver.save(t, epoch, batch, epoch_rng)
             if stopping:
                 where = f"at epoch {epoch + 1} step {t.step}"
-                progress(f"{stop.signal or 'stop'} (on a rank): " + (
+                progress(f"{stop.signal or 'a stop on another rank'}: " + (
                     f"checkpoint written {where}; run logged as aborted; continue with --resume" if saver.path
                     else f"stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"))
                 log.end(C.RUN_STOP, status=C.ABORTED, reason=f"signal {stop.signal or 'on another rank'}")
