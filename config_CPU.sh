@@ -7,8 +7,9 @@
 # 16 of 18 (0.80 at epoch 16, 0.84 at the end in a calibration run), about 2 minutes per seed on 2 cores.
 
 ## System
-DGXSYSTEM=$(basename "$(readlink -f "${BASH_SOURCE[0]}")" | sed 's/^config_//' | sed 's/\.sh$//')
-export DGXSYSTEM
+CONFIG_FILE=$(readlink -f "${BASH_SOURCE[0]}")
+DGXSYSTEM=$(basename "$CONFIG_FILE" | sed 's/^config_//' | sed 's/\.sh$//')
+export CONFIG_FILE DGXSYSTEM
 export DGXNGPU=1                # processes (torchrun --nproc_per_node), not GPUs, here
 export DGXNNODES=1
 
@@ -34,3 +35,5 @@ export NUM_WORKERS=2            # the machine has 2 cores
 export TRAIN_CROP_PX=40         # progressive resizing starts at 20 px
 export EVAL_CROP_PX=48
 export EVAL_RESIZE_PX=52
+export EMA_EVERY_SAMPLES=1280   # every 20 steps of 64, half-life 100 steps (interim, before the proxy redesign)
+export EMA_HALF_LIFE_SAMPLES=6400
