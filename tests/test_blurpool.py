@@ -37,9 +37,17 @@ def test_blurpool_surgery_on_resnet50():
     assert list(blur_filter().flatten()) == [v / 16 for v in (1, 2, 1, 2, 4, 2, 1, 2, 1)]
 
 
-def test_blur_passes_small_inputs_and_keeps_constants():
+def test_blur_filters_even_tiny_maps_as_composer_does():
+    """Composer passes an input through only when it is smaller than the filter after padding (H + 2 < 3): a 1x1
+    or 2x2 map is blurred too, its border mixing in the zero padding."""
     blur = Blur2d(stride=1)
-    tiny = torch.randn(1, 4, 2, 2)
-    assert torch.equal(blur(tiny), tiny)
+    one = torch.randn(1, 4, 1, 1)
+    assert torch.allclose(blur(one), one * 4 / 16)              # only the centre tap sees the pixel
+    two = torch.randn(1, 4, 2, 2)
+    expected = (4 * two + 2 * two.flip(-1) + 2 * two.flip(-2) + two.flip(-1, -2)) / 16
+    assert torch.allclose(blur(two), expected, atol=1e-6)
+    empty = torch.randn(1, 4, 0, 5)
+    assert blur(empty) is empty
     flat = torch.ones(1, 4, 8, 8)
     assert torch.allclose(blur(flat)[..., 1:-1, 1:-1], flat[..., 1:-1, 1:-1])  # interior of a constant is kept
+    assert Blur2d(stride=2)(torch.randn(2, 4, 11, 11)).shape[-2:] == (6, 6)   # like a 3x3 stride-2 conv

@@ -2,6 +2,9 @@
 
 A strided conv becomes blur (stride 1) -> the original conv; a max-pool becomes max-pool (stride 1) -> blur at
 the original stride. The blur is the [1 2 1] x [1 2 1] / 16 filter applied per channel with zero padding 1.
+As in Composer (which ran the submission), an input passes through unblurred only when it is smaller than the
+filter after padding (height or width + 2 < 3), i.e. never for a real feature map: a 1x1 or 2x2 map is blurred
+too, its border mixing in the zero padding.
 """
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,7 @@ def blur_filter() -> torch.Tensor:
 
 
 class Blur2d(nn.Module):
-    """Depthwise low-pass filter; inputs smaller than the filter pass through unchanged."""
+    """Depthwise low-pass filter; an input smaller than the filter after padding passes through unchanged."""
 
     def __init__(self, stride: int = 1):
         super().__init__()
@@ -22,7 +25,7 @@ class Blur2d(nn.Module):
         self.register_buffer("filter", blur_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] < 3 or x.shape[-1] < 3:
+        if x.shape[-2] + 2 < 3 or x.shape[-1] + 2 < 3:   # Composer's rule; only an empty map meets it
             return x
         channels = x.shape[1]
         weight = self.filter.to(dtype=x.dtype).expand(channels, 1, 3, 3)
