@@ -79,8 +79,9 @@ def save(path: Path, state: dict) -> bool:
         torch.save(state, tmp)
         os.replace(tmp, path)
         return True
-    except OSError as e:
-        print(f"mlperf-resnet: warning: checkpoint {path} not written ({e.strerror or e}); the previous one is "
+    except (OSError, RuntimeError) as e:   # torch's zip writer reports a short write as a RuntimeError
+        why = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:120]
+        print(f"mlperf-resnet: warning: checkpoint {path} not written ({why}); the previous one is "
               "kept and training goes on", file=sys.stderr, flush=True)
         return False
     finally:

@@ -165,7 +165,7 @@ def test_a_gpu_config_without_a_gpu_fails_in_one_line(ffcv_data, tmp_path):
               check=False)
     assert out.returncode == 1
     lines = error_lines(out.stderr)
-    assert len(lines) == 1 and "no CUDA device is visible" in lines[0], out.stderr
+    assert len(lines) == 1 and "no CUDA GPU is visible" in lines[0], out.stderr
     assert not (tmp_path / "r").exists()
 
 
