@@ -5,7 +5,7 @@ Writes (once, then reuses) a synthetic ImageNet-layout JPEG set of ~300-500 px i
 the images JPEG at quality 90), then times one training epoch of each loader after a warm-up epoch (FFCV
 compiles its pipeline on the first one; torchvision starts its worker processes), alternating the two
 loaders for --repeats rounds and reporting medians (the machine may be shared). Both loaders do the
-same work per image: RandomResizedCrop to --crop (scale 0.08-1), horizontal flip, normalisation to
+same work per image: RandomResizedCrop to --crop (scale --crop-scale-min to 1), horizontal flip, normalisation to
 float32 NCHW channels_last, batches of --batch-size, with --workers (FFCV: threads, torchvision: worker
 processes). Nothing consumes the batches: this measures the loaders alone.
 
@@ -50,6 +50,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--crop", type=int, default=176)
+    parser.add_argument("--crop-scale-min", type=float, default=0.08, help="RandomResizedCrop scale range start "
+                        "(default 0.08, the recipe's ImageNet value)")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per round (after a warm-up epoch)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds, each timing both loaders")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
@@ -60,12 +62,13 @@ def main(argv=None):
     result = {"cpus": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
               "versions": _versions(), "train_images": args.classes * args.train_per_class,
               "image_long_side_px": args.size, "workers": args.workers, "batch_size": args.batch_size,
-              "crop_px": args.crop, "timed_epochs": args.epochs, "repeats": args.repeats,
+              "crop_px": args.crop, "crop_scale_min": args.crop_scale_min, "timed_epochs": args.epochs, "repeats": args.repeats,
               "load_average_1min_before": os.getloadavg()[0]}
     loaders = {}
     for kind, data_dir in (("torchvision", folders), ("ffcv", betons)):
         loaders[kind] = make_loaders(data_dir, loader=kind, batch_size=args.batch_size, train_crop_px=args.crop,
-                                     workers=args.workers, seed=0)[0]
+                                     crop_scale_min=args.crop_scale_min, eval_crop_px=args.crop,
+                                     eval_resize_px=args.crop, workers=args.workers, seed=0)[0]  # val: unused
         for _ in loaders[kind]:  # warm-up epoch: FFCV compiles, torchvision starts its workers
             pass
     rates = {kind: [] for kind in loaders}

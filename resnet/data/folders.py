@@ -105,11 +105,13 @@ def _to_8bit(im, path):
         return Image.fromarray(np.round(a.astype(np.float64) / 257).astype(np.uint8), "L")
     if im.mode == "F" and a.size and np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1:
         return Image.fromarray(np.round(a.astype(np.float64) * 255).astype(np.uint8), "L")
-    kind = "float" if im.mode == "F" else "32-bit integer"
-    lo, hi = (f"{np.nanmin(a):g}", f"{np.nanmax(a):g}") if a.size else ("-", "-")
-    expected = "0-1" if im.mode == "F" else "0-65535"
-    raise DataError(f"{path}: {kind} image with values from {lo} to {hi}, outside {expected}, so its 8-bit "
-                    f"rendering is ambiguous; convert it to 8-bit RGB (or rescale it to {expected}) first")
+    kind, expected = ("float", "0-1") if im.mode == "F" else ("32-bit integer", "0-65535")
+    if not a.size or not np.isfinite(a).all():
+        found = "no pixels" if not a.size else "NaN or infinite values"
+    else:
+        found = f"values from {a.min():g} to {a.max():g}, outside {expected}"
+    raise DataError(f"{path}: {kind} image with {found}, so its 8-bit rendering is ambiguous; convert it to "
+                    f"8-bit RGB (or rescale it to {expected}) first")
 
 
 def load_rgb(path):

@@ -226,13 +226,13 @@ def _write_beton(path, samples, settings, workers, progress):
 
 def _validate(max_side, jpeg_quality, compress_prob, workers):
     if not 16 <= max_side <= 16384:
-        raise DataError(f"--max-side {max_side}: must be between 16 and 16384 px")
+        raise DataError(f"--max-side {max_side}: must be between 16 and 16384 px; the recipe's is 500")
     if not 1 <= jpeg_quality <= 100:
-        raise DataError(f"--jpeg-quality {jpeg_quality}: must be between 1 and 100")
+        raise DataError(f"--jpeg-quality {jpeg_quality}: must be between 1 and 100; the recipe's is 90")
     if not 0.0 <= compress_prob <= 1.0:
-        raise DataError(f"--compress-prob {compress_prob}: must be between 0 and 1")
+        raise DataError(f"--compress-prob {compress_prob}: must be between 0 and 1; the recipe's is 0.5")
     if workers < 1:
-        raise DataError(f"--workers {workers}: must be >= 1")
+        raise DataError(f"--workers {workers}: must be >= 1; leave it out to use every usable core")
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -269,12 +269,16 @@ def _check_output(src: Path, out: Path, force: bool):
     raise DataError(f"{out}: already holds {held}; choose another output folder, or add --force to replace it")
 
 
-def estimated_bytes(samples, max_side, compress_prob, workers, sample_images=64):
-    """A low estimate of the bytes one FFCV file of `samples` takes: the page-aligned header, raw images at
-    their stored size (from the headers of up to `sample_images` evenly spaced files, less 10%), JPEG images
-    at 1/25 of raw (photographs take 1/8-1/10 at quality 90, flat images less), one partly filled page per
-    worker. Low on purpose: the up-front check refuses only a disk that is clearly too small; a disk that
-    fills anyway stops the run within seconds."""
+def _whole_pages(size, page):
+    return -(-int(size) // page) * page
+
+
+def estimated_bytes(samples, max_side, compress_prob, sample_images=64):
+    """A low estimate of the bytes one FFCV file of `samples` takes: the page-aligned header, then whole pages of
+    images: raw images at their stored size (from the headers of up to `sample_images` evenly spaced files, less
+    10%), JPEG images at 1/25 of raw (photographs take 1/8-1/10 at quality 90, flat images less). Low on purpose:
+    the up-front check refuses only a disk that is clearly too small; a disk that fills anyway stops the run
+    within seconds."""
     from PIL import Image
 
     page = _page_size(max_side)
@@ -288,12 +292,12 @@ def estimated_bytes(samples, max_side, compress_prob, workers, sample_images=64)
         shrink = min(1.0, max_side / max(width, height, 1))
         raw.append(int(width * shrink) * int(height * shrink) * 3)
     per_image = (sum(raw) / len(raw) if raw else 0) * (0.9 * (1 - compress_prob) + compress_prob / 25)
-    header = -(-(64 + 2 * 1040 + 16 * len(samples)) // page) * page
-    return int(header + len(samples) * per_image + workers * page)
+    header = 64 + 2 * 1040 + 16 * len(samples)  # header, 2 field descriptors, per-image records
+    return _whole_pages(header, page) + _whole_pages(max(1, len(samples) * per_image), page)
 
 
-def _check_space(out, train, val, settings, workers, reclaimable):
-    needed = sum(estimated_bytes(s, settings["max_side"], settings["compress_prob"], workers) for s in (train, val))
+def _check_space(out, train, val, settings, reclaimable):
+    needed = sum(estimated_bytes(s, settings["max_side"], settings["compress_prob"]) for s in (train, val))
     where = _existing_ancestor(out.absolute())
     free = shutil.disk_usage(where).free + reclaimable
     if free < needed:
@@ -381,7 +385,7 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
     under `out` stays as it was). `force` replaces a set in `out` made from another source.
     """
     src, out = Path(src), Path(out)
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
     _validate(max_side, jpeg_quality, compress_prob, workers)
     if not src.is_dir():
         raise DataError(f"{src}: not a folder; give the ImageNet-layout folder that holds train/ and val/")
@@ -392,7 +396,7 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
     settings = {"write_mode": "proportion", "max_side": max_side, "jpeg_quality": jpeg_quality,
                 "compress_prob": compress_prob}
     stale = _stale_temps(out)
-    needed = _check_space(out, train, val, settings, workers, sum(p.stat().st_size for p in stale))
+    needed = _check_space(out, train, val, settings, sum(p.stat().st_size for p in stale))
     manifest = {"classes": classes, "num_classes": len(classes), "train_samples": len(train),
                 "eval_samples": len(val), "settings": settings, "source": str(src.resolve()),
                 "files": dict(SPLIT_FILES), "format": "ffcv-1.0"}
