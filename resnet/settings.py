@@ -90,6 +90,8 @@ SETTINGS = [
                 within=FRACTION),
     _recipe_row("resize_delay", float, "fraction of training at the initial side", within="[0, 1]"),
     _recipe_row("resize_finetune", float, "fraction of training at the full side", within="[0, 1]"),
+    _recipe_row("resize_increment_px", int, "progressive-resizing sides are multiples of this (ImageNet: 4)",
+                within=POSITIVE),
     _recipe_row("eval_crop_px", int, "evaluation centre-crop side", within=POSITIVE),
     _recipe_row("eval_resize_px", int, "evaluation resize-equivalent side", within=POSITIVE),
     _recipe_row("blurpool", bool01, "1 = BlurPool surgery"),
