@@ -32,8 +32,12 @@ def test_five_seeds_compliant_logs_and_summary(cpu_benchmark):
             assert check_log(log, ruleset)[0], (log, ruleset)
     assert out.stdout.count("PASS") == 5                      # the official checker, once per new log
     assert out.stderr.count("exit 0 (reached the target)") == 5
-    summary = summarize_dir(results)
-    assert summary["valid"] and len(summary["runs_minutes"]) == 5
+    # run_and_time.sh summarises at the runs' own target (TINY_CONFIG's 0.1: "not a submission score"); at
+    # MLPerf's 0.759 none of these runs counts.
+    assert "not a submission score" in out.stdout + out.stderr
+    assert summarize_dir(results)["runs_minutes"] == [None] * 5
+    summary = summarize_dir(results, target=float(TINY_CONFIG["TARGET_ACCURACY"]))
+    assert summary["valid"] and len(summary["runs_minutes"]) == 5 and None not in summary["runs_minutes"]
     middle = sorted(summary["runs_minutes"])[1:4]
     assert abs(summary["score_minutes"] - sum(middle) / 3) < 1e-9
     assert re.search(r"score", out.stdout, re.I)
@@ -46,7 +50,7 @@ def test_seeds_that_miss_the_target_show_exit_2_without_a_stack_trace(ffcv_data,
     earlier.write_text("an earlier run's log\n")
     # A target no run reaches: each experiment trains its one epoch, misses, and the next one still runs.
     out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "2", "SEED": "7",
-                        "EPOCHS": "1", "TARGET_ACCURACY": "1.0"})
+                        "EPOCHS": "1", "TARGET_ACCURACY": "0.99"})
     assert earlier.read_text() == "an earlier run's log\n"
     assert [p.name for p in sorted(results.glob("result_*.txt"))] == ["result_0.txt", "result_1.txt", "result_2.txt"]
     for name in ("result_1.txt", "result_2.txt"):
@@ -107,7 +111,7 @@ def wait_for_training(log: Path, proc: subprocess.Popen, timeout_s=300) -> None:
 def test_a_signal_reaches_the_trainer_and_stops_the_set(ffcv_data, tmp_path, sig):
     ckpt = tmp_path / "ckpt"
     proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "2", "SEED": "11",
-                               "EPOCHS": "30", "TARGET_ACCURACY": "1.0", "CHECKPOINT_DIR": str(ckpt)})
+                               "EPOCHS": "30", "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(ckpt)})
     log = tmp_path / "CPU" / "resnet" / "result_0.txt"
     try:
         wait_for_training(log, proc)
@@ -160,7 +164,7 @@ def test_two_nodes_on_one_machine_write_one_compliant_log(ffcv_data, tmp_path):
 
 
 def test_a_dead_node_ends_the_other_one(ffcv_data, tmp_path):
-    nodes = two_nodes(ffcv_data, tmp_path, EPOCHS="30", TARGET_ACCURACY="1.0")
+    nodes = two_nodes(ffcv_data, tmp_path, EPOCHS="30", TARGET_ACCURACY="0.99")
     log = tmp_path / "CPU" / "resnet" / "result_0.txt"
     try:
         wait_for_training(log, nodes[0])
@@ -245,6 +249,7 @@ BAD_INPUTS = [  # (environment over TINY_CONFIG, what the one line must say)
     ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"}, "MASTER_PORT=http is not"),
     ({"PYTHON": "/nonexistent/python3"}, "PYTHON=/nonexistent/python3 cannot run the benchmark"),
     ({"PYTHON": "/usr/bin/python3"}, "PYTHON=/usr/bin/python3 cannot run the benchmark (no module named 'torch')"),
+    ({"PATH": "/usr/bin:/bin"}, "torchrun is not on PATH"),
     ({"CONFIG_FILE": "/nonexistent/config_X.sh"}, "/nonexistent/config_X.sh: no such config"),
     ({"NEXPP": "3"}, "NEXPP is no setting; did you mean NEXP?"),
     ({"PRECISION": "fp8"}, "PRECISION"),
