@@ -3,10 +3,11 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-# The embedded default data set: a learnable synthetic task (see resnet/data/synth.py).
-SYNTH_ARGS := --classes 10 --train-per-class 320 --val-per-class 100 --size 64 --seed 0
-SYNTH_DIR := data/synth
-FFCV_DIR := data/synth-ffcv
+# The embedded default data set, the CPU proxy's: synth's defaults (16 classes, 80 training and 60 validation
+# images each, long side 112 px: ImageNet's images at a quarter of the side; see resnet/data/synth.py).
+SYNTH_ARGS := --seed 0
+SYNTH_DIR := data/proxy-synth
+FFCV_DIR := data/proxy-ffcv
 STAMP := $(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: benchmark test setup system-libs clean-data

@@ -7,11 +7,17 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "data" / "bench"
 
 
-def synthetic_dataset(cache: Path, classes=10, train_per_class=320, val_per_class=100, size_px=64):
-    """(image folders, FFCV folder) of `mlperf-resnet synth` data with these settings (by default the
-    `make benchmark` set) under `cache`, named by the settings and made unless complete already."""
+def synthetic_dataset(cache: Path, classes=None, train_per_class=None, val_per_class=None, size_px=None):
+    """(image folders, FFCV folder) of `mlperf-resnet synth` data with these settings (each by default the
+    `make benchmark` set's, resnet.data.synth.DEFAULTS) under `cache`, named by the settings and made unless
+    complete already."""
     from resnet.data.prepare import prepare
-    from resnet.data.synth import make_synthetic
+    from resnet.data.synth import DEFAULTS, make_synthetic
+
+    classes = classes or DEFAULTS["classes"]
+    train_per_class = train_per_class or DEFAULTS["train_per_class"]
+    val_per_class = val_per_class or DEFAULTS["val_per_class"]
+    size_px = size_px or DEFAULTS["size_px"]
 
     name = f"c{classes}-t{train_per_class}-v{val_per_class}-{size_px}px"
     folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"

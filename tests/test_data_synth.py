@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from resnet.cli import standalone
+from resnet import errors
 from resnet.data import synth
 
 
@@ -23,8 +23,8 @@ def _digests(root):
 
 def test_layout_and_settings(tmp_path):
     out = tmp_path / "synth"
-    assert standalone(synth.register, [str(out), "--classes", "4", "--train-per-class", "3",
-                                       "--val-per-class", "2", "--size", "40"]) == 0
+    assert errors.main(synth, [str(out), "--classes", "4", "--train-per-class", "3", "--val-per-class", "2",
+                               "--size", "40"]) == 0
     names = synth.class_names(4)
     assert names == sorted(names) == ["00_circle", "01_square", "02_triangle", "03_ring"]
     for split, count in (("train", 3), ("val", 2)):
@@ -63,13 +63,35 @@ def test_motifs_survive_horizontal_flip_and_differ(motif):
             assert np.abs(mask - other_mask).mean() > 0.02, f"{motif} looks like {other}"
 
 
-def test_refuses_existing_output_and_bad_settings(tmp_path):
+def _one_line_error(capsys, argv):
+    assert errors.main(synth, argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mlperf-resnet: error: synth ")
+    return err.strip()
+
+
+def test_refuses_existing_output_and_bad_settings_in_one_line(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
-    with pytest.raises(SystemExit, match=r"^mlperf-resnet synth: error: .*taken: already exists; remove it"):
-        standalone(synth.register, [str(tmp_path / "taken")])
-    with pytest.raises(SystemExit, match=r"--classes 99: must be between 1 and 20"):
-        standalone(synth.register, [str(tmp_path / "new"), "--classes", "99"])
-    assert not (tmp_path / "new").exists()
+    assert _one_line_error(capsys, [str(tmp_path / "taken")]).endswith(
+        "taken: already exists; remove it or choose another output folder")
+    for argv, message in ((["--classes", "99"], "synth --classes 99: outside 1..20; choose a value in that range"),
+                          (["--size", "100000"], "synth --size 100000: outside 16..1024"),
+                          (["--train-per-class", "0"], "synth --train-per-class 0: outside 1..100000"),
+                          (["--seed", "-1"], "synth --seed -1: outside 0.."),
+                          (["--colour-cue", "1.5"], "synth --colour-cue 1.5: outside 0.0..1.0")):
+        assert message in _one_line_error(capsys, [str(tmp_path / "new"), *argv])
+    (tmp_path / "a-file").write_text("")
+    assert "cannot write there" in _one_line_error(capsys, [str(tmp_path / "a-file" / "synth")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "taken"]   # nothing written, no temp dir
+
+
+def test_defaults_are_the_benchmark_set():
+    """`make benchmark` and bench/ scripts take the CPU proxy's data from these defaults."""
+    assert synth.DEFAULTS == dict(classes=16, train_per_class=80, val_per_class=60, size_px=112)
+    parser = __import__("argparse").ArgumentParser()
+    synth.add_arguments(parser)
+    args = parser.parse_args(["out"])
+    assert {k: getattr(args, k) for k in synth.DEFAULTS} == synth.DEFAULTS
 
 
 def test_killed_run_leaves_no_tree(tmp_path):

@@ -5,11 +5,12 @@ motif that a horizontal flip maps onto itself (circle, square, triangle, ring, .
 every image draws its class motif 1-3 times at random places, sizes, aspect ratios, slight rotations and
 colours (the class hue with probability --colour-cue, else any colour), over a random gradient
 background with soft distractor blobs of any colour and pixel noise, and is saved at a random JPEG
-quality. Random-resized crops (scale 0.08-1) and flips mostly keep the evidence. With the defaults a
-torchvision resnet18 trained from scratch at 32 px crops (AdamW, 10 epochs of 3,200 images, ~2.5 min on
-2 cores) passes 0.759 top-1 after 6 epochs (0.83 after 10): hue alone is not enough (distractors and
-uncued motifs share it), shape alone is slow to learn. Each image depends only on (seed, split, class,
-index): the same seed gives byte-identical files, whatever the number of worker processes.
+quality. Random-resized crops (scale 0.08-1) and flips mostly keep the evidence: hue alone is not enough
+(distractors and uncued motifs share it), shape alone is slow to learn. The defaults (DEFAULTS) are the CPU
+proxy's data set (`make benchmark`): with config_CPU.sh's Mild recipe, top-1 climbs from the first epochs
+(~0.2 after 3 of 28, ~0.5 after 12 at 22 px crops) and passes 0.759 after 18-21 epochs. Each image depends
+only on (seed, split, class, index): the same seed gives byte-identical files, whatever the number of worker
+processes.
 """
 import argparse
 import json
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from resnet import errors
-from resnet.errors import DataError
+from resnet.errors import DataError, SettingError
 
 CMD = "synth"
 #: Class motifs, in class-index order. All are symmetric under a horizontal flip (no chiral pairs).
@@ -188,7 +189,31 @@ def _write_class(job):
     return stop - start
 
 
-def make_synthetic(out, classes=10, train_per_class=320, val_per_class=100, size_px=64, seed=0,
+#: The `make benchmark` set (the CPU proxy's data): 16 classes of 80 training and 60 validation images whose long
+#: side is 112 px, about a quarter of ImageNet's typical image (~400 x 350, long side <= 500), as the proxy's
+#: crops are a quarter of ImageNet's (44 | 176 px training, 56 | 224 evaluation).
+DEFAULTS = dict(classes=16, train_per_class=80, val_per_class=60, size_px=112)
+#: (lowest, highest) of each setting: beyond them a run would take hours or fill the disk, or draw nothing.
+BOUNDS = {"classes": (1, len(MOTIFS)), "train_per_class": (1, 100_000), "val_per_class": (1, 100_000),
+          "size_px": (16, 1024), "seed": (0, 2**32 - 1), "noise": (0.0, 255.0), "distractors": (0, 100),
+          "colour_cue": (0.0, 1.0), "workers": (1, 1024)}
+FLAGS = {"size_px": "--size"}
+
+
+def check_settings(classes, train_per_class, val_per_class, size_px, seed, noise, distractors, colour_cue,
+                   workers=None) -> None:
+    """Raise SettingError naming the first setting outside its BOUNDS."""
+    given = dict(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class, size_px=size_px,
+                 seed=seed, noise=noise, distractors=distractors, colour_cue=colour_cue, workers=workers)
+    for name, value in given.items():
+        low, high = BOUNDS[name]
+        if value is not None and not low <= value <= high:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise SettingError(f"synth {flag} {value}: outside {low}..{high}; choose a value in that range")
+
+
+def make_synthetic(out, classes=DEFAULTS["classes"], train_per_class=DEFAULTS["train_per_class"],
+                   val_per_class=DEFAULTS["val_per_class"], size_px=DEFAULTS["size_px"], seed=0,
                    noise=12.0, distractors=3, colour_cue=0.8, workers=None, progress=True):
     """Write the synthetic data set to `out` (which must not exist yet) and return its settings dict.
 
@@ -198,22 +223,20 @@ def make_synthetic(out, classes=10, train_per_class=320, val_per_class=100, size
     from multiprocessing import get_context
 
     out = Path(out)
-    if not 1 <= classes <= len(MOTIFS):
-        raise ValueError(f"--classes {classes}: must be between 1 and {len(MOTIFS)} (one motif per class)")
-    if train_per_class < 1 or val_per_class < 1:
-        raise ValueError("--train-per-class and --val-per-class must be >= 1")
-    if size_px < 16:
-        raise ValueError(f"--size {size_px}: must be >= 16 px")
-    if not 0.0 <= colour_cue <= 1.0:
-        raise ValueError(f"--colour-cue {colour_cue}: must be between 0 and 1")
+    check_settings(classes, train_per_class, val_per_class, size_px, seed, noise, distractors, colour_cue,
+                   workers)
     if out.exists():
-        raise FileExistsError(f"{out}: already exists; remove it or choose another output path")
+        raise DataError(f"synth {out}: already exists; remove it or choose another output folder")
     settings = {"generator": "mlperf-resnet synth", "version": 1, "classes": classes,
                 "train_per_class": train_per_class, "val_per_class": val_per_class, "size_px": size_px,
                 "seed": seed, "noise": noise, "distractors": distractors, "colour_cue": colour_cue}
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(f"synth {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
     try:
         jobs = []
         chunk = 50
@@ -234,6 +257,10 @@ def make_synthetic(out, classes=10, train_per_class=320, val_per_class=100, size
             print(f"synth: {total} images in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
         (tmp / "synth.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, out)
+    except OSError as e:          # a full disk, a folder that became unwritable: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"synth {out}: writing failed ({e.strerror or e}); free some space or choose another "
+                        "folder") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,10 +273,15 @@ HELP = "write a learnable synthetic ImageNet-layout JPEG data set"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="output folder (must not exist)")
-    p.add_argument("--classes", type=int, default=10, help=f"number of classes, 1-{len(MOTIFS)} (default 10)")
-    p.add_argument("--train-per-class", type=int, default=320, help="training images per class (default 320)")
-    p.add_argument("--val-per-class", type=int, default=100, help="validation images per class (default 100)")
-    p.add_argument("--size", type=int, default=64, dest="size_px", help="long side of each image, px (default 64)")
+    d = DEFAULTS
+    p.add_argument("--classes", type=int, default=d["classes"],
+                   help=f"number of classes, 1-{len(MOTIFS)} (default {d['classes']})")
+    p.add_argument("--train-per-class", type=int, default=d["train_per_class"],
+                   help=f"training images per class (default {d['train_per_class']})")
+    p.add_argument("--val-per-class", type=int, default=d["val_per_class"],
+                   help=f"validation images per class (default {d['val_per_class']})")
+    p.add_argument("--size", type=int, default=d["size_px"], dest="size_px",
+                   help=f"long side of each image, px; the short side is 75-100%% of it (default {d['size_px']})")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes byte-identical files (default 0)")
     p.add_argument("--noise", type=float, default=12.0,
                    help="max std of per-pixel Gaussian noise, 0-255 scale (default 12)")
@@ -260,12 +292,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        make_synthetic(args.out, args.classes, args.train_per_class, args.val_per_class, args.size_px,
-                       args.seed, noise=args.noise, distractors=args.distractors, colour_cue=args.colour_cue,
-                       workers=args.workers)
-    except (ValueError, FileExistsError) as e:
-        raise DataError(f"synth: {e}") from None
+    make_synthetic(args.out, args.classes, args.train_per_class, args.val_per_class, args.size_px, args.seed,
+                   noise=args.noise, distractors=args.distractors, colour_cue=args.colour_cue, workers=args.workers)
     return 0
 
 

@@ -1,0 +1,199 @@
+"""The CPU proxy benchmark: time to target of the Mild recipe against the Baseline (RECIPE.md section 11) and
+against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
+synthetic data set, the `resnet_cpu` network).
+
+    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR]
+
+Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
+(VARIANTS below, printed at the start). Minutes are run_start -> run_stop read from the run's MLPerf log, the
+official score's clock; the final top-1 is the run's last evaluation. Runs go one at a time, seed by seed (every
+variant of the first seed, then of the next), so that a change in the machine's load falls on all variants
+alike. Writes OUT/proxy.json (every run, its evaluations, the table), OUT/proxy.png (top-1 against minutes,
+every run) and OUT/logs/<variant>-seed<N>.txt; OUT must not exist yet.
+
+The Baseline is section 11 at the proxy's geometry (ImageNet's sides / 4): crop 56 throughout (224), evaluation
+56 of 64 (224 of 256), cross-entropy with smoothing 0.1, no BlurPool, EMA or log-bias init, evaluation every 4
+epochs, and BASELINE_EPOCHS epochs; everything else (network, batch, optimiser, peak LR, warm-up, data) is
+config_CPU.sh's, so the Baseline is not weakened.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import DEFAULT_CACHE, synthetic_ffcv  # noqa: E402
+
+CONFIG = REPO / "config_CPU.sh"
+BASELINE_EPOCHS = 36
+# Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
+VARIANTS = {
+    "mild": [],
+    "baseline": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
+                 "--train-crop-px", 56, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
+                 "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+    "no-blurpool": ["--blurpool", 0],
+    "no-ema": ["--ema", 0],
+    "ce-loss": ["--loss", "ce", "--label-smoothing", 0.1],          # the Baseline's loss instead of smoothed BCE
+    "no-progressive-resizing": ["--resize-initial-scale", 1],       # 44 px crops from the first epoch
+    "no-log-bias-init": ["--log-bias-init", 0],
+    # Not run by default: the Baseline at Mild's final training crop (44) instead of ImageNet's 224 / 4.
+    "baseline-44": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
+                    "--train-crop-px", 44, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
+                    "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+}
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "baseline-44"]
+
+
+def config_flags(config: Path = CONFIG) -> list[str]:
+    """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
+    from resnet.settings import env_to_flags
+
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    out = subprocess.run(["bash", "-c", 'source "$0" >/dev/null && env -0', str(config)], env=clean,
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    environ = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    words = env_to_flags(environ)
+    i = words.index("--results-dir") if "--results-dir" in words else None
+    return words if i is None else words[:i] + words[i + 2:]
+
+
+def read_log(path: Path) -> dict:
+    """run_start -> run_stop minutes, status, and every evaluation (minutes since run_start, epoch, top-1)."""
+    events = [json.loads(line.split(":::MLLOG", 1)[1]) for line in path.read_text().splitlines()
+              if line.startswith(":::MLLOG")]
+    start = next(e["time_ms"] for e in events if e["key"] == "run_start")
+    stop = next((e for e in events if e["key"] == "run_stop"), None)
+    evals = [dict(minutes=(e["time_ms"] - start) / 60000, epoch=e["metadata"]["epoch_num"], top1=e["value"])
+             for e in events if e["key"] == "eval_accuracy"]
+    status = stop["metadata"]["status"] if stop else "unfinished"
+    return dict(status=status, minutes=(stop["time_ms"] - start) / 60000 if stop else None, evals=evals,
+                final_top1=evals[-1]["top1"] if evals else None,
+                epoch_at_stop=evals[-1]["epoch"] if evals else None)
+
+
+def one_run(variant: str, seed: int, base: list[str], data: Path, logs: Path) -> dict:
+    log = logs / f"{variant}-seed{seed}.txt"
+    cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, VARIANTS[variant]), "--data", str(data),
+           "--seed", str(seed), "--log-file", str(log)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    run = dict(variant=variant, seed=seed, exit_code=proc.returncode, wall_s=round(time.time() - t0, 1),
+               command=cmd[1:], log=str(log.relative_to(logs.parent)))
+    if not log.is_file() or ":::MLLOG" not in log.read_text():
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return dict(run, status="failed", minutes=None, evals=[], final_top1=None, epoch_at_stop=None,
+                    error=tail[0])
+    return dict(run, **read_log(log))
+
+
+def spread(values: list[float]) -> dict:
+    if not values:
+        return dict(mean=None, sd=None, min=None, max=None)
+    return dict(mean=statistics.mean(values), sd=statistics.stdev(values) if len(values) > 1 else 0.0,
+                min=min(values), max=max(values))
+
+
+def summarise(runs: list[dict], variants: list[str]) -> dict:
+    table = {}
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v]
+        reached = [r for r in mine if r["status"] == "success"]
+        table[v] = dict(runs=len(mine), reached=len(reached),
+                        minutes=spread([r["minutes"] for r in reached]),
+                        epochs=spread([r["epoch_at_stop"] for r in reached]),
+                        final_top1=spread([r["final_top1"] for r in mine if r["final_top1"] is not None]))
+    mild = table.get("mild", {}).get("minutes", {}).get("mean")
+    for v, row in table.items():
+        mean = row["minutes"]["mean"]
+        # Only a variant that reached the target in every run has a time to target to compare.
+        row["time_vs_mild"] = mean / mild if mild and mean and row["reached"] == row["runs"] else None
+    return table
+
+
+def fmt(s: dict, digits: int = 2) -> str:
+    return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+
+def print_table(table: dict, target: float) -> None:
+    print(f"\n{'variant':<24} {'reached':>7} {'minutes to ' + str(target):>18} {'epochs':>12} "
+          f"{'final top-1':>16} {'time vs Mild':>12}")
+    for v, row in table.items():
+        ratio = "-" if row["time_vs_mild"] is None else f"{row['time_vs_mild']:.2f}x"
+        print(f"{v:<24} {row['reached']:>3}/{row['runs']:<3} {fmt(row['minutes']):>18} {fmt(row['epochs'], 1):>12} "
+              f"{fmt(row['final_top1'], 3):>16} {ratio:>12}")
+    if table.get("baseline", {}).get("time_vs_mild"):
+        print(f"Mild is {table['baseline']['time_vs_mild']:.2f}x faster than the Baseline to top-1 > {target}")
+
+
+def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab10")
+    for i, v in enumerate(variants):
+        for j, r in enumerate(x for x in runs if x["variant"] == v):
+            ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
+                    color=colours(i % 10), lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
+                    label=v if j == 0 else None)
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
+    ax.set_xlabel("minutes since run_start")
+    ax.set_ylabel("top-1 (validation)")
+    ax.set_title("CPU proxy: top-1 against time, every seed (bench/proxy.py)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output folder (must not exist)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44)")
+    p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
+                   f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
+    args = p.parse_args(argv)
+    if args.out.exists():
+        p.error(f"{args.out} already exists; choose a new folder (results are never overwritten)")
+    data = args.data or synthetic_ffcv(DEFAULT_CACHE)
+    base = config_flags()
+    target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
+    logs = args.out / "logs"
+    logs.mkdir(parents=True)
+    print("config_CPU.sh flags:", " ".join(base), flush=True)
+    for v in args.variants:
+        print(f"  {v}: {' '.join(map(str, VARIANTS[v])) or '(config_CPU.sh as is)'}", flush=True)
+    runs, t0 = [], time.time()
+    for seed in args.seeds:
+        for v in args.variants:
+            r = one_run(v, seed, base, data, logs)
+            runs.append(r)
+            minutes = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min"
+            print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, "
+                  f"final top-1 {r['final_top1']}, wall {r['wall_s']} s" + (f" ({r['error']})" if "error" in r
+                                                                              else ""), flush=True)
+    table = summarise(runs, args.variants)
+    print_table(table, target)
+    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data), seeds=args.seeds,
+                  target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
+                  machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
+                  total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+    (args.out / "proxy.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(runs, args.variants, target, args.out / "proxy.png")
+    print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")
+    return 0 if all(r["status"] != "failed" for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
