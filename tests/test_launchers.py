@@ -269,7 +269,9 @@ def test_docker_experiment_env_makes_one_torchrun(tmp_path):
     (torchrun,) = run_and_time_dry(docker_env(experiment), tmp_path)
     assert "--nproc_per_node=1" in torchrun and "--standalone" in torchrun
     assert torchrun[torchrun.index("-m") + 1] == "resnet.train"
-    for flag, value in (("--seed", "5"), ("--arch", "resnet18"), ("--batch-size", "64"), ("--precision", "fp32")):
+    config = source_config(REPO / "config_CPU.sh")
+    for flag, value in (("--seed", "5"), ("--arch", config["ARCH"]), ("--batch-size", config["BATCHSIZE"]),
+                        ("--precision", config["PRECISION"])):
         assert option_values(torchrun, flag) == [value], flag
 
 
