@@ -553,7 +553,7 @@ def test_a_writer_process_that_cannot_write_ends_the_run(tree, tmp_path):
 def big_tree(tmp_path_factory):
     """Enough images that writing them takes seconds."""
     root = tmp_path_factory.mktemp("big") / "tree"
-    make_synthetic(root, classes=2, train_per_class=600, val_per_class=20, size_px=160, seed=4, progress=False)
+    make_synthetic(root, classes=2, train_per_class=1000, val_per_class=20, size_px=160, seed=4, progress=False)
     return root
 
 
@@ -574,17 +574,24 @@ def _alive(pid):
     return False
 
 
+def _cpu_s(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _start_and_wait_for_writers(src, out, workers=2):
-    """Start prepare; return (process, its writer processes) once `workers` writers run on train.beton."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnet.data.prepare", str(src), str(out), "--workers",
-                             str(workers)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    own = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-    deadline = time.monotonic() + 120
+    """Start prepare; return (process, its writer processes) once `workers` writers each have used 0.2 s of CPU
+    (so they are past their start-up, with most of their work still ahead)."""
+    command = [sys.executable, "-m", "resnet.data.prepare", str(src), str(out), "--workers", str(workers)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    own = "".join(f"{arg}\0" for arg in command).encode()
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        writers = [c for c in _children(proc.pid) if _alive(c) and
-                   Path(f"/proc/{c}/cmdline").read_bytes() == own]  # forked: same command line
-        if len(writers) == workers:
-            return proc, writers
+        with contextlib.suppress(OSError):
+            writers = [c for c in _children(proc.pid) if _alive(c) and
+                       Path(f"/proc/{c}/cmdline").read_bytes() == own]  # forked: same command line
+            if len(writers) == workers and min(_cpu_s(w) for w in writers) >= 0.2:
+                return proc, writers
         time.sleep(0.01)
     proc.kill()
     pytest.fail(f"prepare never ran {workers} writers: {proc.communicate()[1][-2000:]}")
@@ -600,7 +607,10 @@ def test_sigterm_and_sigint_remove_the_temporary_files(big_tree, made, tmp_path,
     proc, writers = _start_and_wait_for_writers(big_tree, out)
     assert any(p.name.startswith(".train.beton.tmp-") for p in out.iterdir())
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # if it hangs: the test fails, and leaves nothing running
     assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr
     name = signal.Signals(signum).name
     assert stderr.strip().splitlines()[-1] == (
@@ -625,9 +635,21 @@ def test_after_sigkill_no_writer_survives_and_the_next_run_cleans_up(big_tree, t
     assert left  # what SIGKILL leaves behind: the next run removes it
     run = _prepare_cli(big_tree, out, "--workers", 2)
     assert run.returncode == 0, run.stderr
-    assert f"prepare: removed 1 temporary files (" in run.stderr and f"left in {out} by an interrupted prepare" \
+    assert "prepare: removed 1 temporary file(s) (" in run.stderr and f"left in {out} by an interrupted prepare" \
         in run.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def test_a_bad_image_early_in_a_large_set_ends_the_run_at_once(big_tree, tmp_path):
+    """The writers stop while most of the work is still queued: the parent must not wait for that queue at exit."""
+    src = Path(shutil.copytree(big_tree, tmp_path / "src"))
+    culprit = _first(src / "train" / "00_circle")
+    os.truncate(culprit, 300)
+    out = tmp_path / "out"
+    run = _prepare_cli(src, out, "--workers", 2, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"mlperf-resnet: error: {culprit}: cannot read image")
+    assert not out.exists()
 
 
 _MEASURE = """

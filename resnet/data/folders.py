@@ -7,7 +7,7 @@ points nowhere or loops, an image that cannot be decoded or has no meaningful 8-
 import os
 from pathlib import Path
 
-from resnet.errors import DataError  # noqa: F401  (importable from here, as before)
+from resnet.errors import DataError  # the one DataError class; still importable from here
 
 #: The extensions torchvision's ImageFolder accepts (compared case-insensitively); other files are skipped.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

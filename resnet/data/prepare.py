@@ -116,9 +116,9 @@ def _writer_class():
         """FFCV's DatasetWriter with a parent that watches its workers: the first failure (a bad image, a full
         disk, a worker killed for memory) ends the write within a fraction of a second."""
 
-        def __init__(self, fname, fields, page_size, num_workers, failures, progress):
+        def __init__(self, fname, fields, page_size, num_workers, failures, tick):
             super().__init__(fname, fields, page_size=page_size, num_workers=num_workers)
-            self.failures, self.progress = failures, progress
+            self.failures, self.tick = failures, tick  # tick(images done, total): every 0.1 s
 
         def _check(self, workers):
             if not self.failures.empty():
@@ -137,6 +137,7 @@ def _writer_class():
             workers = []
             try:
                 todo, tables, done = Queue(), Queue(), Value(c.c_uint64, 0)
+                todo.cancel_join_thread()  # if the workers are stopped, the chunks left in it must not hold our exit
                 for chunk in queue_content:
                     todo.put(chunk)
                 for _ in range(self.num_workers):
@@ -151,7 +152,7 @@ def _writer_class():
                 allocations, reported = [], 0
                 while reported < len(workers):  # each worker sends its allocation table when it is done
                     self._check(workers)
-                    self.progress(done.value, num_samples)
+                    self.tick(done.value, num_samples)
                     try:
                         allocations.extend(tables.get(timeout=0.1))
                         reported += 1
@@ -200,7 +201,7 @@ def _page_size(max_side):
     return 1 << max(23, (3 * max_side * max_side).bit_length())
 
 
-def _write_beton(path, samples, settings, workers, progress):
+def _write_beton(path, samples, settings, workers, tick):
     """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, _WorkerFailed, OSError."""
     from multiprocessing import SimpleQueue
 
@@ -213,7 +214,7 @@ def _write_beton(path, samples, settings, workers, progress):
                                compress_probability=settings["compress_prob"]),
         "label": IntField(),
     }
-    writer = _writer_class()(str(path), fields, _page_size(settings["max_side"]), workers, failures, progress)
+    writer = _writer_class()(str(path), fields, _page_size(settings["max_side"]), workers, failures, tick)
     try:
         writer.from_indexed_dataset(_LazyImages(samples, failures))
     except _WorkerFailed as e:
@@ -323,18 +324,21 @@ def _create(out: Path):
 
 
 def _lock(out: Path):
-    """Hold OUT/.prepare.lock for this run (flock: released by the kernel however the process ends)."""
+    """Hold OUT/.prepare.lock for this run (flock: released by the kernel however the process ends).
+    Returns (fd, locked); a file system without locks (some network mounts) gives locked=False."""
     try:
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise DataError(f"{out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise DataError(f"{out}: another prepare is writing into this folder; wait for it to end, or stop it "
                         f"and run prepare again") from None
-    return fd
+    except OSError:
+        return fd, False
+    return fd, True
 
 
 def _stale_temps(out: Path):
@@ -343,24 +347,34 @@ def _stale_temps(out: Path):
     return [p for p in out.iterdir() if _TEMP.match(p.name)]
 
 
-@contextlib.contextmanager
-def _stop_on_signals(out: Path):
-    """SIGTERM/SIGINT raise Stopped here, so that the `finally` blocks remove the temporary files and end the
-    writer processes (Python's default: SIGTERM kills at once, SIGINT prints a traceback from every worker)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Signals:
+    """SIGTERM/SIGINT, noted by the handler and acted on by the parent's loop (`check`, every 0.1 s while writing),
+    so that the `finally` blocks remove the temporary files and end the writer processes. (Python's defaults:
+    SIGTERM kills at once, SIGINT prints a traceback from every worker; an exception raised in the handler itself
+    can land anywhere, e.g. in a fork hook that swallows it.)"""
 
-    def stop(signum, _frame):
-        raise Stopped(f"{out}: prepare stopped by {signal.Signals(signum).name}; its temporary files were "
-                      f"removed and {out} holds what it held before; run prepare again", signum)
+    def __init__(self, out: Path):
+        self.out, self.signum = out, None
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    def note(self, signum, _frame):
+        self.signum = signum
+
+    def check(self):
+        if self.signum is not None:
+            raise Stopped(f"{self.out}: prepare stopped by {signal.Signals(self.signum).name}; its temporary files "
+                          f"were removed and {self.out} holds what it held before; run prepare again", self.signum)
+
+    @contextlib.contextmanager
+    def noted(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield self
+            return
+        previous = {s: signal.signal(s, self.note) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _write_error(e: OSError | _WorkerFailed, out: Path, file: Path, needed: int) -> DataError:
@@ -404,28 +418,31 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
     tmp = [_temp_name(p) for p in final]
     created, lock, done = _create(out), None, False
     try:
-        with _stop_on_signals(out):
-            lock = _lock(out)
-            stale = _stale_temps(out)  # the lock is ours: these are left by a killed run
+        with _Signals(out).noted() as signals:
+            lock, locked = _lock(out)
+            stale = _stale_temps(out) if locked else []  # the lock is ours: these are left by a killed run
             if stale:
                 size = sum(p.stat().st_size for p in stale)
                 for p in stale:
                     p.unlink(missing_ok=True)
-                print(f"{NAME}: removed {len(stale)} temporary files ({size / 1e9:.2f} GB) left in {out} by an "
+                print(f"{NAME}: removed {len(stale)} temporary file(s) ({size / 1e9:.2f} GB) left in {out} by an "
                       f"interrupted prepare", file=log, flush=True)
             for samples, t, f in zip((train, val), tmp, final):
+                signals.check()
                 print(f"{NAME}: writing {f} ({len(samples)} images, {workers} workers)", file=log, flush=True)
                 last = [time.monotonic()]
 
-                def progress(count, total, name=f.name):
+                def tick(count, total, name=f.name):  # called every 0.1 s while the writers work
+                    signals.check()
                     if time.monotonic() - last[0] >= _PROGRESS_EVERY_S:
                         last[0] = time.monotonic()
                         print(f"{NAME}: {name}: {count}/{total} images", file=log, flush=True)
 
                 try:
-                    _write_beton(t, samples, settings, workers, progress)
+                    _write_beton(t, samples, settings, workers, tick)
                 except (OSError, _WorkerFailed) as e:
                     raise _write_error(e, out, f, needed) from None
+            signals.check()  # the last moment to stop: from here on the set is complete
             try:
                 tmp[2].write_text(json.dumps(manifest, indent=1) + "\n")
                 for t, f in zip(tmp, final):
@@ -437,7 +454,7 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
         for t in tmp:
             t.unlink(missing_ok=True)
         if lock is not None:
-            os.unlink(out / LOCK)
+            (out / LOCK).unlink(missing_ok=True)
             os.close(lock)
         if not done:
             for folder in created:  # deepest first; only what this run created, and only if empty
