@@ -103,3 +103,14 @@ def test_gpu_check_ddp_mode_runs_two_gloo_ranks(tmp_path):
     assert report["world_size"] == 2 and report["ffcv_batches"] == 3
     assert {r["cudnn_benchmark"] for r in report["rows"]} == {False, True}
     assert "PASS: ddp: 2 ranks stepped together" in proc.stdout
+
+
+def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data):
+    """bench/loader_ranks.py (the DGX loader measurement) on 2 CPU ranks: one line with a rate per rank."""
+    proc = sh(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              REPO / "bench" / "loader_ranks.py", "--data", ffcv_data, "--workers", "1", "--batch-size", "16",
+              "--crop", "32", "--batches", "6", "--warmup", "2", "--device", "cpu", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("crop 32 px"))
+    rates = re.search(r"per rank (\d+) (\d+) img/s; node (\d+) img/s", line)
+    assert rates and int(rates[3]) >= int(rates[1]) > 0, line
