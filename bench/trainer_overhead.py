@@ -27,7 +27,8 @@ def ours(data: Path, epochs: int, tmp: Path) -> float:
                                    "--train-crop-px", SHAPE["crop"], "--eval-crop-px", 48, "--eval-resize-px", 52,
                                    "--epochs", epochs, "--eval-every-epochs", epochs, "--warmup-epochs", 1,
                                    "--lr", SHAPE["lr"], "--workers", 2, "--precision", "fp32",
-                                   "--target-accuracy", 1.0, "--log-file", tmp / f"ours-{time.time_ns()}.txt"),
+                                   "--target-accuracy", 1.0, "--ema-every-samples", 1280,
+                                   "--ema-half-life-samples", 6400, "--log-file", tmp / f"ours-{time.time_ns()}.txt"),
                          cwd=REPO, capture_output=True, text=True)
     rates = [float(m.replace(",", "")) for m in re.findall(r"\| ([\d,]+) img/s", out.stderr)]
     if len(rates) != epochs:
@@ -37,8 +38,6 @@ def ours(data: Path, epochs: int, tmp: Path) -> float:
 
 def minimal(data: Path, epochs: int) -> float:
     """The plainest loop that does the same arithmetic: no scheduler, EMA, checks or logging."""
-    import torch
-
     from resnet.algorithms import DecoupledSGDW, label_smoothed_bce, resize_batch
     from resnet.data.loaders import make_loaders
     from resnet.model import build_model

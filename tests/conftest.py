@@ -29,6 +29,31 @@ def run_stop(log: Path) -> dict:
     return first(log, "run_stop")
 
 
+SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
+
+
+def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
+
+
+def source_config(path: Path, cwd: Path = REPO, **preset) -> dict:
+    """What `source path` exports in an empty environment (plus `preset`)."""
+    out = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in preset.items()), "bash", "-c",
+                          'source "$1" && env -0', "_", str(path)], capture_output=True, cwd=cwd, check=True)
+    env = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if item)
+    return {k: v for k, v in env.items() if k not in SHELL_NAMES}
+
+
+def fake_data(tmp_path: Path) -> Path:
+    """Enough of an FFCV folder for the settings check (a dry run reads no image)."""
+    data = tmp_path / "ffcv"
+    data.mkdir()
+    for name in ("train.beton", "val.beton"):
+        (data / name).touch()
+    return data
+
+
 def cli(*args, check=True, env=None, timeout=600, **kw):
     """Run `mlperf-resnet ARGS` as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "resnet.cli", *map(str, args)], capture_output=True, text=True,

@@ -3,13 +3,13 @@ schedule), passes the settings check, sources the same from anywhere, names itse
 configs ask for CUDA, carry a must-change SUBMISSION_ORG, and average the same images in the EMA."""
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from resnet.settings import KNOWN_NAMES
+from tests.conftest import sh, source_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob("config_*.sh"))
@@ -19,24 +19,8 @@ CONTRACT_NAMES = KNOWN_NAMES - {"CACHE_CLEARED"}
 REQUIRED_NAMES = {"DGXSYSTEM", "DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "DATADIR", "LOGDIR", "LOADER", "RECIPE",
                   "ARCH", "EPOCHS", "BATCHSIZE", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY", "PRECISION", "NUM_WORKERS",
                   "TRAIN_CROP_PX", "EVAL_CROP_PX", "EVAL_RESIZE_PX", "CONFIG_FILE"}
-SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
 A100_MILD_GLOBAL_BATCH = {"DGXA100": 2048, "DGXA100_2x8": 2048}
 GPU_CONFIGS = [c for c in CONFIGS if c.name != "config_CPU.sh"]
-
-
-def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
-
-
-
-def source_config(path: Path, cwd: Path = REPO, **preset) -> dict:
-    """What `source path` exports in an empty environment (plus `preset`)."""
-    out = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in preset.items()), "bash", "-c",
-                          'source "$1" && env -0', "_", str(path)], capture_output=True, cwd=cwd, check=True)
-    env = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if item)
-    return {k: v for k, v in env.items() if k not in SHELL_NAMES}
-
 
 
 def config_problems(path: Path) -> list[str]:

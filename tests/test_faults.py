@@ -1,14 +1,12 @@
 """Faults around a training run, as a user meets them: a rank that fails, a resume of the wrong checkpoint, a disk
 that fills up under the log or the checkpoint, a stop without a checkpoint folder, a GPU config without a GPU.
 Real processes, real files, real gloo; each case ends in one console line and a log that says `aborted`."""
-import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

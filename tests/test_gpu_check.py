@@ -2,30 +2,14 @@
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import fake_data, sh
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
-
-
-
-def fake_data(tmp_path: Path) -> Path:
-    """Enough of an FFCV folder for the settings check (the dry run reads no image)."""
-    data = tmp_path / "ffcv"
-    data.mkdir()
-    for name in ("train.beton", "val.beton"):
-        (data / name).touch()
-    return data
-
 
 
 def gpu_check():

