@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import DEFAULT_CACHE, synthetic_ffcv  # noqa: E402
 
 CONFIG = REPO / "config_CPU.sh"
-BASELINE_EPOCHS = 36
+BASELINE_EPOCHS = 20
 # Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
 VARIANTS = {
     "mild": [],
