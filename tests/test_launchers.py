@@ -207,14 +207,14 @@ def test_run_sub_dry_run(tmp_path):
 
 def test_run_sub_mounts_the_checkpoint_folder(tmp_path):
     cmds, _ = dry_run("run.sub", tmp_path, DGXSYSTEM="DGXA100_2x8", NEXP="1", **SLURM_2, SLURM_SUBMIT_DIR=str(REPO),
-                      CHECKPOINT_DIR=str(tmp_path / "shared" / "ckpt"))
+                      CHECKPOINT_DIR=str(tmp_path / "nfs" / "ckpt"))
     (train,) = [c for c in cmds if c[0] == "srun" and c[-1] == "./run_and_time.sh"]
     assert option_values(train, "--container-mounts") == [
-        f"{tmp_path}/data:/data:ro,{tmp_path}/results:/results,{tmp_path}/shared/ckpt:/checkpoints"]
+        f"{tmp_path}/data:/data:ro,{tmp_path}/results:/results,{tmp_path}/nfs/ckpt:/checkpoints"]
     env = dict(e.split("=", 1) for e in option_values(train, "--export")[0].split(",")[1:])
     assert env["CHECKPOINT_DIR"] == "/checkpoints"
-    assert ["mkdir", "-p", f"{tmp_path}/results/DGXA100_2x8", f"{tmp_path}/shared/ckpt"] in cmds
-    assert not (tmp_path / "shared").exists(), "a dry run creates nothing"
+    assert ["mkdir", "-p", f"{tmp_path}/results/DGXA100_2x8", f"{tmp_path}/nfs/ckpt"] in cmds
+    assert not (tmp_path / "nfs").exists(), "a dry run creates nothing"
 
 
 def test_run_sub_refuses_a_node_count_the_config_does_not_want(tmp_path):
