@@ -170,12 +170,14 @@ def test_every_rank_evaluates_the_same_batchnorm_statistics(tmp_path):
         "rank = dist.get_rank()\n"
         "bn.running_mean.fill_(rank * 2.0); bn.running_var.fill_(1.0 + rank); bn.num_batches_tracked += 5\n"
         "average_buffers(bn)\n"
-        "print('RESULT', rank, bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked))\n"
+        "open(f'{os.environ[\"OUT\"]}/rank{rank}.txt', 'w').write(\n"
+        "    f'{bn.running_mean.tolist()} {bn.running_var.tolist()} {int(bn.num_batches_tracked)}')\n"
         "dist.destroy_process_group()\n")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    results = sorted(line.split(" ", 2)[2] for line in out.stdout.splitlines() if line.startswith("RESULT"))
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OUT": str(tmp_path)})
+    results = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else None
+               for r in (0, 1)]   # one file per rank: two processes' prints can interleave on one pipe
     assert results == ["[1.0, 1.0, 1.0] [1.5, 1.5, 1.5] 5"] * 2, out.stdout + out.stderr
 
 
