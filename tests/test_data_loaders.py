@@ -3,6 +3,8 @@ every data problem found when the loaders are built, and an FFCV loader-thread f
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -109,6 +111,26 @@ def test_val_images_match_between_loaders_and_folders(loaders, data):
         # Same crop of the same image; the resize filters differ (OpenCV area vs PIL bilinear) and half
         # the FFCV images went through one more JPEG round: close, not equal.
         assert (xf - xt).abs().mean() < 0.12, (xf - xt).abs().mean()
+
+
+def test_ffcv_leaves_torch_threads_and_numba_as_they_were(data):
+    """FFCV 1.0.2 sets torch's thread count on import (1), in Loader() and each iter() (num_workers): the
+    trainer's count survives all three; FFCV's import-time typed Dict is a plain dict, numba's own untouched.
+    A fresh process: here FFCV is imported already."""
+    code = f"""if True:
+        import sys, torch
+        torch.set_num_threads(3)
+        from resnet.data.loaders import make_loaders
+        train, val, _ = make_loaders({str(data / "ffcv")!r}, batch_size={BATCH}, **{SHAPE!r})
+        after_build = torch.get_num_threads()
+        trained = sum(len(y) for _, y in train)
+        val_labels = sorted(y for _, batch in val for y in batch.tolist())
+        import numba.typed, ffcv.fields.rgb_image as rgb
+        print(after_build, torch.get_num_threads(), type(rgb.IMAGE_MODES).__name__, numba.typed.Dict.__module__,
+              trained, val_labels == list(range({CLASSES})))"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3", "dict", "numba.typed.typeddict", str(CLASSES // BATCH * BATCH), "True"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

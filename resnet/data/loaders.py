@@ -28,6 +28,7 @@ import queue
 from pathlib import Path
 
 from resnet.errors import DataError, SettingError
+from resnet.data import import_ffcv
 from resnet.data.folders import load_rgb, scan_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,6 +145,8 @@ def check_beton(path, num_samples, num_classes, decode=4):
     (corruption inside image data shows only when decoding). Raises DataError; returns nothing."""
     import cv2
     import numpy as np
+
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_metadata_type
 
@@ -207,6 +210,8 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, crop_scale_min, eval_crop
 
     import numpy as np
     import torch
+
+    import_ffcv()
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader
@@ -216,6 +221,8 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, crop_scale_min, eval_crop
     from ffcv.pipeline.operation import Operation
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
     from ffcv.traversal_order.base import TraversalOrder
+
+    threads = torch.get_num_threads()  # FFCV 1.0.2 sets torch's to num_workers in Loader() and each iter()
 
     class Normalize(Operation):
         """uint8 NHWC -> normalised `dtype`, into a buffer FFCV preallocates per batch slot (its CUDA
@@ -284,10 +291,12 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, crop_scale_min, eval_crop
                             f"prepare` again".replace("\n", " ")) from e
 
     class RankLoader(Loader):
-        """FFCV's Loader whose epochs run in EpochThread (1.0.2's __iter__, with that one class changed)."""
+        """FFCV's Loader whose epochs run in EpochThread (1.0.2's __iter__, with that one class changed and
+        torch's thread count left as it was)."""
 
         def __iter__(self):
             Compiler.set_num_threads(self.num_workers)
+            torch.set_num_threads(threads)
             order = self.next_traversal_order()[: len(self) * self.batch_size]
             self.next_epoch += 1
             if self.code is None or self.recompile:
@@ -318,6 +327,8 @@ def _ffcv_loaders(data_dir, batch_size, train_crop_px, crop_scale_min, eval_crop
         except (OSError, ValueError, AssertionError) as e:  # what check_beton did not foresee
             raise DataError(f"{path}: FFCV cannot open it ({type(e).__name__}: {e}); run `mlperf-resnet prepare` "
                             f"again".replace("\n", " ")) from None
+        finally:
+            torch.set_num_threads(threads)
 
         def iterate(epoch):
             ffcv.next_epoch = epoch

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from resnet import errors
+from resnet.data import import_ffcv
 from resnet.data.folders import DataError, load_rgb, scan_dataset
 
 NAME = "prepare"
@@ -109,6 +110,7 @@ def _writer_class():
     import ctypes as c
     from multiprocessing import Process, Queue, Value
 
+    import_ffcv()
     from ffcv.memory_allocator import MemoryAllocator
     from ffcv.writer import DatasetWriter
 
@@ -205,6 +207,7 @@ def _write_beton(path, samples, settings, workers, tick):
     """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, _WorkerFailed, OSError."""
     from multiprocessing import SimpleQueue
 
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
 
     failures = SimpleQueue()  # put() writes straight into a pipe: nothing is lost when the worker exits
