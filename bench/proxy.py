@@ -2,14 +2,16 @@
 against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
 synthetic data set, the `resnet_cpu` network).
 
-    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR]
+    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--add-runs JSON ...]
 
 Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
 (VARIANTS below, printed at the start). Minutes are run_start -> run_stop read from the run's MLPerf log, the
 official score's clock; the final top-1 is the run's last evaluation. Runs go one at a time, seed by seed (every
 variant of the first seed, then of the next), so that a change in the machine's load falls on all variants
 alike. Writes OUT/proxy.json (every run, its evaluations, the table), OUT/proxy.png (top-1 against minutes,
-every run) and OUT/logs/<variant>-seed<N>.txt; OUT must not exist yet.
+every run) and OUT/logs/<variant>-seed<N>.txt; OUT must not exist yet. --add-runs puts the runs of earlier
+proxy.json files (same config_CPU.sh flags, other seeds) into the table and the plot: more seeds without running
+the first ones again (`--seeds` with no seed only tabulates).
 
 The Baseline is section 11 at the proxy's geometry (ImageNet's sides / 4): crop 56 throughout (224), evaluation
 56 of 64 (224 of 256), cross-entropy with smoothing 0.1, no BlurPool, EMA or log-bias init, evaluation every 4
@@ -158,23 +160,41 @@ def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> No
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output folder (must not exist)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), metavar="VARIANT",
                    help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44)")
     p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
                    f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
+    p.add_argument("--add-runs", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="proxy.json files of earlier runs with the same config_CPU.sh flags and other seeds")
     args = p.parse_args(argv)
     if args.out.exists():
         p.error(f"{args.out} already exists; choose a new folder (results are never overwritten)")
-    data = args.data or synthetic_ffcv(DEFAULT_CACHE)
     base = config_flags()
+    earlier = []
+    for path in args.add_runs:
+        try:
+            old = json.loads(path.read_text())
+            flags, old_runs = old["config_flags"], old["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--add-runs {path}: not a proxy.json this script wrote ({type(e).__name__}: {e})")
+        if flags != base:
+            p.error(f"--add-runs {path}: its runs used other config_CPU.sh flags than today's; run them again")
+        earlier += [dict(r, source=str(path)) for r in old_runs if r["variant"] in args.variants]
+    pairs = [(r["variant"], r["seed"]) for r in earlier] + [(v, s) for s in args.seeds for v in args.variants]
+    twice = sorted(pair for pair in set(pairs) if pairs.count(pair) > 1)
+    if twice:
+        p.error(f"--add-runs: {twice[0][0]} seed {twice[0][1]} would be counted twice; give other seeds")
+    if not pairs:
+        p.error("nothing to do: give --seeds, or --add-runs to tabulate earlier runs")
+    data = args.data or (synthetic_ffcv(DEFAULT_CACHE) if args.seeds else None)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
     logs.mkdir(parents=True)
     print("config_CPU.sh flags:", " ".join(base), flush=True)
     for v in args.variants:
         print(f"  {v}: {' '.join(map(str, VARIANTS[v])) or '(config_CPU.sh as is)'}", flush=True)
-    runs, t0 = [], time.time()
+    runs, t0 = list(earlier), time.time()
     for seed in args.seeds:
         for v in args.variants:
             r = one_run(v, seed, base, data, logs)
@@ -185,7 +205,9 @@ def main(argv=None) -> int:
                                                                               else ""), flush=True)
     table = summarise(runs, args.variants)
     print_table(table, target)
-    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data), seeds=args.seeds,
+    seeds = sorted({r["seed"] for r in runs})
+    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data), seeds=seeds,
+                  added_from=[str(path) for path in args.add_runs],
                   target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
                   machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
                   total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
