@@ -4,8 +4,9 @@ work (same FFCV loader, model, batch, progressive resize, loss and optimiser) on
     python bench/trainer_overhead.py [--cache DIR] [--epochs 4] [--repeats 2] [--json]
 
 Our loop adds the LR scheduler, the EMA update every 1,280 images (20 steps), autocast/grad-scaler wrappers, the
-non-finite-loss/stop check (every 8 steps and at each epoch's end) and the progress line. Both are timed over epochs 2..E (the first compiles FFCV's
-pipeline), alternating runs; the ratio is minimal / ours in images/s (goal: <= 1.05).
+non-finite-loss/stop check (every 8 steps and at each epoch's end) and the progress line. Both are timed over
+epochs 2..E (the first compiles FFCV's pipeline), alternating runs; the ratio is minimal / ours in images/s
+(goal: <= 1.05).
 """
 import argparse
 import json

@@ -15,8 +15,7 @@ def import_ffcv():
     threads, typed_dict = torch.get_num_threads(), vars(numba.typed).get("Dict")
     numba.typed.Dict = dict
     try:
-        import ffcv.fields.rgb_image  # noqa: F401
-        import ffcv.loader  # noqa: F401
+        import ffcv.fields.rgb_image  # noqa: F401  (ffcv/__init__ imports the loader and the writer too)
     finally:
         if typed_dict is None:
             del numba.typed.Dict  # numba.typed's lazy attribute again

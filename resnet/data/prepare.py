@@ -110,7 +110,6 @@ def _writer_class():
     import ctypes as c
     from multiprocessing import Process, Queue, Value
 
-    import_ffcv()
     from ffcv.memory_allocator import MemoryAllocator
     from ffcv.writer import DatasetWriter
 
