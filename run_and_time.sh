@@ -65,21 +65,21 @@ probe='import importlib.util as u, sys
 missing = [m for m in ("torch", "mlperf_logging", *sys.argv[1:]) if u.find_spec(m) is None]
 sys.exit(f"no module named {missing[0]!r}" if missing else 0)'
 if ! problem=$("$PYTHON" -c "$probe" "$([[ "${LOADER:-ffcv}" == ffcv ]] && echo ffcv || echo torchvision)" 2>&1 &&
-               "$PYTHON" -c 'import resnet.settings, compliance' 2>&1); then
+               "$PYTHON" -c 'import resnet.launch, compliance' 2>&1); then
     die "PYTHON=$PYTHON cannot run the benchmark (${problem##*$'\n'}); set PYTHON to the environment's python" \
         "(pip install -e . there) or activate it"
 fi
 
 # Typos: in the config file actually sourced (the configs export CONFIG_FILE) and in the environment.
 if [[ -n "${CONFIG_FILE:-}" ]]; then
-    "$PYTHON" -m resnet.settings check-config "$CONFIG_FILE" || exit 1
+    "$PYTHON" -m resnet.launch check-config "$CONFIG_FILE" || exit 1
 fi
-"$PYTHON" -m resnet.settings check-env || exit 1
+"$PYTHON" -m resnet.launch check-env || exit 1
 if [[ "$dry_run" == 1 && ! -d "${DATADIR:-}" ]]; then
     warn "DATADIR=${DATADIR:-} is not a folder on this machine; the commands below are for the machine that has it"
 fi
-flags=$("$PYTHON" -m resnet.settings flags) || exit 1
-mapfile -t FLAGS <<<"$flags"
+# NUL-separated: a newline inside a setting's value stays inside that value.
+mapfile -d '' FLAGS < <("$PYTHON" -m resnet.launch flags) && wait "$!" || exit 1
 
 launcher=(torchrun --nproc_per_node="$DGXNGPU" --nnodes="$DGXNNODES")
 if ((DGXNNODES > 1)); then

@@ -54,7 +54,7 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v != "baseline-44"]
 
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
-    from resnet.settings import env_to_flags
+    from resnet.launch import env_to_flags
 
     clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     out = subprocess.run(["bash", "-c", 'source "$0" >/dev/null && env -0', str(config)], env=clean,

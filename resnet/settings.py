@@ -3,25 +3,19 @@ train flag, its type, its checks, and either the Recipe field it sets (its defau
 for a run setting, its default. The flags, the environment -> flags translation, the per-setting checks and
 the recipe overrides are all read from the table: a new hyper-parameter is one Recipe field plus one row.
 
-`python -m resnet.settings flags` turns the environment into checked train flags (run_and_time.sh),
-`check-config FILE` finds names in a config that no part of this package reads (typos), `check-env` finds
-environment variables that look like a misspelt setting. Each bad value fails with one line that names the
-setting and the fix, before any process is launched.
+The launcher's use of the table (environment -> flags, config and environment typos) is in resnet.launch,
+which imports this module and never the other way round.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from resnet import errors
 from resnet.errors import SettingError
 from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
 
@@ -128,13 +122,6 @@ SETTINGS = [
 BY_ENV = {s.env: s for s in SETTINGS if s.env}
 BY_FLAG = {s.flag: s for s in SETTINGS}
 BY_FIELD = {s.field: s for s in SETTINGS if s.field}
-# Read by the launch scripts rather than by the training process.
-LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU", "CONFIG_FILE",
-                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON"}
-# Whole numbers the launch scripts compute with (bash arithmetic): checked before they are used.
-LAUNCH_NUMBERS = {"DGXNGPU": POSITIVE, "DGXNNODES": POSITIVE, "NEXP": POSITIVE, "SEED": "[0, 2147483647]"}
-KNOWN_NAMES = set(BY_ENV) | LAUNCH_NAMES
-KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_", "SLURM_")
 TYPE_WORDS = {int: "a whole number", float: "a number", bool01: "0 or 1", str: "text"}
 
 
@@ -235,19 +222,6 @@ def check_recipe(recipe: Recipe) -> None:
              "than all of training", "keep RESIZE_DELAY + RESIZE_FINETUNE <= 1")
 
 
-def env_to_flags(environ, rows=SETTINGS) -> list[str]:
-    """Train flags from the config variables in `environ` (empty values count as unset); `read` checks them."""
-    words = []
-    for s in rows:
-        value = environ.get(s.env, "") if s.env else ""
-        if value != "":
-            words += [s.flag, value]
-    logdir, system = environ.get("LOGDIR", ""), environ.get("DGXSYSTEM", "")
-    if logdir:
-        words += ["--results-dir", str(Path(logdir) / (system or "local") / "resnet")]
-    return words
-
-
 # ------------------------------------------------------------------------------------------------ training
 
 
@@ -335,96 +309,3 @@ def _writable(folder: Path) -> bool:
     while not folder.exists():
         folder = folder.parent
     return folder.is_dir() and os.access(folder, os.W_OK)
-
-
-# ----------------------------------------------------------------------------------------- launch checks
-
-
-def world_size_from_env(environ) -> int:
-    """The launch numbers checked (bash computes with them next) and the world size they give."""
-    for name, interval in LAUNCH_NUMBERS.items():
-        value = environ.get(name, "")
-        if value == "":
-            continue
-        if not re.fullmatch(r"[0-9]+", value) or not in_interval(int(value), interval):
-            fail(name, f"{value!r} is not a whole number in {interval}", f"fix {name} in the config")
-    last_seed = int(environ.get("SEED") or 0) + int(environ.get("NEXP") or 1) - 1
-    if environ.get("SEED") and last_seed > 2**31 - 1:
-        fail("SEED", f"experiment seeds SEED..SEED+NEXP-1 end at {last_seed}, above 2147483647",
-             "choose a smaller SEED")
-    return int(environ.get("DGXNGPU") or 1) * int(environ.get("DGXNNODES") or 1)
-
-
-def check_config(path: Path) -> list[str]:
-    """Names a config file exports that no part of this package reads (typos)."""
-    if not path.is_file():
-        fail(str(path), "no such config", "pick one of the config_*.sh files")
-    script = 'source "$1" >/dev/null || exit 1; env -0'
-    out = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", "bash", "-c", script, "_", str(path.resolve())],
-                         capture_output=True, cwd=path.resolve().parent)
-    if out.returncode:
-        last = (out.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-        fail(str(path), f"sourcing it failed ({last})", "fix the shell error")
-    names = {item.split(b"=", 1)[0].decode(errors="replace") for item in out.stdout.split(b"\0") if item}
-    names -= {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}
-    return sorted(n for n in names if n not in KNOWN_NAMES and not n.startswith(KNOWN_PREFIXES))
-
-
-def misspelt_settings(environ, known=None) -> dict[str, str]:
-    """Environment variables that are no setting but look like one: {name: the setting it probably means}.
-    Only close matches count (cutoff 0.8), so ordinary variables such as HOME or HOSTNAME pass."""
-    known = sorted(known or KNOWN_NAMES)
-    found = {}
-    for name in environ:
-        if name in known or name.startswith(KNOWN_PREFIXES) or not name.isupper():
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        if close:
-            found[name] = close[0]
-    return found
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m resnet.settings")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("flags", help="print the train flags from the environment, one word per line, after checking them")
-    c = sub.add_parser("check-config", help="report exported names that are no known setting (typos)")
-    c.add_argument("config", type=Path)
-    sub.add_parser("check-env", help="report environment variables that look like a misspelt setting")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "flags":
-            return _flags(os.environ)
-        if args.cmd == "check-env":
-            problems = [f"environment: {name} is no setting; did you mean {close}? (unset {name} if it is not "
-                        "meant for this run)"
-                        for name, close in sorted(misspelt_settings(os.environ).items())]
-        else:
-            problems = []
-            for name in check_config(args.config):
-                close = difflib.get_close_matches(name, sorted(KNOWN_NAMES), n=1)
-                problems.append(f"{args.config}: unknown setting {name}"
-                                + (f"; did you mean {close[0]}?" if close else "; remove it or see README 'Settings'"))
-    except errors.Error as e:
-        errors.report(e)
-        return e.exit_code
-    for line in problems:
-        print(f"mlperf-resnet: error: {line}", file=sys.stderr)
-    return 1 if problems else 0
-
-
-def _flags(environ) -> int:
-    words = env_to_flags(environ)
-    world = world_size_from_env(environ)
-    train_parser = argparse.ArgumentParser()
-    add_train_arguments(train_parser)
-    warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
-                                   here=environ.get("DRY_RUN", "0") != "1")
-    for line in warnings:
-        print(f"mlperf-resnet: warning: {line}", file=sys.stderr)
-    print("\n".join(words))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

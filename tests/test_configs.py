@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from resnet.settings import KNOWN_NAMES
+from resnet.launch import KNOWN_NAMES
 from tests.conftest import sh, source_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob("config_*.sh"))
 
-# A config may export the settings resnet.settings knows (its one table) and nothing else.
+# A config may export the settings resnet.launch knows (its one table) and nothing else.
 CONTRACT_NAMES = KNOWN_NAMES - {"CACHE_CLEARED"}
 REQUIRED_NAMES = {"DGXSYSTEM", "DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "DATADIR", "LOGDIR", "LOADER", "RECIPE",
                   "ARCH", "EPOCHS", "BATCHSIZE", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY", "PRECISION", "NUM_WORKERS",
@@ -85,7 +85,7 @@ def test_config_is_consistent(config):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_passes_the_settings_check(config):
-    check = sh(sys.executable, "-m", "resnet.settings", "check-config", config)
+    check = sh(sys.executable, "-m", "resnet.launch", "check-config", config)
     assert check.returncode == 0, check.stderr
 
 
@@ -145,7 +145,8 @@ def test_gpu_configs_ask_for_cuda_and_a_real_org(config):
 
 def resolved_recipe(env: dict):
     """The recipe a config's settings give, as the trainer resolves it."""
-    from resnet.settings import add_train_arguments, env_to_flags, read, recipe_from_args
+    from resnet.launch import env_to_flags
+    from resnet.settings import add_train_arguments, read, recipe_from_args
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet import errors, settings
+from resnet import errors, launch, settings
 from resnet.errors import SettingError
 from resnet.recipe import MILD, PRECISIONS, RECIPES, Recipe, amp_dtype, needs_grad_scaler
 from resnet.settings import SETTINGS, Setting, add_train_arguments, validate_train_args
@@ -177,7 +177,7 @@ def test_a_new_hyper_parameter_is_one_field_and_one_row():
     parser = argparse.ArgumentParser()
     settings.add_arguments(parser, MIXUP_ROWS, recipes)
     assert "MIXUP_ALPHA" in parser.format_help()                       # a flag, documented with its variable
-    words = settings.env_to_flags({"MIXUP_ALPHA": "0.2", "EPOCHS": "4"}, MIXUP_ROWS)
+    words = launch.env_to_flags({"MIXUP_ALPHA": "0.2", "EPOCHS": "4"}, MIXUP_ROWS)
     assert words == ["--epochs", "4", "--mixup-alpha", "0.2"]           # the config variable becomes the flag
     args = parser.parse_args(words)
     settings.read(args, MIXUP_ROWS)
@@ -192,7 +192,7 @@ def test_a_new_hyper_parameter_is_one_field_and_one_row():
             settings.read(parser.parse_args(["--mixup-alpha", bad]), MIXUP_ROWS)
         assert str(error.value).startswith(f"--mixup-alpha (MIXUP_ALPHA): {message}; ")
     known = {s.env for s in MIXUP_ROWS if s.env}
-    assert settings.misspelt_settings({"MIXUP_ALHPA": "0.2"}, known) == {"MIXUP_ALHPA": "MIXUP_ALPHA"}
+    assert launch.misspelt_settings({"MIXUP_ALHPA": "0.2"}, known) == {"MIXUP_ALHPA": "MIXUP_ALPHA"}
 
 
 def test_one_precision_table():
@@ -206,7 +206,7 @@ def test_one_precision_table():
 
 def run_settings(env, *args, cwd=REPO):
     clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH")}
-    return subprocess.run([sys.executable, "-m", "resnet.settings", *args], env={**clean, **env},
+    return subprocess.run([sys.executable, "-m", "resnet.launch", *args], env={**clean, **env},
                           capture_output=True, text=True, cwd=cwd)
 
 
@@ -225,7 +225,7 @@ def test_env_to_flags_and_world_size_divisibility(world):
                          "LOGDIR": str(tmp / "logs"), "DGXSYSTEM": "CPU"}, "flags")
     assert good.returncode == 0, good.stderr
     assert good.stderr == ""
-    words = good.stdout.split("\n")
+    words = good.stdout.split("\0")
     assert words[words.index("--batch-size") + 1] == "32"
     assert words[words.index("--blurpool") + 1] == "0" and words[words.index("--crop-scale-min") + 1] == "0.25"
     assert words[words.index("--results-dir") + 1] == str(tmp / "logs" / "CPU" / "resnet")
@@ -271,7 +271,7 @@ def test_device_cuda_without_a_gpu_fails_but_a_dry_run_checks_neither_devices_no
     dry = run_settings({"DATADIR": str(tmp_path / "nowhere"), "DEVICE": "cuda", "PRECISION": "fp16",
                         "DRY_RUN": "1"}, "flags")
     assert dry.returncode == 0 and dry.stderr == "", dry.stderr      # run_and_time.sh warns about DATADIR
-    assert "--device\ncuda" in dry.stdout
+    assert "--device\0cuda\0" in dry.stdout
 
 
 def test_config_typos_are_reported_with_a_suggestion(tmp_path):
@@ -305,5 +305,5 @@ def test_misspelt_settings_in_the_environment_are_reported():
 
 
 def test_launch_names_cover_what_the_launchers_read():
-    assert {"CONFIG_FILE", "DRY_RUN", "NEXP", "SEED", "DGXNGPU", "DGXNNODES", "LOGDIR"} <= settings.LAUNCH_NAMES
+    assert {"CONFIG_FILE", "DRY_RUN", "NEXP", "SEED", "DGXNGPU", "DGXNNODES", "LOGDIR"} <= launch.LAUNCH_NAMES
     assert set(RECIPES) == {"mild", "baseline"}
