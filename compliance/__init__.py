@@ -1,6 +1,7 @@
 """MLPerf compliance around the training code: the official checkers, the time-to-train summary and the
 submission tree. Reads logs only; never imports the training code (`resnet`)."""
 import argparse
+import re
 import sys
 
 ERROR_PREFIX = "mlperf-resnet: error: "  # what the command layer puts before an error's text
@@ -23,6 +24,26 @@ class ComplianceErrors(ComplianceError):
 
     def __str__(self) -> str:
         return f"\n{ERROR_PREFIX}".join(self.problems)
+
+
+# An organisation, system or implementation name becomes a folder of the submission tree, and the official tools
+# put it in paths and CSV files: a leading letter or digit, then letters, digits, . _ - + (as MLCommons' own
+# submitter and system names are: NVIDIA, dgxa100_ngc22.04_mxnet, 8xA100_80GB-methods).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+PLAIN_NAME_RULE = "1-64 letters, digits, '.', '_', '-' or '+', starting with a letter or digit"
+
+
+def check_plain_name(what: str, value: str) -> None:
+    """Raise ComplianceError unless `value` is a plain name (PLAIN_NAME); `what` names the setting, e.g. '--org'.
+    The trainer checks SUBMISSION_ORG and DGXSYSTEM with it before training, and `package` its --org, --system
+    and --impl, so that a run is never made under a name the package refuses."""
+    if isinstance(value, str) and PLAIN_NAME.fullmatch(value):
+        return
+    # the suggestion: each run of other characters becomes one '_', from the first letter or digit on
+    plain = re.sub(r"[^A-Za-z0-9._+-]+", "_", value if isinstance(value, str) else "")
+    plain = re.sub(r"^[^A-Za-z0-9]+", "", plain)[:64].rstrip("_")
+    fix = f"use e.g. {plain}" if plain else "give a name such as Acme_Inc or DGXA100"
+    raise ComplianceError(f"{what}: {value!r} is not a plain name ({PLAIN_NAME_RULE}); {fix}")
 
 
 def main(command, argv=None) -> int:

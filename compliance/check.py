@@ -1,8 +1,17 @@
-"""`mlperf-resnet check LOG...`: the official MLPerf compliance checker on each result log.
+"""`mlperf-resnet check LOG...`: the official MLPerf compliance checker on each result log, and our own rules
+next to it, so that one command gives the verdict `package` will give.
 
-It runs `python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 LOG` (the newest ruleset
-that still has ResNet rules; the tool's own default has none) from a scratch directory, because the tool writes
-`compliance_checker.log` into its working directory. One line per log, PASS or FAIL with the failed rules.
+The official part runs `python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 LOG` (the
+newest ruleset that still has ResNet rules; the tool's own default has none) from a scratch directory, because
+the tool writes `compliance_checker.log` into its working directory. Ours is what `summarize` and `package` apply
+(compliance/logs.py): the run reached the target (--target, as in summarize), and the log is a ResNet log in
+MLPerf's order, with one run, time that does not go back, and top-1 fractions. One line per log:
+
+    PASS result_0.txt: official 4.0.0: passed; counts for a score: yes
+    FAIL result_1.txt: official 4.0.0: passed; counts for a score: no — success at top-1 0.4100 is not above ...
+
+PASS: `package` takes the log; that includes a run that ended without reaching the target in an otherwise fit
+log (one of five is tolerated). Exit status 1 when any log FAILs, on either verdict.
 """
 import importlib.util
 import os
@@ -14,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from compliance import ComplianceError
+from compliance.logs import TARGET_TOP1, check_target, is_honest_miss, missing_file, parse_run, why_not_counted
 
 NAME = "check"
 HELP = "run the official MLPerf compliance checker on result logs"
@@ -83,8 +93,8 @@ def check_log(path, ruleset: str = DEFAULT_RULESET) -> tuple[bool, list[str]]:
         raise ComplianceError(f"--ruleset {ruleset}: has no ResNet rules in the installed mlperf-logging; "
                               f"use one of {', '.join(resnet_rulesets())}")
     path = Path(path)
-    if not path.is_file():
-        return False, [f"{path}: {'not a file' if path.exists() else 'no such file'}"]
+    if missing_file(path):
+        return False, [f"{path}: {missing_file(path)}"]
     proc = run_official_tool("compliance_checker", "--usage", "training", "--ruleset", ruleset, path)
     output = proc.stdout + proc.stderr
     problems = parse_checker_output(output)
@@ -102,34 +112,74 @@ def check_logs(paths, ruleset: str = DEFAULT_RULESET) -> list[tuple[bool, list[s
         return list(pool.map(lambda p: check_log(p, ruleset), paths))
 
 
+def judge_logs(paths, ruleset: str = DEFAULT_RULESET, target: float = TARGET_TOP1) -> list[dict]:
+    """parse_run of each log with both verdicts: `compliant` and the checker's messages, `problems` (why the run
+    does not count: ours, then the checker's failure), `minutes` (None unless it counts) and `refused` (a log
+    `package` refuses: anything but an honest miss)."""
+    runs = []
+    for path, (compliant, messages) in zip(paths, check_logs(paths, ruleset)):
+        run = parse_run(path, ruleset)
+        run["compliant"], run["checker_messages"] = compliant, messages
+        run["ours"] = why_not_counted(run, target)
+        run["problems"] = list(run["ours"])
+        if not compliant:
+            run["problems"].append(f"fails compliance {ruleset}: " + "; ".join(messages))
+        run["warnings"] = messages if compliant else []
+        run["minutes"] = None if run["problems"] else run["raw_minutes"]
+        run["refused"] = bool(run["problems"]) and not is_honest_miss(run, compliant)
+        runs.append(run)
+    return runs
+
+
 def expand_logs(args) -> list[Path]:
-    """Files as given; a folder stands for its result_*.txt files."""
+    """Files as given; a folder stands for its result_*.txt files, dangling links included (to be named)."""
     paths = []
     for arg in map(Path, args):
-        paths.extend(sorted(p for p in arg.glob("result_*.txt") if p.is_file()) if arg.is_dir() else [arg])
+        found = sorted(p for p in arg.glob("result_*.txt") if p.is_file() or (p.is_symlink() and not p.exists()))
+        paths.extend(found if arg.is_dir() else [arg])
     return paths
+
+
+def verdict_line(path, run: dict, ruleset: str, target: float) -> str:
+    """One log's line: PASS or FAIL, the official verdict (its messages visible), ours."""
+    official = "passed" if run["compliant"] else "failed"
+    if run["checker_messages"]:
+        official += f": {'; '.join(run['checker_messages'])}" if not run["compliant"] else \
+            f" (warnings: {'; '.join(run['checker_messages'])})"
+    ours = list(run["ours"])
+    if not run["compliant"]:
+        ours.append("the official checker fails it")
+    if not ours:
+        counts = "yes" if target == TARGET_TOP1 else \
+            f"yes, at target {target:g} (not the ResNet quality target {TARGET_TOP1}: not a submission score)"
+    else:
+        counts = "no \N{EM DASH} " + "; ".join(ours)
+        if not run["refused"]:
+            counts += " (one such run of five is tolerated)"
+    return f"{'FAIL' if run['refused'] else 'PASS'} {path}: official {ruleset}: {official}; counts for a score: {counts}"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
     parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
                         help="MLPerf Training ruleset (default %(default)s; 2.0.0 is MosaicML's round)")
+    parser.add_argument("--target", type=float, default=TARGET_TOP1,
+                        help="a run counts only when its top-1 at success is above this (default %(default)s, "
+                             "the ResNet quality target; another value is not a submission score)")
 
 
 def run(args) -> int:
+    check_target(args.target)
     paths = expand_logs(args.logs)
     if not paths:
         raise ComplianceError(f"{' '.join(args.logs)}: no result_*.txt in these folders; "
                               "pass log files or folders that hold result_*.txt")
-    failed = 0
-    for path, (passed, problems) in zip(paths, check_logs(paths, args.ruleset)):
-        failed += not passed
-        verdict = "PASS" if passed else "FAIL"
-        detail = f": {'; '.join(problems)}" if problems else ""
-        if passed and problems:
-            detail = f" (warnings: {'; '.join(problems)})"
-        print(f"{verdict} {path}{detail}")
-    return 1 if failed else 0
+    readable = [p for p in paths if not missing_file(p)]  # a dangling link is named, never followed
+    judged = dict(zip(readable, judge_logs(readable, args.ruleset, args.target)))
+    for path in paths:
+        print(verdict_line(path, judged[path], args.ruleset, args.target) if path in judged else
+              f"FAIL {path}: {missing_file(path)}")
+    return 1 if len(judged) < len(paths) or any(r["refused"] for r in judged.values()) else 0
 
 
 if __name__ == "__main__":

@@ -7,65 +7,41 @@
                                                       DGXA100_2x8, DGXH100), then --system-json, then --set
 
 Before anything is written, the set is checked as a submission needs it: every log passes the official
-compliance checker; a log that says success reached the quality target (ResNet: top-1 above 0.759, --target
-for other uses); the set has a score (5 runs, at most one that did not reach the target); every log's
-submission_benchmark, submission_org and submission_division agree with the package (a submission_platform
-other than --system is reported, not refused: NVIDIA's published logs name the machine there). Each problem is
-one error line, and nothing is written. ORG, SYSTEM and IMPL become folder names: letters, digits and . _ - +
-only.
+compliance checker and our log rules (compliance/logs.py: a ResNet log, in MLPerf's order, one run, time that
+does not go back; `check` shows both verdicts); a log that says success reached the quality target (ResNet:
+top-1 above 0.759, --target for other uses); the set has a score (5 runs, at most one that did not reach the
+target); no result_*.txt is a dangling link; every log's submission_org and submission_division agree with the
+package (a submission_platform other than --system is reported, not refused: NVIDIA's published logs name the
+machine there). Each problem is one error line, and nothing is written. ORG, SYSTEM and IMPL become folder
+names: compliance.check_plain_name.
 
 The tree is built under a temporary name and moved into place whole; an existing OUT/ORG is never touched.
 Then the official `mlperf_logging.package_checker` lints it (it exits 0 even when it finds errors, so its verdict
 line is read); the exit status is 1 when it finds errors.
 """
-import importlib.metadata
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from compliance import ComplianceError, ComplianceErrors
+from compliance import ComplianceError, ComplianceErrors, check_plain_name
 from compliance.check import DEFAULT_RULESET, resnet_rulesets, run_official_tool
-from compliance.summarize import TARGET_TOP1, check_target, summarize_dirs
+from compliance.logs import BENCHMARK, TARGET_TOP1, check_target, result_logs
+from compliance.summarize import summarize_dirs
+from compliance.system_description import (STATUS, SYSTEM_FIELDS, SYSTEMS_DIR, apply_overrides,  # noqa: F401 (tests)
+                                           describe_system, merge, parse_set)
 
 NAME = "package"
 HELP = "build an MLPerf submission tree from result logs"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Hardware facts of the systems our configs name (config_<SYSTEM>.sh), as NVIDIA published them for DGX A100
-# (training_results_v2.0) and DGX H100 (v4.0, "Eos" nodes): they win over what the packaging machine detects.
-SYSTEMS_DIR = Path(__file__).resolve().parent / "systems"
-BENCHMARK = "resnet"
-# The availability values of ruleset 4.x (the system description checker rejects anything else, e.g. "onprem"),
-# by the short names a log's submission_status uses.
-STATUS = {"onprem": "Available on-premise", "cloud": "Available cloud", "preview": "Preview",
-          "research": "Research, Development, or Internal (RDI)"}
-SYSTEM_FIELDS = [
-    "submitter", "division", "status", "system_name", "number_of_nodes", "host_processors_per_node",
-    "host_processor_model_name", "host_processor_core_count", "host_processor_vcpu_count",
-    "host_processor_frequency", "host_processor_caches", "host_processor_interconnect", "host_memory_capacity",
-    "host_storage_type", "host_storage_capacity", "host_networking", "host_networking_topology",
-    "host_memory_configuration", "accelerators_per_node", "accelerator_model_name",
-    "accelerator_host_interconnect", "accelerator_frequency", "accelerator_on-chip_memories",
-    "accelerator_memory_configuration", "accelerator_memory_capacity", "accelerator_interconnect",
-    "accelerator_interconnect_topology", "cooling", "hw_notes", "framework", "other_software_stack",
-    "operating_system", "sw_notes",
-]
-INTEGER_FIELDS = ("number_of_nodes", "host_processors_per_node", "accelerators_per_node")  # the summarizer int()s them
 # Never part of the code copy: at the top of the repository, or anywhere.
 SKIP_TOP = {".git", ".venv", "venv", "data", "results", "build", "dist", "checkpoints"}
 SKIP_ANY = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = (".pyc", ".beton", ".log", ".egg-info", ".pt")
-# --org, --system and --impl become folder names in the tree, and the official tools put them in paths and CSV
-# files: a leading letter or digit, then letters, digits, . _ - + (no spaces, slashes, quotes, $ ; | & ...).
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-PLAIN_NAME_RULE = ("use 1-64 letters, digits, '.', '_', '-' or '+', starting with a letter or digit "
-                   "(no spaces, slashes, quotes or shell characters)")
 
 
 def _error(where: str, what: str) -> ComplianceError:
@@ -74,138 +50,6 @@ def _error(where: str, what: str) -> ComplianceError:
 
 def _warn(message: str) -> None:
     print(f"mlperf-resnet package: warning: {message}", file=sys.stderr, flush=True)
-
-
-# ---- the system description -----------------------------------------------------------------------------------
-def _cpuinfo() -> list[dict]:
-    try:
-        blocks = Path("/proc/cpuinfo").read_text().strip().split("\n\n")
-    except OSError:
-        return []
-    return [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
-            for block in blocks]
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
-def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / 1024 ** 3:.0f} GB"
-
-
-def _caches() -> str:
-    caches = []
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        level, kind, size = (_read(str(index / f)) for f in ("level", "type", "size"))
-        if level and size:
-            suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
-            caches.append(f"L{level}{suffix} {size}")
-    return ", ".join(caches)
-
-
-def _os_name() -> str:
-    release = dict(line.split("=", 1) for line in _read("/etc/os-release").splitlines() if "=" in line)
-    name = release.get("PRETTY_NAME", "").strip('"') or platform.platform()
-    return f"{name} ({platform.system()} {platform.release()})"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-def _accelerators() -> dict:
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is None or not torch.cuda.is_available():
-        return {"accelerators_per_node": "0", "accelerator_model_name": "none", "hw_notes": "CPU only"}
-    props = torch.cuda.get_device_properties(0)
-    return {"accelerators_per_node": str(torch.cuda.device_count()), "accelerator_model_name": props.name,
-            "accelerator_memory_capacity": _gb(props.total_memory)}
-
-
-def describe_system(org: str, system: str, division: str, status: str, storage_path=".") -> dict:
-    """systems/<system>.json as far as this machine can tell (every field MLPerf asks for; unknown ones empty)."""
-    cpus = _cpuinfo()
-    first = cpus[0] if cpus else {}
-    sockets = len({c.get("physical id") for c in cpus if "physical id" in c}) or 1
-    vcpus = len(cpus) or os.cpu_count() or 1
-    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-    mhz = int(max_khz) / 1000 if max_khz.isdigit() else float(first.get("cpu MHz", 0) or 0)
-    meminfo = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines() if ":" in line)
-    mem_kb = int(meminfo.get("MemTotal", "0 kB").split()[0])
-    torch_version = _version("torch")
-    desc = dict.fromkeys(SYSTEM_FIELDS, "")
-    desc.update({
-        "submitter": org, "division": division, "status": status, "system_name": system,
-        "number_of_nodes": "1",
-        "host_processors_per_node": str(sockets),
-        "host_processor_model_name": first.get("model name") or platform.processor() or platform.machine(),
-        "host_processor_core_count": first.get("cpu cores") or str(max(1, vcpus // sockets)),
-        "host_processor_vcpu_count": str(vcpus),
-        "host_processor_frequency": f"{mhz:.0f} MHz" if mhz else "",
-        "host_processor_caches": _caches(),
-        "host_memory_capacity": _gb(mem_kb * 1024) if mem_kb else "",
-        "host_storage_capacity": _gb(shutil.disk_usage(storage_path).total),
-        "framework": f"PyTorch {torch_version}" if torch_version else "",
-        "other_software_stack": {name: v for name, v in (
-            ("python", platform.python_version()), ("torch", torch_version),
-            ("torchvision", _version("torchvision")), ("ffcv", _version("ffcv")),
-            ("mlperf-logging", _version("mlperf-logging")), ("mlperf-resnet", _version("mlperf-resnet"))) if v},
-        "operating_system": _os_name(),
-    })
-    desc.update(_accelerators())
-    return desc
-
-
-def parse_set(items) -> dict:
-    """--set key=value ... (other_software_stack.key=value sets one entry of that table)."""
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _error(f"--set {item}", "expected key=value; e.g. --set cooling=air")
-        if key.startswith("other_software_stack."):
-            overrides.setdefault("other_software_stack", {})[key.split(".", 1)[1]] = value
-        else:
-            overrides[key] = value
-    return overrides
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """base with extra's fields on top; a table (other_software_stack) is merged entry by entry."""
-    merged = dict(base)
-    for key, value in extra.items():
-        both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = {**merged[key], **value} if both_tables else value
-    return merged
-
-
-def apply_overrides(desc: dict, overrides: dict) -> dict:
-    """Fields from the user win (see merge). A short status (onprem, cloud, preview, research) becomes its 4.x
-    name; a status no ruleset accepts is an error."""
-    for key in overrides:
-        if key not in SYSTEM_FIELDS:
-            _warn(f"{key} is not one of MLPerf's system fields; kept as given")
-    desc = merge(desc, overrides)
-    desc["status"] = STATUS.get(desc["status"], desc["status"])
-    if desc["status"] not in STATUS.values():
-        raise _error(f"status {desc['status']!r}", f"not a 4.0.0 availability; use one of "
-                     f"{', '.join(STATUS)} or {', '.join(repr(v) for v in STATUS.values())}")
-    for key in INTEGER_FIELDS:
-        try:
-            int(float(desc[key]))
-        except (TypeError, ValueError):
-            raise _error(f"{key}={desc[key]!r}", "must be a whole number (the result summarizer counts with it)")
-    return desc
 
 
 # ---- the tree -----------------------------------------------------------------------------------------------------
@@ -230,12 +74,6 @@ def code_files(root: Path, exclude: Path | None = None) -> list[Path]:
     return sorted(keep)
 
 
-def check_name(flag: str, value: str) -> str:
-    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value):
-        raise _error(f"{flag} {value!r}", f"not a plain name; {PLAIN_NAME_RULE}")
-    return value
-
-
 def check_out(out: Path, org_dir: Path) -> None:
     """Refuse an --out that cannot hold the tree before anything is written."""
     if out.exists() and not out.is_dir():
@@ -253,7 +91,7 @@ def _log_identity(log: Path) -> dict:
     """The submission_* values a log states (None for a key it does not have)."""
     from mlperf_logging.compliance_checker.mlp_parser import parse_file
 
-    keys = ("submission_benchmark", "submission_org", "submission_division", "submission_platform",
+    keys = ("submission_org", "submission_division", "submission_platform",
             "submission_status")
     found = dict.fromkeys(keys)
     try:
@@ -272,10 +110,7 @@ def set_problems(results: Path, logs: list[Path], org: str, system: str, divisio
     refuse the set; a warning is printed and the set packaged."""
     problems, warnings = [], []
     identities = {log: _log_identity(log) for log in logs}
-    for log, ident in identities.items():
-        if ident["submission_benchmark"] != BENCHMARK:
-            problems.append(f"{log.name}: submission_benchmark {ident['submission_benchmark']!r}, not "
-                            f"{BENCHMARK!r}; package ResNet logs only")
+    for log, ident in identities.items():  # (a benchmark other than resnet: the log rules refuse it)
         if ident["submission_org"] != org:
             problems.append(f"{log.name}: submission_org {ident['submission_org']!r} but --org {org!r}; "
                             f"package with the org the runs logged, or train again with SUBMISSION_ORG={org} "
@@ -295,9 +130,9 @@ def set_problems(results: Path, logs: list[Path], org: str, system: str, divisio
                         f"--system {system!r}; the results go under results/{system}/ and systems/{system}.json")
 
     summary = summarize_dirs([results], ruleset, target=target)[0]
-    for run in summary["runs"]:
-        honest_miss = run["compliant"] and run["status"] != "success"  # e.g. aborted: one of five is tolerated
-        if run["problems"] and not honest_miss:
+    problems += summary["unreadable"]
+    for run in summary["runs"]:  # a run that ended without reaching the target (aborted) is not refused
+        if run["refused"]:
             problems.append(f"{run['file']}: {'; '.join(run['problems'])}")
     if not summary["valid"]:
         problems.append(f"--results {results}: the set has no score: {summary['reason']}")
@@ -315,7 +150,7 @@ def build_package(org: str, system: str, results, out, *, division: str = "open"
     there is one, then `overrides`. Raises ComplianceError (ComplianceErrors: every problem of the set) on
     anything it refuses, before anything is written."""
     for flag, value in (("--org", org), ("--system", system), ("--impl", impl)):
-        check_name(flag, value)
+        check_plain_name(flag, value)
     check_target(target)
     results, out, code = Path(results), Path(out), Path(code)
     org_dir = out / org
@@ -323,8 +158,8 @@ def build_package(org: str, system: str, results, out, *, division: str = "open"
     if not (code / "pyproject.toml").is_file():  # e.g. an installed copy: its parent is site-packages
         raise _error(f"--code {code}", "no pyproject.toml there, so not this repository's checkout; "
                      "pass --code /path/to/the/repository")
-    logs = sorted(p for p in results.glob("result_*.txt") if p.is_file()) if results.is_dir() else []
-    if not logs:
+    logs, dangling = result_logs(results) if results.is_dir() else ([], [])
+    if not logs and not dangling:
         raise _error(f"--results {results}", "no result_*.txt there; point it at the folder of a system's logs, "
                      "e.g. results/<system>/resnet")
     problems, warnings, agreed = set_problems(results, logs, org, system, division, ruleset, target)

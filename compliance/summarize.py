@@ -18,101 +18,12 @@ import sys
 from pathlib import Path
 
 from compliance import ComplianceError
-from compliance.check import DEFAULT_RULESET, check_logs, resnet_rulesets
+from compliance.check import DEFAULT_RULESET, judge_logs, resnet_rulesets
+from compliance.logs import TARGET_TOP1, check_target, is_number, result_logs
 
 NAME = "summarize"
 HELP = "time to train and MLPerf score of sets of result logs"
 RUNS_PER_SET = 5
-TARGET_TOP1 = 0.759  # the ResNet quality target: top-1 strictly above 75.90%
-MINUTE_MS = 60_000
-
-
-def _first(loglines, key):
-    return next((ll for ll in loglines if ll.key == key), None)
-
-
-def _meta(ll) -> dict:
-    """A log line's metadata (an edited log may carry something other than an object there)."""
-    meta = ll.value.get("metadata") if isinstance(ll.value, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def completed_epochs_offset(loglines) -> int:
-    """What to add to a log's epoch_num to get the number of completed epochs. MosaicML (epoch_start 0,
-    epoch_stop 1), NVIDIA (epochs numbered from 1) and our logs since issue 10 put the completed count on
-    epoch_stop and eval_accuracy: 0. Our older logs numbered epochs from 0 on epoch_stop too (the first epoch
-    both started and stopped as epoch 0): 1."""
-    start, stop = _first(loglines, "epoch_start"), _first(loglines, "epoch_stop")
-    if start and stop and _meta(start).get("epoch_num") == 0 and _meta(stop).get("epoch_num") == 0:
-        return 1
-    return 0
-
-
-def parse_run(path, ruleset: str = DEFAULT_RULESET) -> dict:
-    """What one log says about its run, read with mlperf_logging's own parser (compliance and target not
-    included: see why_not_counted). Like the official summarizer, the run is timed from the first run_start to
-    the first run_stop, whether they are point events or interval start/end, and whatever is logged after
-    run_stop is not part of it."""
-    from mlperf_logging.compliance_checker.mlp_parser import parse_file
-
-    path = Path(path)
-    try:
-        loglines, errors = parse_file(str(path), ruleset=ruleset)
-    except OSError as e:
-        loglines, errors = [], [(str(path), f"cannot read it: {e.strerror or e}")]
-    start, stop = _first(loglines, "run_start"), _first(loglines, "run_stop")
-    seed = _first(loglines, "seed")
-    status = _meta(stop).get("status") if stop else None
-    evals = [ll for ll in loglines if ll.key == "eval_accuracy" and (stop is None or ll.lineno < stop.lineno)]
-    at_success = evals[-1] if evals and status == "success" else None
-    offset = completed_epochs_offset(loglines)
-
-    def completed(ll):
-        epoch = _meta(ll).get("epoch_num")
-        return epoch + offset if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-    def value(ll):
-        return ll.value.get("value") if ll and isinstance(ll.value, dict) else None
-
-    return {
-        "file": path.name,
-        "seed": value(seed),
-        "status": status,
-        "raw_minutes": (stop.timestamp - start.timestamp) / MINUTE_MS if start and stop else None,
-        "started": start is not None,
-        "epoch_at_success": completed(at_success) if at_success else None,
-        "accuracy_at_success": value(at_success),
-        # (minutes since run_start, completed epochs, top-1) of each evaluation up to run_stop, for the plot
-        "evals": [[(ll.timestamp - start.timestamp) / MINUTE_MS if start else None, completed(ll), value(ll)]
-                  for ll in evals],
-        "unparsable_lines": len(errors),
-        "problems": [],
-    }
-
-
-def why_not_counted(run: dict, target: float = TARGET_TOP1) -> list[str]:
-    """Why a run's time does not count (empty: it counts). Only a run that reached the quality target counts:
-    a log that says success at an accuracy at or below the target (a mistyped target, an edited log) does not."""
-    problems = []
-    if not run["started"]:
-        problems.append("no run_start")
-    if run["status"] is None:
-        problems.append("no run_stop")
-    elif run["status"] != "success":
-        problems.append(f"run_stop status {run['status']}")
-    else:
-        accuracy = run["accuracy_at_success"]
-        if accuracy is None:
-            problems.append("success without an eval_accuracy before run_stop")
-        elif not _is_number(accuracy):
-            problems.append(f"success at top-1 {accuracy!r}, which is not a number")
-        elif not accuracy > target:
-            problems.append(f"success at top-1 {accuracy:.4f} is not above the target {target:g}")
-    return problems
 
 
 def olympic_score(runs_minutes) -> tuple[float | None, str | None]:
@@ -142,7 +53,8 @@ def find_result_dirs(path) -> list[Path]:
     return found
 
 
-def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float | None, target: float) -> dict:
+def _summarize(folder: Path, runs: list[dict], unreadable: list[str], ruleset: str, usd_per_hour: float | None,
+               target: float) -> dict:
     runs_minutes = [r["minutes"] for r in runs]
     score, reason = olympic_score(runs_minutes)
     in_tree = folder.parent.parent.name == "results"
@@ -160,10 +72,13 @@ def _summarize(folder: Path, runs: list[dict], ruleset: str, usd_per_hour: float
         "accuracy_at_success": [r["accuracy_at_success"] for r in runs],
         "seeds": [r["seed"] for r in runs],
         "runs": runs,
+        "unreadable": unreadable,  # result_*.txt that are dangling links: named, not followed, not runs
     }
     notes = []
     if target != TARGET_TOP1:
         notes.append(f"target {target:g} is not the ResNet quality target {TARGET_TOP1}: not a submission score")
+    if target >= 1:
+        notes.append(f"no top-1 can be above the target {target:g}: no run can reach it")
     seeds = [s for s in summary["seeds"] if s is not None and not isinstance(s, (dict, list))]
     if len(set(seeds)) < len(seeds):
         notes.append("runs share a seed; MLPerf wants a different seed per run")
@@ -188,22 +103,10 @@ def summarize_dirs(folders, ruleset: str = DEFAULT_RULESET, usd_per_hour: float 
                    target: float = TARGET_TOP1) -> list[dict]:
     """One summary per folder of result_*.txt (the compliance checks of all their logs run together)."""
     folders = [Path(f) for f in folders]
-    logs = {f: sorted(p for p in f.glob("result_*.txt") if p.is_file()) for f in folders}
-    verdicts = iter(check_logs([p for f in folders for p in logs[f]], ruleset))
-    summaries = []
-    for folder in folders:
-        runs = []
-        for log in logs[folder]:
-            run = parse_run(log, ruleset)
-            run["compliant"], checker_messages = next(verdicts)
-            run["problems"] = why_not_counted(run, target)
-            if not run["compliant"]:
-                run["problems"].append(f"fails compliance {ruleset}: " + "; ".join(checker_messages))
-            run["warnings"] = checker_messages if run["compliant"] else []
-            run["minutes"] = None if run["problems"] else run["raw_minutes"]
-            runs.append(run)
-        summaries.append(_summarize(folder, runs, ruleset, usd_per_hour, target))
-    return summaries
+    listed = {f: result_logs(f) for f in folders}
+    runs = iter(judge_logs([p for f in folders for p in listed[f][0]], ruleset, target))
+    return [_summarize(f, [next(runs) for _ in listed[f][0]], listed[f][1], ruleset, usd_per_hour, target)
+            for f in folders]
 
 
 def summarize_dir(path, ruleset: str = DEFAULT_RULESET, usd_per_hour: float | None = None,
@@ -256,6 +159,7 @@ def format_table(summaries: list[dict]) -> str:
         for run in s["runs"]:
             if run["problems"]:
                 out.append(f"  {run['file']}: {'; '.join(run['problems'])}")
+        out += [f"  {line}" for line in s["unreadable"]]
         for note in s.get("notes", []):
             out.append(f"  note: {note}")
     return "\n".join(out)
@@ -278,7 +182,7 @@ def plot(summaries: list[dict], out, target: float = TARGET_TOP1) -> Path:
         color, label = colors[i % len(colors)], _label(s)
         slowest = max([m for m in s["runs_minutes"] if m is not None], default=1.0)
         for j, run in enumerate(s["runs"]):
-            points = [(m, acc) for m, _, acc in run["evals"] if m is not None and _is_number(acc)]
+            points = [(m, acc) for m, _, acc in run["evals"] if m is not None and is_number(acc)]
             if points:
                 style = "-" if run["minutes"] is not None else ":"
                 acc_ax.plot(*zip(*points), marker=".", color=color, linestyle=style, alpha=0.8,
@@ -336,13 +240,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--target", type=float, default=TARGET_TOP1,
                         help="a run counts only when its top-1 at success is above this (default %(default)s, "
                              "the ResNet quality target; another value is not a submission score)")
-
-
-def check_target(target: float, flag: str = "--target") -> float:
-    if not (math.isfinite(target) and 0 < target < 1):
-        raise ComplianceError(f"{flag} {target}: not a top-1 fraction in (0, 1); ResNet's quality target is "
-                              f"{TARGET_TOP1}")
-    return target
 
 
 def run(args) -> int:

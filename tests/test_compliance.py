@@ -146,7 +146,7 @@ def test_cli_one_line_per_log_nonzero_on_failure_and_nothing_left_in_cwd(referen
     # (arguments, exit code, stdout lines, stderr line); {d}: a folder without logs
     (["{d}"], 1, [], "mlperf-resnet: error: {d}: no result_*.txt in these folders; pass log files or folders "
                      "that hold result_*.txt"),
-    (["{d}/missing.txt"], 1, ["FAIL {d}/missing.txt: {d}/missing.txt: no such file"], None),
+    (["{d}/missing.txt"], 1, ["FAIL {d}/missing.txt: no such file"], None),
     (["{d}/folder"], 1, [], "mlperf-resnet: error: {d}/folder: no result_*.txt in these folders; pass log files "
                             "or folders that hold result_*.txt"),  # a folder named like a log is not one
 ])

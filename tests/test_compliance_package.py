@@ -187,7 +187,7 @@ REFUSALS = [
     ("OUT/ORG exists", ["--out", "{d}/out"], None,
      ["{d}/out/TestOrg: already exists; choose another --out or remove it first"]),
     ("--target 0", ["--target", "0"], None,
-     ["--target 0.0: not a top-1 fraction in (0, 1); ResNet's quality target is 0.759"]),
+     ["--target 0.0: not a top-1 fraction in (0, 1]; ResNet's quality target is 0.759"]),
     ("unknown status", ["--status", "onprem-ish"], None, ["status 'onprem-ish': not a 4.0.0 availability; "]),
     ("non-numeric field", ["--set", "accelerators_per_node=two"], None,
      ["accelerators_per_node='two': must be a whole number (the result summarizer counts with it)"]),

@@ -286,10 +286,10 @@ def test_cli_table_and_exit_status(tmp_path, capsys):
                                            "price per hour in US dollars"),
     (["{d}/logs", "--usd-per-hour", "nan"], "--usd-per-hour nan: must be a price of 0 or more; give the "
                                             "machine's price per hour in US dollars"),
-    (["{d}/logs", "--target", "0"], "--target 0.0: not a top-1 fraction in (0, 1); ResNet's quality target is 0.759"),
-    (["{d}/logs", "--target", "75.9"], "--target 75.9: not a top-1 fraction in (0, 1); ResNet's quality target is "
+    (["{d}/logs", "--target", "0"], "--target 0.0: not a top-1 fraction in (0, 1]; ResNet's quality target is 0.759"),
+    (["{d}/logs", "--target", "75.9"], "--target 75.9: not a top-1 fraction in (0, 1]; ResNet's quality target is "
                                        "0.759"),
-    (["{d}/logs", "--target", "nan"], "--target nan: not a top-1 fraction in (0, 1); ResNet's quality target is "
+    (["{d}/logs", "--target", "nan"], "--target nan: not a top-1 fraction in (0, 1]; ResNet's quality target is "
                                       "0.759"),
     (["{d}/logs", "--plot", "{d}/missing/ttt.png"], "--plot {d}/missing/ttt.png: the folder {d}/missing does not "
                                                     "exist; create it first or write the plot elsewhere"),
