@@ -1,6 +1,8 @@
 """A thin wrapper over mlperf_logging.mllog: one log file per run, written by global rank 0 only, and the
 run's init and hyper-parameter events in one place."""
 import dataclasses
+import errno
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -25,18 +27,44 @@ def claim_result_file(results_dir: Path) -> Path:
     n = 0
     while True:
         path = results_dir / f"result_{n}.txt"
-        try:
+        try:  # O_EXCL also refuses a symbolic link, dangling or not
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             return path
         except FileExistsError:
             n += 1
 
 
-class _Handler(logging.FileHandler):
-    """A file handler that fails loudly: logging's default prints a traceback per lost line and goes on."""
+def open_exclusive(path: Path):
+    """The result log `path` opened for this run alone: created if missing (with its folder), never through a
+    symbolic link, empty (a launcher may have claimed it by creating it), and held with an exclusive lock for
+    the run, so that a second run given the same file is refused instead of interleaving its lines."""
+    fix = "result logs are never shared or overwritten; give a new --log-file or leave it out"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        raise LogWriteError(f"--log-file {path}: cannot open ({why}); {fix}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise LogWriteError(f"--log-file {path}: another run is writing it; {fix}") from None
+    if os.fstat(fd).st_size:
+        os.close(fd)
+        raise LogWriteError(f"--log-file {path}: already holds a log; {fix}")
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+class _Handler(logging.StreamHandler):
+    """The log file's handler, failing loudly: logging's default prints a traceback per lost line and goes on."""
+
+    def __init__(self, path: Path):
+        super().__init__(open_exclusive(path))
+        self.path = path
 
     def handleError(self, record):
-        raise LogWriteError(f"{self.baseFilename}: cannot write the MLPerf log; free space under LOGDIR or "
+        raise LogWriteError(f"{self.path}: cannot write the MLPerf log; free space under LOGDIR or "
                             "choose another results folder, then run again")
 
 
@@ -51,7 +79,7 @@ class RunLog:
         logger = logging.getLogger(f"mlperf-resnet.{path}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        self._handler = _Handler(path, mode="a")
+        self._handler = _Handler(path)
         logger.addHandler(self._handler)
         self._mllog = MLLogger(logger=logger, default_stack_offset=2, root_dir=str(Path(__file__).parents[1]))
 
@@ -72,14 +100,16 @@ class RunLog:
             self._mllog.logger.removeHandler(self._handler)
             self._mllog = None
             try:
-                self._handler.close()
+                self._handler.stream.close()   # releases the lock
             except OSError:
                 pass
+            self._handler.close()
 
 
 def log_init(log: RunLog, *, org: str, platform: str, status: str, cache_cleared: bool, init_start_ms: int):
     """cache_clear, init_start (when the process started) and the submission events."""
-    log.event(C.CACHE_CLEAR, value=bool(cache_cleared))
+    # The launcher dropped the cache before this process started: both events carry the process's start time.
+    log.event(C.CACHE_CLEAR, value=bool(cache_cleared), time_ms=init_start_ms)
     log.start(C.INIT_START, time_ms=init_start_ms)
     for key, value in ((C.SUBMISSION_BENCHMARK, "resnet"), (C.SUBMISSION_DIVISION, "open"),
                        (C.SUBMISSION_ORG, org), (C.SUBMISSION_PLATFORM, platform), (C.SUBMISSION_STATUS, status)):

@@ -21,25 +21,35 @@ LOSSES = ("bce", "ce")
 
 @dataclass(frozen=True)
 class Precision:
-    """One way to run the arithmetic. Names only (no torch import), so that settings checks stay fast."""
-    autocast: str | None      # torch dtype name for autocast; None: plain fp32, no autocast
+    """One way to run the arithmetic: the package's one precision-name -> dtype table. Names only (no torch
+    import), so that settings checks stay fast."""
+    dtype: str                # torch dtype name: what the loaders yield and what autocast computes in
     grad_scaler: bool         # fp16's narrow exponent needs loss scaling; bf16 keeps fp32's range
     needs_cuda: bool          # CPU autocast has no fp16
+
+    @property
+    def autocast(self) -> str | None:
+        """The autocast dtype name; None for fp32 (run without autocast)."""
+        return None if self.dtype == "float32" else self.dtype
 
 
 PRECISIONS = {
     "fp16": Precision("float16", grad_scaler=True, needs_cuda=True),
     "bf16": Precision("bfloat16", grad_scaler=False, needs_cuda=False),
-    "fp32": Precision(None, grad_scaler=False, needs_cuda=False),
+    "fp32": Precision("float32", grad_scaler=False, needs_cuda=False),
 }
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a precision name (float32 for fp32): the dtype of the images a loader yields."""
+    import torch
+
+    return getattr(torch, PRECISIONS[precision].dtype)
 
 
 def amp_dtype(precision: str):
     """The autocast dtype of a precision name (None for fp32: run without autocast)."""
-    import torch
-
-    name = PRECISIONS[precision].autocast
-    return getattr(torch, name) if name else None
+    return None if PRECISIONS[precision].autocast is None else torch_dtype(precision)
 
 
 def needs_grad_scaler(precision: str) -> bool:

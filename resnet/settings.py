@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from resnet.data.loaders import LOADERS
 from resnet.errors import SettingError
 from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
 
@@ -45,6 +46,7 @@ class Setting:
     default: object = None          # run settings only: a recipe field defaults to the chosen recipe's value
     choices: tuple | Callable = ()  # allowed values (or a function returning them, for lazy imports)
     within: str | None = None       # allowed range as an interval, e.g. "(0, 1]"; every float must also be finite
+    const: object = None            # the value of the bare flag (`--resume` = `--resume 1`); None: a value is needed
 
     @property
     def dest(self) -> str:
@@ -62,6 +64,7 @@ def _recipe_row(field: str, type_, help_: str, env: str | None = None, **checks)
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = "[1, inf)", "[0, inf)", "(0, 1]"
+RESUME_MODES = ("auto", "0", "1")   # resnet.checkpoint.find_resumable
 SETTINGS = [
     # what the run trains: the recipe and its fields (defaults: the recipe's)
     Setting("RECIPE", "--recipe", str, "the recipe", default="mild", choices=tuple(RECIPES)),
@@ -99,7 +102,12 @@ SETTINGS = [
     Setting("NUM_WORKERS", "--workers", int, "data loader workers per process",
             default=min(8, len(os.sched_getaffinity(0))), within=NON_NEGATIVE),
     Setting("DATADIR", "--data", str, "data folder: train.beton/val.beton (ffcv) or train/ val/ (torchvision)"),
-    Setting("LOADER", "--loader", str, "data loader", default="ffcv", choices=("ffcv", "torchvision")),
+    Setting("LOADER", "--loader", str, "data loader (README 'Data': which to pick)", default="ffcv",
+            choices=LOADERS),
+    Setting("DECODE_TO_SIDE", "--decode-to-side", bool01, "1 = DALI decodes training crops straight to each "
+            "epoch's side (0: to TRAIN_CROP_PX, shrunk on the device, as submitted)", default=False),
+    Setting("DALI_HW_DECODER_LOAD", "--dali-hw-decoder-load", float, "share of JPEGs DALI sends to the GPU's "
+            "hardware decoder (A100/H100)", default=0.65, within="[0, 1]"),
     Setting("DEVICE", "--device", str, "auto: CUDA when visible; GPU configs say cuda", default="auto",
             choices=("auto", "cpu", "cuda")),
     Setting("COMPILE", "--compile", bool01, "1 = torch.compile the model", default=False),
@@ -108,6 +116,9 @@ SETTINGS = [
             choices=("onprem", "cloud", "preview", "research")),
     Setting("DGXSYSTEM", "--platform", str, "system name (submission_platform)", default="local"),
     Setting("CHECKPOINT_DIR", "--checkpoint-dir", str, "write last.pt here every epoch"),
+    Setting("RESUME", "--resume", str, "auto: continue an unfinished run of the same identity in CHECKPOINT_DIR, "
+            "else start fresh; 1: must continue; 0: start fresh (an unfinished run's checkpoint is never "
+            "overwritten)", default="auto", choices=RESUME_MODES, const="1"),
     Setting("CHECKPOINT_EVERY_MINUTES", "--checkpoint-every-minutes", float, "also checkpoint every N minutes",
             within="(0, inf)"),
     # set per run by the launcher (run_and_time.sh), not by a config
@@ -143,7 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser, rows=SETTINGS, recipes=RECIPE
         if s.field:
             default = "the recipe's (" + ", ".join(f"{n}: {getattr(r, s.field)}" for n, r in recipes.items()) + ")"
         where = f"config: {s.env}; " if s.env else ""
-        parser.add_argument(s.flag, default=s.default, metavar=metavar,
+        bare = {"nargs": "?", "const": s.const} if s.const is not None else {}
+        parser.add_argument(s.flag, default=s.default, metavar=metavar, **bare,
                             help=f"{s.help} [{where}default: {default}]".replace("%", "%%"))
 
 
@@ -227,7 +239,6 @@ def check_recipe(recipe: Recipe) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
 
 
 def _cuda(device: str = "auto") -> bool:
@@ -261,7 +272,7 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
             fail(BY_FLAG[flag].name, f"{value} needs a CUDA GPU and none is visible", "use bf16 or fp32 on the CPU")
     if args.checkpoint_every_minutes is not None and not args.checkpoint_dir:
         fail(BY_FLAG["--checkpoint-every-minutes"].name, "needs a checkpoint folder", "set CHECKPOINT_DIR")
-    if args.resume and not args.checkpoint_dir:
+    if args.resume == "1" and not args.checkpoint_dir:
         fail("--resume", "needs the killed run's checkpoint folder", "add --checkpoint-dir DIR")
     recipe = recipe_from_args(args, world_size)
     check_recipe(recipe)
@@ -285,16 +296,18 @@ def _validate_data(args) -> None:
     wanted = ("train.beton", "val.beton") if args.loader == "ffcv" else ("train", "val")
     for split in wanted:
         if not (data / split).exists():
-            fail(name, f"{data / split} is missing", "run mlperf-resnet prepare SRC OUT for ffcv files, "
-                 "or point DATADIR at a folder with train/ and val/ for LOADER=torchvision")
+            fail(name, f"{data / split} is missing", "for LOADER=ffcv run mlperf-resnet prepare SRC OUT and point "
+                 f"DATADIR at OUT; LOADER={'dali' if args.loader == 'ffcv' else args.loader} reads a folder with "
+                 "train/<class>/ and val/<class>/")
 
 
 def _validate_output(args) -> None:
     if args.log_file:
         target = Path(args.log_file)
-        if target.exists():
-            fail("--log-file", f"{target} already exists and result logs are never overwritten",
-                 "choose a new name or leave --log-file out to take the next free result_N.txt")
+        if target.is_symlink() or (target.exists() and (not target.is_file() or target.stat().st_size)):
+            fail("--log-file", f"{target} already exists{' as a link' if target.is_symlink() else ''} and result "
+                 "logs are never overwritten", "choose a new name or leave --log-file out to take the next free "
+                 "result_N.txt (an empty file, as a launcher claims it, is taken)")
         folder = target.parent
     else:
         folder = Path(args.results_dir)

@@ -1,10 +1,11 @@
 """The training loop: `python -m resnet.train` (also `mlperf-resnet train`), one process per device under torchrun.
 
-set-up, untimed: settings, checkpoint, data, model, all checked before result_N.txt is claimed
+set-up, untimed: settings, checkpoint, data, model, all checked before result_N.txt is claimed; a warm-up of every
+training side and both evaluation batch shapes in the dtypes training uses (compiles graphs, tunes cuDNN)
 -> run_start -> epochs: progressive resize, channels-last, autocast, LR per batch, EMA every k steps
 -> after every `eval_every_epochs` completed epochs (and after the last): evaluation of the EMA weights in fp32
 -> run_stop `success` at the first evaluation above the target, else `aborted`: the epochs ran out, a signal
-   (SIGTERM/SIGINT: checkpoint, then stop), a non-finite loss, or any error (its reason is logged).
+   (SIGTERM/SIGINT/SIGHUP: checkpoint, then stop), a non-finite loss, or any error (its reason is logged).
 
 Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal.
 """
@@ -12,6 +13,8 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
+import inspect
 import itertools
 import os
 import random
@@ -26,6 +29,7 @@ from torch import nn
 
 from resnet import checkpoint, distributed, errors
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
+from resnet.checkpoint import RunProgress, Saver
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
@@ -37,14 +41,15 @@ SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)   # a closed terminal or ssh sends SIGHUP
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and stops at its next check."""
+    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checkpoints and stops at its next check."""
 
     def __init__(self):
         self.signal = None
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
@@ -52,7 +57,21 @@ class StopRequest:
 
 
 def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A console line. A console that went away (its pipe closed) must not end a run that is still training."""
+    with contextlib.suppress(OSError, ValueError):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The one autocast context of training, warm-up and evaluation; dtype None: plain fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def loss_function(recipe):
+    """The recipe's loss (RECIPE section 4): label-smoothed BCE summed / per-device batch, or cross-entropy."""
+    if recipe.loss == "bce":
+        return functools.partial(label_smoothed_bce, smoothing=recipe.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
 @dataclass
@@ -75,36 +94,43 @@ class Training:
                     scaler=self.scaler)
 
 
-def build_training(recipe, plan: Plan, device: torch.device, compile_model: bool = False) -> Training:
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP without a buffer broadcast before every forward (each rank keeps its own BatchNorm statistics while
+    training; they are averaged before each evaluation), gradients living in the all-reduce buckets (no copy).
+    PyTorch 2.12+ names the switch forward_sync_buffers (broadcast_buffers is deprecated there); 2.10 has only
+    broadcast_buffers. Both sync the buffers once at construction."""
+    ddp = nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+               **no_sync)
+
+
+def build_training(plan: Plan, device: torch.device, compile_model: bool = False,
+                   compile_backend: str = "inductor") -> Training:
+    recipe = plan.recipe
     model = build_model(recipe, plan.num_classes).to(device)
     ema = ema_model(model, plan.ema_decay) if recipe.ema else None
     optimizer = DecoupledSGDW(model.parameters(), lr=recipe.peak_lr, momentum=recipe.momentum,
                               weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, plan.warmup_steps, plan.total_steps))
-    net = model
-    if plan.world_size > 1:
-        # Each rank keeps its own BatchNorm statistics during training (no broadcast of ~160 buffers before every
-        # forward); they are averaged across ranks before each evaluation instead.
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                                  broadcast_buffers=False)
+    net = _ddp(model, device) if plan.world_size > 1 else model
     if compile_model:
         limits = torch._dynamo.config   # PyTorch >= 2.7 calls it recompile_limit, older ones cache_size_limit
         name = "recompile_limit" if hasattr(limits, "recompile_limit") else "cache_size_limit"
         setattr(limits, name, max(getattr(limits, name), 64))   # one graph per progressive-resizing side
-        net = torch.compile(net, dynamic=False)
-    loss_fn = ((lambda logits, y: label_smoothed_bce(logits, y, recipe.label_smoothing)) if recipe.loss == "bce"
-               else nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing))
+        net = torch.compile(net, dynamic=False, backend=compile_backend)
     return Training(model, net, ema, optimizer, scheduler,
-                    torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)), loss_fn,
-                    amp_dtype(recipe.precision), plan.ema_every_steps)
+                    torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)),
+                    loss_function(recipe), amp_dtype(recipe.precision), plan.ema_every_steps)
 
 
 def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
     """One step of the recipe: shrink the batch to this epoch's side, forward under autocast, loss, scaled
     backward, SGDW step, LR step, EMA every k steps. Returns the loss, detached and left on the device."""
     images = resize_batch(images, side_px)
-    with torch.autocast(images.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+    with autocast(images.device, t.amp_dtype):
         loss = t.loss_fn(t.net(images), labels)
     t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)
@@ -117,34 +143,46 @@ def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px:
     return loss.detach()
 
 
-def compile_every_side(t: Training, recipe, plan: Plan, device: torch.device) -> list[int]:
-    """Run forward and backward once at every training side before run_start, so that torch.compile builds its
-    graphs outside the timed region; then put the weights, BatchNorm statistics and RNGs back as they were."""
+def warm_up(t: Training, plan: Plan, spec, eval_batches: tuple) -> list[int]:
+    """Before run_start, do once what training will do, so that the timed region neither compiles nor tunes:
+    forward and backward at every training side, from inputs of the loader's side, dtype and memory format
+    (torch.compile guards on all three; cuDNN's autotuner picks kernels per shape and dtype), and evaluation at
+    each of `eval_batches` (the full and the last batch size) in eval mode under the evaluation dtype. No optimiser
+    step; the weights, BatchNorm statistics, gradients and RNGs are put back exactly as they were."""
+    recipe, device = plan.recipe, torch.device(spec.device)
     weights, rngs = copy.deepcopy(t.model.state_dict()), checkpoint.rng_state()
     sides = sorted({recipe.resolution_px(e) for e in range(recipe.epochs)})
+    labels = torch.zeros(plan.per_device_batch, dtype=torch.long, device=device)
     for px in sides:
-        images = torch.randn(plan.per_device_batch, 3, px, px, device=device)
-        if recipe.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = torch.zeros(plan.per_device_batch, dtype=torch.long, device=device)
-        with torch.autocast(device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+        loader_px = spec.train_side(next(e for e in range(recipe.epochs) if recipe.resolution_px(e) == px))
+        images = torch.randn(plan.per_device_batch, 3, loader_px, loader_px, device=device, dtype=spec.dtype(True))
+        images = resize_batch(images.contiguous(memory_format=torch.channels_last), px)
+        with autocast(device, t.amp_dtype):
             loss = t.loss_fn(t.net(images), labels)
         loss.backward()
         t.optimizer.zero_grad(set_to_none=True)
+    evaluated = t.ema.module if t.ema is not None else t.model
+    evaluated.eval()
+    with torch.no_grad(), autocast(device, amp_dtype(recipe.eval_precision)):
+        for n in eval_batches:
+            images = torch.randn(n, 3, recipe.eval_crop_px, recipe.eval_crop_px, device=device,
+                                 dtype=spec.dtype(False)).contiguous(memory_format=torch.channels_last)
+            evaluated(images)
+    evaluated.train()
     t.model.load_state_dict(weights)
     checkpoint.set_rng_state(rngs)
     return sides
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype) -> float:
+def evaluate(model: nn.Module, loader, device: torch.device, dtype) -> float:
     """Top-1 over the whole validation set; every rank scores the same model (BatchNorm statistics averaged
     across ranks first) on its shard, and the counts are summed."""
     distributed.average_buffers(model)
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)
     for images, labels in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, dtype):
             logits = model(images)
         counts[0] += (logits.float().argmax(1) == labels).sum()
         counts[1] += labels.numel()
@@ -172,73 +210,62 @@ def check_flags(bad_loss: torch.Tensor, stop: StopRequest, device) -> tuple[bool
     return bool(bad), bool(stopping)
 
 
-class Saver:
-    """Checkpoints of this run (rank 0 writes): after every epoch, every N minutes, and on a stop signal."""
+def eval_batch_sizes(eval_samples: int, spec) -> tuple[int, ...]:
+    """The batch sizes this rank's evaluation sees: full batches and the last one."""
+    from resnet.data.loaders import shard_order
 
-    def __init__(self, path: Path | None, every_minutes, is_main: bool, **run_facts):
-        self.path, self.every_s, self.is_main, self.facts = path, 60 * (every_minutes or 0), is_main, run_facts
-        self.last = time.time()
+    shard = len(shard_order(eval_samples, spec.rank, spec.world_size, 0, 0, False))
+    return tuple(sorted({min(shard, spec.batch_size), shard % spec.batch_size} - {0}))
 
-    def due(self) -> bool:
-        return bool(self.path and self.every_s and time.time() - self.last > self.every_s)
 
-    def save(self, t: Training, epoch: int, batches_done: int, epoch_rng, finished: bool = False) -> bool:
-        self.last = time.time()
-        if not (self.path and self.is_main):
-            return False
-        state = checkpoint.snapshot(t.parts(), step=t.step, epoch=epoch, batches_done=batches_done,
-                                    epoch_rng=epoch_rng if batches_done else checkpoint.rng_state(),
-                                    finished=finished, **self.facts)
-        return checkpoint.save(self.path, state)
+def set_up(args: argparse.Namespace, dev, started: float):
+    """Everything before the log is claimed: the run's seed and progress (a resumed one's from its checkpoint),
+    the loaders, the plan, the Training (restored and warmed up). Raises typed errors for every problem found."""
+    from resnet.data.loaders import LoaderSpec, make_loaders   # data pulls in FFCV/DALI: only when training
+
+    recipe = recipe_from_args(args, dev.world_size)
+    ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
+    state = checkpoint.find_resumable(ckpt_path, args.resume)
+    seed = checkpoint.progress_of(state).seed if state else args.seed   # a resumed run keeps its seed and order
+    seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    spec = LoaderSpec.from_recipe(recipe, decode_to_side=args.decode_to_side, batch_size=recipe.global_batch_size //
+                                  dev.world_size, workers=args.workers, device=str(dev.device), rank=dev.rank,
+                                  world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load)
+    train_loader, val_loader, info = make_loaders(args.data, spec, loader=args.loader)
+    plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
+    plan.check()
+    run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
+    t = build_training(plan, dev.device, args.compile)
+    if state:
+        checkpoint.check_resumable(checkpoint.progress_of(state), run.identity, args.seed, args.resume)
+        run = checkpoint.restore(t.parts(), state)
+        t.step = run.step
+        if dev.is_main:
+            progress(f"resuming the interrupted run in {ckpt_path}: seed {seed}, epoch {run.epoch + 1}, step "
+                     f"{run.step} (RESUME={args.resume}; its first start still counts)")
+    sides = warm_up(t, plan, spec, eval_batch_sizes(info.eval_samples, spec))
+    if dev.is_main:
+        progress(f"warmed up {len(sides)} training sides and the evaluation before run_start "
+                 f"({time.time() - started:.0f} s)")
+    return t, plan, (train_loader, val_loader), Saver(ckpt_path, args.checkpoint_every_minutes, dev.is_main, run)
 
 
 def train(args: argparse.Namespace) -> int:
     started, stop = time.time(), StopRequest()
     dev = distributed.init(args.device, args.dist_timeout_s)
-    recipe = recipe_from_args(args, dev.world_size)
-    ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
-    state = checkpoint.load(ckpt_path) if args.resume else None
-    seed = state["seed"] if state else args.seed          # a resumed run keeps its seed (and data order)
-    seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
-    torch.manual_seed(seed)
-    random.seed(seed)
     if dev.device.type == "cuda":
         torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
-
-    from resnet.data.loaders import make_loaders   # data pulls in FFCV/numba: only when training
-    train_loader, val_loader, info = make_loaders(
-        args.data, loader=args.loader, batch_size=recipe.global_batch_size // dev.world_size,
-        train_crop_px=recipe.train_crop_px, crop_scale_min=recipe.crop_scale_min,
-        eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px, workers=args.workers,
-        device=dev.device, rank=dev.rank, world_size=dev.world_size, seed=seed,
-        dtype_train=amp_dtype(recipe.precision) or torch.float32, dtype_eval=torch.float32)
-    plan = Plan(recipe, info["num_classes"], info["train_samples"], info["eval_samples"], dev.world_size)
-    plan.check()
-    identity = dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size,
-                    data=dict(classes=list(info["classes"]), train_samples=plan.train_samples,
-                              eval_samples=plan.eval_samples))
-    if state:
-        checkpoint.check_resumable(state, identity, args.seed)
-    t = build_training(recipe, plan, dev.device, args.compile)
-    if state:
-        checkpoint.restore(t.parts(), state)
-        t.step = state["step"]
-    if args.compile:
-        sides = compile_every_side(t, recipe, plan, dev.device)
-        if dev.is_main:
-            progress(f"compiled {len(sides)} training sides before run_start ({time.time() - started:.0f} s)")
-
+    t, plan, loaders, saver = set_up(args, dev, started)
     log = RunLog((Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir)))
                  if dev.is_main else None)
-    saver = Saver(ckpt_path, args.checkpoint_every_minutes, dev.is_main, seed=seed, identity=identity,
-                  run_start_ms=state["run_start_ms"] if state else None)
     try:
         log_init(log, org=args.org, platform=args.platform, status=args.status, cache_cleared=args.cache_cleared,
                  init_start_ms=int(started * 1000))
-        log_hyperparameters(log, recipe, plan, seed)
+        log_hyperparameters(log, plan.recipe, plan, saver.progress.seed)
         log.end(C.INIT_STOP)
-        code = run_loop(t, recipe=recipe, plan=plan, dev=dev, log=log, loaders=(train_loader, val_loader),
-                        stop=stop, saver=saver, state=state)
+        code = run_loop(t, plan=plan, dev=dev, log=log, loaders=loaders, stop=stop, saver=saver)
     except Exception as e:
         # Whatever went wrong after the log was claimed, the log ends with run_stop aborted and its reason.
         reason = str(e) if isinstance(e, errors.Error) else f"{type(e).__name__}: {e}"
@@ -251,22 +278,31 @@ def train(args: argparse.Namespace) -> int:
                       + (f" (rank {dev.rank}; run logged as aborted in {log.path})" if log.path else
                          f" (rank {dev.rank})"))
         return ERROR
+    finally:
+        for loader in loaders:
+            loader.close()
     log.close()
     distributed.shutdown()     # only after a normal end: see distributed.shutdown
     return code
 
 
-def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop: StopRequest, saver: Saver,
-             state: dict | None) -> int:
+def stop_line(stop: StopRequest, saver: Saver, where: str) -> str:
+    """What the console says at a stop: a checkpoint is claimed only when one was written."""
+    who = stop.signal or "a stop on another rank"
+    if not saver.path:
+        return f"{who}: stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"
+    if not saver.last_ok:
+        return f"{who}: stopped {where}; the checkpoint could NOT be written (see the warning above); run logged " \
+               "as aborted"
+    return (f"{who}: checkpoint written {where}; run logged as aborted; run the same command again to continue "
+            "(RESUME=auto)")
+
+
+def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRequest, saver: Saver) -> int:
     """The timed region, from run_start to run_stop; returns the exit status."""
-    train_loader, val_loader = loaders
-    first_epoch, skip = (state["epoch"], state["batches_done"]) if state else (0, 0)
-    # A resumed run keeps the first attempt's start: the time lost to the interruption counts.
-    run_start_ms = saver.facts["run_start_ms"]
-    if run_start_ms is None:
-        run_start_ms = saver.facts["run_start_ms"] = int(time.time() * 1000)
-    log.start(C.RUN_START, time_ms=run_start_ms, **({"resumed_from_epoch": first_epoch} if state else {}))
-    eval_dtype = amp_dtype(recipe.eval_precision)
+    recipe, (train_loader, val_loader), run = plan.recipe, loaders, saver.progress
+    resumed, first_epoch, skip = run.step > 0, run.epoch, run.batches_done
+    log.start(C.RUN_START, time_ms=run.start_clock(), **({"resumed_from_epoch": first_epoch} if resumed else {}))
     accuracy, success, block_first, wall_start = None, False, first_epoch, time.time()
     bad_loss = torch.zeros((), dtype=torch.bool, device=dev.device)
     for epoch in range(first_epoch, recipe.epochs):        # `epoch` is 0-based; the log counts completed epochs
@@ -276,7 +312,7 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
         log.start(C.EPOCH_START, epoch_num=epoch)
         train_loader.set_epoch(epoch)
         if skip:                    # resuming inside an epoch: replay its data order from the epoch's start
-            checkpoint.set_rng_state(state["epoch_rng"])
+            checkpoint.set_rng_state(run.epoch_rng)
         epoch_rng = checkpoint.rng_state()
         tic, loss_sum = time.time(), torch.zeros((), device=dev.device)
         for batch, (images, labels) in enumerate(itertools.islice(train_loader, plan.steps_per_epoch), start=1):
@@ -294,12 +330,9 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
                 log.end(C.RUN_STOP, status=C.ABORTED, reason="non-finite loss")
                 return NON_FINITE
             if stopping or saver.due():
-                saver.save(t, epoch, batch, epoch_rng)
+                saver.save(t.parts(), step=t.step, epoch=epoch, batches_done=batch, epoch_rng=epoch_rng)
             if stopping:
-                where = f"at epoch {epoch + 1} step {t.step}"
-                progress(f"{stop.signal or 'a stop on another rank'}: " + (
-                    f"checkpoint written {where}; run logged as aborted; continue with --resume" if saver.path
-                    else f"stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"))
+                progress(stop_line(stop, saver, f"at epoch {epoch + 1} step {t.step}"))
                 log.end(C.RUN_STOP, status=C.ABORTED, reason=f"signal {stop.signal or 'on another rank'}")
                 return STOPPED
         skip, done = 0, epoch + 1
@@ -312,7 +345,7 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
         if recipe.evaluates_after(epoch):
             log.start(C.EVAL_START, epoch_num=done)
             weights = t.ema.module if t.ema is not None and t.ema.n_averaged > 0 else t.model  # EMA once started
-            accuracy = evaluate(weights, val_loader, dev.device, eval_dtype)
+            accuracy = evaluate(weights, val_loader, dev.device, amp_dtype(recipe.eval_precision))
             log.end(C.EVAL_STOP, epoch_num=done)
             log.event(C.EVAL_ACCURACY, accuracy, epoch_num=done)
             log.end(C.BLOCK_STOP, first_epoch_num=block_first)
@@ -321,13 +354,14 @@ def run_loop(t: Training, *, recipe, plan: Plan, dev, log: RunLog, loaders, stop
         minutes_left = (time.time() - wall_start) / (done - first_epoch) * (recipe.epochs - done) / 60
         if dev.is_main:
             progress(line + f" | ETA {minutes_left:.1f} min")
-        saver.save(t, done, 0, None, finished=success or done == recipe.epochs)
+        saver.save(t.parts(), step=t.step, epoch=done, batches_done=0, epoch_rng=None,
+                   finished=success or done == recipe.epochs)
         if success:
             break
     status = C.SUCCESS if success else C.ABORTED
     log.end(C.RUN_STOP, status=status, **({"reason": "epochs exhausted"} if status == C.ABORTED else {}))
     if dev.is_main:
-        progress(f"run_stop {status}: top-1 {accuracy} after {(time.time() - run_start_ms / 1000) / 60:.2f} min"
+        progress(f"run_stop {status}: top-1 {accuracy} after {(time.time() - run.run_start_ms / 1000) / 60:.2f} min"
                  + (f" -> {log.path}" if log.path else ""))
     return SUCCESS if status == C.SUCCESS else NOT_REACHED
 

@@ -124,3 +124,21 @@ def load_rgb(path):
         if im.mode in ("I", "F") or im.mode.startswith("I;16"):
             im = _to_8bit(im, path)
         return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def dataset_digest(root, classes, train, val) -> str:
+    """What identifies a folder data set's images without reading them: the class names and, for every image in
+    order, its path under `root` and its size in bytes (another set with the same classes and counts differs)."""
+    import hashlib
+
+    h = hashlib.sha256("\0".join(classes).encode())
+    root = os.path.abspath(root)
+    for split, samples in (("train", train), ("val", val)):
+        h.update(split.encode())
+        for path, label in samples:
+            try:
+                size = os.stat(path).st_size
+            except OSError as e:
+                raise DataError(f"{path}: cannot read ({e.strerror}); make it readable or remove it") from None
+            h.update(f"\0{os.path.relpath(path, root)}\0{size}\0{label}".encode(errors="surrogateescape"))
+    return h.hexdigest()[:32]

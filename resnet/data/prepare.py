@@ -34,14 +34,11 @@ import time
 from pathlib import Path
 
 from resnet import errors
-from resnet.data import import_ffcv
+from resnet.data.beton import MANIFEST, OUTPUTS, beton_digest, manifest as make_manifest
 from resnet.data.folders import DataError, load_rgb, scan_dataset
 
 NAME = "prepare"
 HELP = "write FFCV train/val files from ImageNet-layout folders"
-SPLIT_FILES = {"train": "train.beton", "val": "val.beton"}
-MANIFEST = "manifest.json"
-OUTPUTS = (SPLIT_FILES["train"], SPLIT_FILES["val"], MANIFEST)
 LOCK = ".prepare.lock"
 _TEMP = re.compile(r"^\.(train\.beton|val\.beton|manifest\.json)\.tmp-\d+(\.errors)?$")
 _PROGRESS_EVERY_S = 60
@@ -100,77 +97,6 @@ def _worker(parent_pid, failures, work_fn, *args):
         os._exit(1)
 
 
-class _WorkerFailed(Exception):
-    def __init__(self, errno_, text):
-        super().__init__(text)
-        self.errno, self.text = errno_, text
-
-
-def _writer_class():
-    import ctypes as c
-    from multiprocessing import Process, Queue, Value
-
-    from ffcv.memory_allocator import MemoryAllocator
-    from ffcv.writer import DatasetWriter
-
-    class Writer(DatasetWriter):
-        """FFCV's DatasetWriter with a parent that watches its workers: the first failure (a bad image, a full
-        disk, a worker killed for memory) ends the write within a fraction of a second."""
-
-        def __init__(self, fname, fields, page_size, num_workers, failures, tick):
-            super().__init__(fname, fields, page_size=page_size, num_workers=num_workers)
-            self.failures, self.tick = failures, tick  # tick(images done, total): every 0.1 s
-
-        def _check(self, workers):
-            if not self.failures.empty():
-                raise _WorkerFailed(*self.failures.get())
-            for w in workers:
-                if w.exitcode not in (None, 0):
-                    time.sleep(0.1)  # a worker that failed has sent its reason just before it exited
-                    if not self.failures.empty():
-                        raise _WorkerFailed(*self.failures.get())
-                    how = (f"killed by signal {-w.exitcode}" if w.exitcode < 0 else f"exit code {w.exitcode}")
-                    raise _WorkerFailed(0, f"a writer process ended ({how}; out of memory? try fewer --workers)")
-
-        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            self.num_samples = num_samples
-            self.prepare()  # FFCV: header and field descriptors, shared memory for the per-sample metadata
-            workers = []
-            try:
-                todo, tables, done = Queue(), Queue(), Value(c.c_uint64, 0)
-                todo.cancel_join_thread()  # if the workers are stopped, the chunks left in it must not hold our exit
-                for chunk in queue_content:
-                    todo.put(chunk)
-                for _ in range(self.num_workers):
-                    todo.put(None)
-                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-                args = (todo, self.metadata_sm, self.metadata_type, self.fields, allocator, done, tables,
-                        *extra_worker_args)
-                workers = [Process(target=_worker, args=(os.getpid(), self.failures, work_fn, *args), daemon=True)
-                           for _ in range(self.num_workers)]
-                for w in workers:
-                    w.start()
-                allocations, reported = [], 0
-                while reported < len(workers):  # each worker sends its allocation table when it is done
-                    self._check(workers)
-                    self.tick(done.value, num_samples)
-                    try:
-                        allocations.extend(tables.get(timeout=0.1))
-                        reported += 1
-                    except queue.Empty:
-                        pass
-                self.finalize(allocations)
-            finally:
-                for w in workers:
-                    if w.is_alive():
-                        w.kill()
-                    w.join()
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
-
-    return Writer
-
-
 class _LazyImages:
     """The indexed data set the writer's workers read: item i = (RGB uint8 HxWx3 array, label), decoded on
     demand. A file that fails is reported to the parent straight away (the worker may then wait inside FFCV
@@ -203,10 +129,10 @@ def _page_size(max_side):
 
 
 def _write_beton(path, samples, settings, workers, tick):
-    """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, _WorkerFailed, OSError."""
+    """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, OSError for the rest."""
     from multiprocessing import SimpleQueue
 
-    import_ffcv()
+    from resnet.data.ffcv_patches import WorkerFailed, Writer
     from ffcv.fields import IntField, RGBImageField
 
     failures = SimpleQueue()  # put() writes straight into a pipe: nothing is lost when the worker exits
@@ -216,13 +142,13 @@ def _write_beton(path, samples, settings, workers, tick):
                                compress_probability=settings["compress_prob"]),
         "label": IntField(),
     }
-    writer = _writer_class()(str(path), fields, _page_size(settings["max_side"]), workers, failures, tick)
+    writer = Writer(str(path), fields, _page_size(settings["max_side"]), workers, failures, tick, _worker)
     try:
         writer.from_indexed_dataset(_LazyImages(samples, failures))
-    except _WorkerFailed as e:
+    except WorkerFailed as e:
         if e.errno == _DATA:
             raise DataError(e.text) from None  # a bad image, already '<file>: <problem>; <fix>'
-        raise
+        raise OSError(e.errno, e.text) from None
 
 
 # ---- checks before anything is written ----------------------------------------------------------------------
@@ -379,9 +305,9 @@ class _Signals:
                 signal.signal(s, handler)
 
 
-def _write_error(e: OSError | _WorkerFailed, out: Path, file: Path, needed: int) -> DataError:
+def _write_error(e: OSError, out: Path, file: Path, needed: int) -> DataError:
     code = e.errno or 0
-    problem = e.text if isinstance(e, _WorkerFailed) else (e.strerror or str(e))
+    problem = e.strerror or str(e)
     if code in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space there (this set needs about {needed / 1e9:.2f} GB or more) or choose another output folder"
     elif code == errno.EFBIG:
@@ -413,9 +339,6 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
                 "compress_prob": compress_prob}
     stale = _stale_temps(out)
     needed = _check_space(out, train, val, settings, sum(p.stat().st_size for p in stale))
-    manifest = {"classes": classes, "num_classes": len(classes), "train_samples": len(train),
-                "eval_samples": len(val), "settings": settings, "source": str(src.resolve()),
-                "files": dict(SPLIT_FILES), "format": "ffcv-1.0"}
     final = [out / name for name in OUTPUTS]
     tmp = [_temp_name(p) for p in final]
     created, lock, done = _create(out), None, False
@@ -442,9 +365,11 @@ def prepare(src, out, max_side=500, jpeg_quality=90, compress_prob=0.5, workers=
 
                 try:
                     _write_beton(t, samples, settings, workers, tick)
-                except (OSError, _WorkerFailed) as e:
+                except OSError as e:
                     raise _write_error(e, out, f, needed) from None
             signals.check()  # the last moment to stop: from here on the set is complete
+            manifest = make_manifest(classes, len(train), len(val), settings, src.resolve(),
+                                     {"train": beton_digest(tmp[0]), "val": beton_digest(tmp[1])})
             try:
                 tmp[2].write_text(json.dumps(manifest, indent=1) + "\n")
                 for t, f in zip(tmp, final):

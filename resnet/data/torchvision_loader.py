@@ -1,0 +1,94 @@
+"""The torchvision backend (LOADER=torchvision): the ImageNet folders read by PIL in DataLoader processes. No
+dependency beyond torchvision and the slowest backend (BENCHMARKS.md); the reference the other two are tested
+against. See resnet/data/loaders.py for the contract."""
+from pathlib import Path
+
+from resnet.data.folders import dataset_digest, load_rgb, scan_dataset
+from resnet.data.loaders import Batches, DataInfo, check_train_size, normalize_nhwc, shard_order
+from resnet.errors import DataError
+
+
+def read_image(path):
+    """The RGB image at `path`; any failure is a DataError naming the file."""
+    try:
+        return load_rgb(path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e}); replace or delete the file"
+                        .replace("\n", " ")) from None
+
+
+class _Files:
+    """Map-style data set over (path, label) samples: item = (transform(RGB PIL image), label)."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(read_image(path)), label
+
+
+class _ShardSampler:
+    """`shard_order` as a torch Sampler (the epoch is set before each pass)."""
+
+    def __init__(self, n, rank, world_size, seed, shuffle):
+        self.args = (n, rank, world_size, seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.length = len(shard_order(n, rank, world_size, seed, 0, shuffle))
+
+    def __iter__(self):
+        return iter(shard_order(*self.args, self.epoch, self.shuffle).tolist())
+
+    def __len__(self):
+        return self.length
+
+
+def _worker_error(e: DataError) -> DataError:
+    """A DataLoader process re-raises a worker's DataError with the worker's traceback as its text: keep the one
+    line that names the file (the traceback's last line, after the exception's type)."""
+    last = str(e).strip().splitlines()[-1]
+    return DataError(last.split("DataError: ", 1)[-1])
+
+
+def build(data_dir, spec):
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+
+    classes, train_samples, val_samples, _ = scan_dataset(data_dir)
+    check_train_size(Path(data_dir) / "train", len(train_samples), spec)
+    for path, _ in (train_samples[0], val_samples[0]):  # one image per split: unreadable files show up now
+        read_image(path)
+    device = spec.torch_device
+    train_tf = T.Compose([T.RandomResizedCrop(spec.train_crop_px, scale=(spec.crop_scale_min, 1.0),
+                                              ratio=(3 / 4, 4 / 3)), T.RandomHorizontalFlip(), T.PILToTensor()])
+    val_tf = T.Compose([T.Resize(spec.eval_resize_px), T.CenterCrop(spec.eval_crop_px), T.PILToTensor()])
+
+    def loader(samples, transform, dtype, shuffle):
+        sampler = _ShardSampler(len(samples), spec.rank, spec.world_size, spec.seed, shuffle)
+        torch_loader = DataLoader(_Files(samples, transform), batch_size=spec.batch_size, sampler=sampler,
+                                  num_workers=spec.workers, pin_memory=device.type == "cuda", drop_last=shuffle,
+                                  persistent_workers=spec.workers > 0)
+
+        def iterate(epoch):
+            sampler.epoch = epoch
+            try:
+                for images, labels in torch_loader:
+                    images = images.to(device, non_blocking=True).permute(0, 2, 3, 1)  # NHWC view, uint8
+                    out = torch.empty(images.shape, dtype=dtype, device=device)
+                    yield normalize_nhwc(images, out).permute(0, 3, 1, 2), labels.to(device, non_blocking=True)
+            except DataError as e:
+                raise _worker_error(e) from None
+
+        return Batches(iterate, len(torch_loader), spec.batch_size, len(sampler))
+
+    train = loader(train_samples, train_tf, spec.dtype(train=True), shuffle=True)
+    val = loader(val_samples, val_tf, spec.dtype(train=False), shuffle=False)
+    digest = dataset_digest(data_dir, classes, train_samples, val_samples)
+    return train, val, DataInfo(tuple(classes), len(train_samples), len(val_samples), digest)
