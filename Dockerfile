@@ -1,4 +1,4 @@
-# The benchmark image: NGC PyTorch + FFCV + mlperf-logging + this package.
+# The benchmark image: NGC PyTorch (with its DALI) + FFCV + mlperf-logging + this package.
 #   docker build -t mlperf-resnet:latest .
 #
 # Base: NGC PyTorch 25.12 = PyTorch 2.10.0a0+b4e4ee81d3, CUDA 13.1.0, Python 3.12, Ubuntu 24.04 (NVIDIA's
@@ -27,8 +27,11 @@ RUN pip list --format=freeze > /opt/base-constraints.txt \
 
 WORKDIR /workspace/resnet
 COPY . .
+# LOADER=dali uses the DALI the base image ships (NGC PyTorch images include it, built for their CUDA): never a second
+# copy from PyPI (pyproject's `dali` extra is for CPU machines and CUDA 12). The build fails here if it is missing.
 RUN pip install --no-cache-dir --no-deps -e . \
- && python -c "import torch, ffcv, mlperf_logging, resnet; print('torch', torch.__version__)"
+ && python -c "import torch, ffcv, mlperf_logging, resnet; print('torch', torch.__version__)" \
+ && python -c "import nvidia.dali as dali; print('DALI', dali.__version__, 'from the base image')"
 
 # run_with_docker.sh keeps one container alive (`sleep infinity`) and `docker exec`s ./run_and_time.sh per run;
 # run.sub gives the command to srun; a bare `docker run` with the settings in the environment runs the benchmark.

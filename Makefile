@@ -28,7 +28,7 @@ system-libs:
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[ffcv,dev]'
+	$(PIP) install -q -e '.[ffcv,dali,dev]'
 	touch $@
 
 $(SYNTH_DIR)/.done: .venv/.installed
