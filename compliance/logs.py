@@ -113,15 +113,19 @@ def _epoch_problem(run_lines) -> str | None:
 
 
 def _time_problem(loglines) -> str | None:
-    """The first event logged more than CLOCK_SKEW_MS before an earlier line's time. A resumed run's run_start
-    (metadata resumed_from_epoch) keeps the first attempt's start on purpose: the lost time counts."""
-    latest = None
+    """The first event logged more than CLOCK_SKEW_MS before an earlier line's time (a run_stop before its
+    run_start is named as such). A resumed run's run_start (metadata resumed_from_epoch) keeps the first
+    attempt's start on purpose: the lost time counts."""
+    latest = start = None
     for ll in loglines:
-        if ll.key == "run_start" and "resumed_from_epoch" in _meta(ll):
-            continue
+        if ll.key == "run_start":
+            start = start or ll
+            if "resumed_from_epoch" in _meta(ll):
+                continue
         if latest is not None and ll.timestamp < latest.timestamp - CLOCK_SKEW_MS:
-            seconds = (latest.timestamp - ll.timestamp) / 1000
-            return f"time goes back {seconds:.1f} s: {_at(ll)} is logged before {_at(latest)}"
+            before = start if ll.key == "run_stop" and start and ll.timestamp < start.timestamp else latest
+            return f"time goes back: {_at(ll)} is timed {(before.timestamp - ll.timestamp) / 1000:.1f} s before " \
+                   f"{_at(before)}"
         if latest is None or ll.timestamp > latest.timestamp:
             latest = ll
     return None

@@ -122,3 +122,14 @@ def edit_log(src, dst, replace=None, drop_key=None, keep_lines=None) -> Path:
         text = text.replace(*replace)
     Path(dst).write_text(text)
     return Path(dst)
+
+
+def edit_events(src, dst, change) -> Path:
+    """A copy of a log whose MLLOG events (dicts, in order) went through `change(events) -> events`: to move,
+    repeat or re-time lines as an edited log would."""
+    import json
+
+    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in Path(src).read_text().splitlines()
+              if ":::MLLOG" in line]
+    Path(dst).write_text("".join(f":::MLLOG {json.dumps(e)}\n" for e in change(events)))
+    return Path(dst)

@@ -321,3 +321,152 @@ def test_a_plot_that_cannot_be_written_leaves_no_temporary_file(tmp_path, capsys
     with pytest.raises(ComplianceError, match=r"^--plot .*ttt\.png: cannot write it"):
         plot([summarize_dir(logs)], folder / "ttt.png")
     assert [p.name for p in folder.iterdir()] == ["ttt.png"] and not list((folder / "ttt.png").iterdir())
+
+
+# ---- edited and foreign logs do not count (issue 21) ---------------------------------------------------------
+def _at(events, key, n=0) -> int:
+    """Index of the n-th event with `key`."""
+    return [i for i, e in enumerate(events) if e["key"] == key][n]
+
+
+def _retime(events, key, ms, n=0):
+    events[_at(events, key, n)]["time_ms"] = ms
+    return events
+
+
+def _move_after(events, key, after):
+    """`key`'s event moved to just after `after`'s, at its time (so that only the order is edited)."""
+    moved = events.pop(_at(events, key))
+    i = _at(events, after)
+    events.insert(i + 1, {**moved, "time_ms": events[i]["time_ms"]})
+    return events
+
+
+def _insert_copy(events, key, before=None, **changes):
+    """A copy of `key`'s event (with `changes`) just before the first `before` (default: right after it)."""
+    i = _at(events, key)
+    events.insert(_at(events, before) if before else i + 1, {**events[i], **changes})
+    return events
+
+
+def _swap_epochs(events, key, a, b):
+    x, y = events[_at(events, key, a)]["metadata"], events[_at(events, key, b)]["metadata"]
+    x["epoch_num"], y["epoch_num"] = y["epoch_num"], x["epoch_num"]
+    return events
+
+
+def _two_runs(events):
+    second = [{**e, "time_ms": e["time_ms"] + 3_600_000} for e in events]
+    return events + second
+
+
+START = 1_700_000_001_001  # the reference log's run_start (seed 5, 1 minute; run_stop in line 71)
+EDITS = [
+    # (case, change(events), the problem lines; [] for a log that counts)
+    ("run_stop 60 s before run_start", lambda e: _retime(e, "run_stop", START - 60_000),
+     ["time goes back: run_stop (line 71) is timed 60.0 s before run_start (line 18)"]),
+    ("a repeated run_start, earlier in the file and 40 s later", lambda e: _insert_copy(
+        e, "run_start", before="run_start", time_ms=START + 40_000),
+     ["more than one run_start (lines 18, 19)",
+      "time goes back: run_start (line 19) is timed 40.0 s before run_start (line 18)"]),
+    ("two run_stops", lambda e: e + [e[_at(e, "run_stop")]], ["more than one run_stop (lines 71, 72)"]),
+    ("init_stop after run_start", lambda e: _move_after(e, "init_stop", "run_start"),
+     ["out of order: init_stop (line 18) after run_start (line 17)"]),
+    ("cache_clear after init_start", lambda e: _move_after(e, "cache_clear", "init_start"),
+     ["out of order: cache_clear (line 2) after init_start (line 1)"]),
+    ("the seed after run_start", lambda e: _move_after(e, "seed", "run_start"),
+     ["out of order: seed (line 18) after run_start (line 17)"]),
+    ("evaluations out of order", lambda e: _swap_epochs(e, "eval_accuracy", 1, 2),
+     ["epochs out of order: eval_accuracy (line 56) says epoch 8 after eval_accuracy (line 43)"]),
+    ("time going back within an epoch", lambda e: _retime(e, "epoch_stop", START + 10_000, n=5),
+     ["time goes back: epoch_stop (line 36) is timed 8.7 s before epoch_stop (line 34)"]),
+    ("two seeds", lambda e: _insert_copy(e, "seed", value=6), ["more than one seed (lines 8, 9)"]),
+    ("two orgs", lambda e: _insert_copy(e, "submission_org", value="OtherOrg"),
+     ["more than one submission_org (lines 5, 6)"]),
+    ("another benchmark", lambda e: _insert_copy(e, "submission_benchmark", value="bert")[:2] + e[3:],
+     ["submission_benchmark 'bert', not 'resnet': not a ResNet log"]),
+    # the open rules want only one eval_accuracy below 1.0: a percentage at success passed them and counted
+    ("top-1 at success as a percentage", lambda e: [
+        {**x, "value": 76.12} if x["key"] == "eval_accuracy" and x["value"] == 0.7612 else x for x in e],
+     ["eval_accuracy 76.12 in line 69 is not a top-1 fraction in [0, 1]"]),
+    ("lines of two runs", _two_runs,
+     ["lines of two runs: cache_clear (line 72) after run_stop (line 71); a result log holds one run"]),
+    # what published and resumed logs do, and counts
+    ("a resumed run: run_start keeps the first attempt's start, an hour before init_start", lambda e: _retime(
+        _insert_copy(e, "run_start", before="run_start", metadata={"resumed_from_epoch": 0})[:18] + e[19:],
+        "run_start", START - 3_600_000), []),
+    ("ranks' clocks a few hundred ms apart", lambda e: _retime(e, "epoch_start", START + 3_248, n=1), []),
+    ("hyper-parameters after init_stop and run_start (as NVIDIA logs them)",
+     lambda e: _move_after(_move_after(e, "opt_name", "init_stop"), "train_samples", "run_start"), []),
+]
+
+
+@pytest.mark.parametrize("case, change, problems", EDITS, ids=[c[0] for c in EDITS])
+def test_edited_logs_name_what_breaks_the_rules(tmp_path, case, change, problems):
+    """The rules themselves (parse_run: mlperf_logging's parser and ours, no checker): one line per problem."""
+    from compliance.logs import parse_run, why_not_counted
+    from tests.reference_log import edit_events
+
+    log = edit_events(write_reference_log(tmp_path / "a.txt", seed=5, minutes=1.0), tmp_path / "result_0.txt",
+                      change)
+    run = parse_run(log, "4.0.0")
+    assert run["log_problems"] == problems
+    assert why_not_counted(run) == problems  # the run counts exactly when its log breaks no rule
+
+
+def test_the_edits_that_lowered_a_score_do_not_count(tmp_path):
+    """Before issue 21 these runs were timed at -1 min and at 0.333 of a minute, and counted."""
+    logs = write_reference_logs(tmp_path / "set", minutes=(1.0, 1.1, 0.95, 1.2, 1.05))
+    from tests.reference_log import edit_events
+
+    edit_events(logs / "result_2.txt", logs / "result_2.txt",
+                lambda e: _retime(e, "run_stop", e[_at(e, "run_start")]["time_ms"] - 60_000))
+    edit_events(logs / "result_4.txt", logs / "result_4.txt", lambda e: _insert_copy(
+        e, "run_start", before="run_start", time_ms=e[_at(e, "run_start")]["time_ms"] + 42_000))
+    s = summarize_dir(logs)
+    assert [run["raw_minutes"] for run in s["runs"]][2::2] == [pytest.approx(-1.0), pytest.approx(0.35)]
+    assert s["runs_minutes"] == [1.0, 1.1, None, 1.2, None]
+    assert not s["valid"] and s["reason"] == "2 of 5 runs did not converge (one is tolerated)"
+
+
+def test_published_logs_break_no_rule():
+    for name in PUBLISHED:
+        for log in sorted((PEER_LOGS / name).glob("result_*.txt")):
+            from compliance.logs import parse_run
+
+            assert parse_run(log, "4.0.0")["log_problems"] == [], log
+
+
+def test_cli_an_edited_log_is_named_in_one_line_and_a_target_of_1_is_reached_by_no_run(tmp_path):
+    """`python -m compliance.summarize` as a user runs it: a set with a log timed backwards and a dangling
+    result link; then --target 1.0 (the trainer accepts it; a launcher passes it on)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.reference_log import edit_events
+
+    logs = write_reference_logs(tmp_path / "set")
+    edit_events(logs / "result_1.txt", logs / "result_1.txt",
+                lambda e: _retime(e, "run_stop", e[_at(e, "run_start")]["time_ms"] - 60_000))
+    os.symlink(tmp_path / "moved" / "result_5.txt", logs / "result_5.txt")
+
+    def summarize_cli(*args):
+        return subprocess.run([sys.executable, "-m", "compliance.summarize", *map(str, args)], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+
+    proc = summarize_cli(logs)
+    assert proc.returncode == 0 and proc.stderr == ""
+    out = proc.stdout.splitlines()
+    assert out[0] == f"{logs}: score 10.833 min, valid"  # (10.5 + 10 + 12) / 3: result_1 is the tolerated miss
+    assert out[7:] == [
+        "  result_1.txt: time goes back: run_stop (line 71) is timed 60.0 s before run_start (line 18)",
+        f"  result_5.txt: a symlink to {tmp_path}/moved/result_5.txt, which does not exist; restore the log or "
+        "remove the link"]
+    proc = summarize_cli(logs, "--target", "1.0")
+    assert proc.returncode == 1 and proc.stderr == ""
+    out = proc.stdout.splitlines()
+    assert out[0] == f"{logs}: score - min, INVALID: 5 of 5 runs did not converge (one is tolerated)"
+    assert "  result_0.txt: success at top-1 0.7612 is not above the target 1" in out
+    assert out[-2:] == ["  note: target 1 is not the ResNet quality target 0.759: not a submission score",
+                        "  note: no top-1 can be above the target 1: no run can reach it"]
