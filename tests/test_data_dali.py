@@ -1,0 +1,252 @@
+"""The DALI backend on the CPU (the real DALI pipeline with CPU operators): batch format, class indices against
+prepare's and torchvision's, the order and crops per (seed, epoch), resume, sharding, exact evaluation for world
+sizes 1-3, bad data named up front and mid-run, the install hint, and training runs (1 process, 2 gloo ranks)
+whose logs pass the checker."""
+import collections
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnet.data import beton
+from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, make_loaders, shard_order
+from resnet.data.synth import make_synthetic
+from resnet.errors import DataError
+from tests.conftest import REPO, cli, events, run_stop
+from tests.test_train import TINY
+
+pytest.importorskip("nvidia.dali")
+
+CLASSES = 19  # one train and one val image per class: a label names its sample; 19 divides by neither 2 nor 3
+CROP, RESIZE = 32, 40
+
+
+def spec(**run):
+    base = dict(batch_size=3, train_crop_px=CROP, crop_scale_min=0.08, eval_crop_px=CROP, eval_resize_px=RESIZE,
+                workers=2, seed=11)
+    return LoaderSpec(**{**base, **run})
+
+
+def dali(data, **run):
+    return make_loaders(data, spec(**run), loader="dali")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dali") / "tree"
+    make_synthetic(out, classes=CLASSES, train_per_class=1, val_per_class=1, size_px=48, seed=5, progress=False)
+    return out
+
+
+def epoch(loader, e=None):
+    """All batches of one epoch, copied."""
+    if e is not None:
+        loader.set_epoch(e)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def labels(batches):
+    return [int(v) for _, y in batches for v in y]
+
+
+def test_batch_format(tree):
+    for train_precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        train, val, info = dali(tree, train_precision=train_precision)
+        assert info.num_classes == info.train_samples == info.eval_samples == CLASSES
+        assert (len(train), train.num_samples, len(val), val.num_samples) == (6, 18, 7, 19)
+        for batches, want_dtype, sizes in ((epoch(train), dtype, [3] * 6), (epoch(val), torch.float32, [3] * 6 + [1])):
+            assert [len(y) for _, y in batches] == sizes
+            for x, y in batches:
+                assert x.shape == (len(y), 3, CROP, CROP) and x.dtype == want_dtype and x.device.type == "cpu"
+                assert x.is_contiguous(memory_format=torch.channels_last)
+                assert y.dtype == torch.int64 and y.shape == (len(y),)
+                pixels = (x.float() * torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+                          + torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255)
+                assert pixels.min() > -1.5 and pixels.max() < 256.5 and x.float().std() > 0.3
+        train.close(), val.close()
+
+
+def test_classes_and_val_images_match_prepare_and_torchvision(synth_tree, ffcv_data):
+    """The same class index for every image as prepare's manifest and the torchvision backend; the same val images
+    (up to the resize filters) in the same order."""
+    run = dict(batch_size=5, train_crop_px=32, crop_scale_min=0.08, eval_crop_px=32, eval_resize_px=36, workers=1)
+    loaded = {kind: make_loaders(synth_tree, LoaderSpec(**run), loader=kind) for kind in ("dali", "torchvision")}
+    classes = beton.read_manifest(ffcv_data)["classes"]
+    assert list(loaded["dali"][2].classes) == list(loaded["torchvision"][2].classes) == list(classes)
+    assert loaded["dali"][2].digest == loaded["torchvision"][2].digest
+    (ours, theirs) = (epoch(loaded[kind][1]) for kind in ("dali", "torchvision"))
+    assert labels(ours) == labels(theirs) == sorted(labels(ours)) and len(set(labels(ours))) == 4
+    for (x, _), (y, _) in zip(ours, theirs):
+        assert (x - y).abs().mean() < 0.15       # normalised units: ~9 of 255 grey levels, resize filters differ
+    for kind in loaded:
+        loaded[kind][0].close(), loaded[kind][1].close()
+
+
+def test_order_and_crops_depend_on_seed_and_epoch_only(tree):
+    train, _, _ = dali(tree)
+    first = [epoch(train) for _ in range(3)]
+    again, _, _ = dali(tree)                          # another process-like start: a fresh loader
+    for e in (0, 1, 2):
+        replay = epoch(again, e)
+        assert labels(replay) == labels(first[e])
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(replay, first[e]))
+    assert labels(first[0]) != labels(first[1])
+    # the same image is cropped differently in another epoch
+    crops = [{int(v): x[i] for x, y in batches for i, v in enumerate(y)} for batches in first[:2]]
+    common = set(crops[0]) & set(crops[1])
+    assert common and all(not torch.equal(crops[0][k], crops[1][k]) for k in common)
+    # resume: set_epoch(e) after later epochs were read replays epoch e exactly
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(epoch(train, 1), first[1]))
+    other, _, _ = dali(tree, seed=12)
+    assert labels(epoch(other)) != labels(first[0])
+    for loader in (train, again, other):
+        loader.close()
+
+
+def test_decode_to_side(tree):
+    train, _, _ = dali(tree, train_sides=(24, 32))
+    assert [tuple(x.shape[2:]) for x, _ in epoch(train)] == [(24, 24)] * 6
+    assert [tuple(x.shape[2:]) for x, _ in epoch(train)] == [(32, 32)] * 6
+    assert [tuple(x.shape[2:]) for x, _ in epoch(train, 5)] == [(32, 32)] * 6   # the last side stays
+    train.close()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_train_shards_are_equal_disjoint_and_in_shard_order(tree, world):
+    read = []
+    for rank in range(world):
+        train, _, _ = dali(tree, rank=rank, world_size=world)
+        got = labels(epoch(train, 4))
+        assert got == shard_order(CLASSES, rank, world, 11, 4, True)[: len(train) * 3].tolist()
+        read.append(got)
+        train.close()
+    assert len({len(r) for r in read}) == 1
+    union = [v for r in read for v in r]
+    assert len(union) == len(set(union)) == CLASSES - CLASSES % world   # 18: shards of 9 or 6 are whole batches
+
+
+def test_evaluation_reads_every_image_once_for_any_world_size(tree):
+    def val_images(world):
+        seen = collections.Counter()
+        for rank in range(world):
+            _, val, _ = dali(tree, batch_size=4, rank=rank, world_size=world)
+            batches = epoch(val)
+            assert sum(len(y) for _, y in batches) == val.num_samples == len(range(rank, CLASSES, world))
+            seen.update((int(v), x[i].numpy().tobytes()) for x, y in batches for i, v in enumerate(y))
+            val.close()
+        return seen
+
+    alone = val_images(1)
+    assert sorted(k for k, _ in alone) == list(range(CLASSES)) and set(alone.values()) == {1}
+    for world in (2, 3):
+        assert val_images(world) == alone
+
+
+def _tree_copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _first(tree, split):
+    return sorted((tree / split).glob("*/*"))[0]
+
+
+@pytest.mark.parametrize("case", ["truncated train", "garbage val", "empty class", "no val"])
+def test_bad_data_is_found_when_the_loaders_are_built(tree, tmp_path, case):
+    data = _tree_copy(tree, tmp_path / "tree")
+    if case == "truncated train":
+        named = _first(data, "train")
+        _truncate(named)
+    elif case == "garbage val":
+        named = _first(data, "val")
+        named.write_bytes(b"not an image" * 50)
+    elif case == "empty class":
+        named = data / "train" / "zz_empty"
+        named.mkdir()
+    else:
+        named = data / "val"
+        shutil.rmtree(named)
+    with pytest.raises(DataError) as e:
+        dali(data)
+    assert str(named) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_file_mid_run_ends_the_epoch_naming_it(tree, tmp_path):
+    data = _tree_copy(tree, tmp_path / "tree")
+    bad = sorted((data / "train").glob("*/*"))[7]
+    _truncate(bad)
+    train, val, _ = dali(data)                       # the first images decode: found only when read
+    with pytest.raises(DataError) as e:
+        for e_ in range(2):
+            epoch(train, e_)
+    assert str(e.value).startswith(f"{bad}: DALI cannot decode this image") and "\n" not in str(e.value)
+    assert labels(epoch(val)) == list(range(CLASSES))       # the other loader still works
+    train.close(), val.close()
+
+
+def test_png_and_grayscale_images_are_read(tree, tmp_path):
+    from PIL import Image
+
+    data = _tree_copy(tree, tmp_path / "tree")
+    for i, path in enumerate(sorted((data / "train").glob("*/*"))[:4]):
+        with Image.open(path) as im:
+            converted = im.convert("L") if i % 2 else im
+            converted.save(path.with_suffix(".png"))
+        path.unlink()
+    train, val, info = dali(data)
+    assert info.train_samples == CLASSES
+    assert labels(epoch(train)) == shard_order(CLASSES, 0, 1, 11, 0, True)[:18].tolist()
+    train.close(), val.close()
+
+
+def test_missing_dali_says_how_to_install(synth_tree, tmp_path):
+    log = tmp_path / "log.txt"
+    code = ("import sys; sys.modules['nvidia.dali'] = None; from resnet.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "train", *TINY, "--loader", "dali", "--data", synth_tree,
+                          "--log-file", log, "--epochs", "1",
+                          "--eval-every-epochs", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("mlperf-resnet: error:")]
+    assert errors == ["mlperf-resnet: error: LOADER=dali: NVIDIA DALI is not installed; pip install "
+                      "nvidia-dali-cuda120 (CPU machines and CUDA 12), or use the NGC PyTorch container, which "
+                      "ships it"], out.stderr
+    assert not log.exists()
+
+
+def _checked(log):
+    out = subprocess.run([sys.executable, "-m", "compliance.check", "--target", "0.1", log], capture_output=True,
+                         text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("PASS"), out.stdout + out.stderr
+
+
+def test_cpu_training_with_dali_passes_the_checker(synth_tree, tmp_path):
+    log = tmp_path / "result_0.txt"
+    out = cli("train", *TINY, "--loader", "dali", "--data", synth_tree, "--log-file", log, "--epochs", "2",
+              "--eval-every-epochs", "1", "--target-accuracy", "0.1", "--seed", "3", check=False)
+    assert out.returncode == 0, out.stderr
+    assert run_stop(log)["metadata"]["status"] == "success"
+    _checked(log)
+
+
+def test_two_gloo_ranks_train_with_dali_and_exit_cleanly(synth_tree, tmp_path):
+    results = tmp_path / "results"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "resnet.train", *map(str, TINY), "--loader", "dali", "--data", str(synth_tree),
+                          "--results-dir", str(results), "--epochs", "2", "--eval-every-epochs", "1",
+                          "--target-accuracy", "0.1", "--seed", "4"], cwd=REPO, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "terminate called" not in out.stderr
+    log = results / "result_0.txt"
+    assert run_stop(log)["metadata"]["status"] == "success" and "eval_accuracy" in [e["key"] for e in events(log)]
+    _checked(log)
