@@ -2,7 +2,8 @@
 against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
 synthetic data set, the `resnet_cpu` network).
 
-    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--add-runs JSON ...]
+    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
+                          [--add-runs JSON ...]
 
 Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
 (VARIANTS below, printed at the start). Minutes are run_start -> run_stop read from the run's MLPerf log, the
@@ -17,6 +18,10 @@ The Baseline is section 11 at the proxy's geometry (ImageNet's sides / 4): crop 
 56 of 64 (224 of 256), cross-entropy with smoothing 0.1, no BlurPool, EMA or log-bias init, evaluation every 4
 epochs, and BASELINE_EPOCHS epochs; everything else (network, batch, optimiser, peak LR, warm-up, data) is
 config_CPU.sh's, so the Baseline is not weakened.
+
+The loader variants (not run by default) train Mild as it is with LOADER=dali (DALI's CPU pipeline reading the
+image folders of the same data set, --folders) and with DECODE_TO_SIDE=1 as well (`dali-side`): time to target
+next to `mild` (FFCV) says what the loader changes on this machine.
 """
 import argparse
 import json
@@ -29,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DEFAULT_CACHE, synthetic_ffcv  # noqa: E402
+from bench.common import DEFAULT_CACHE, synthetic_dataset  # noqa: E402
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
@@ -48,8 +53,17 @@ VARIANTS = {
     "baseline-44": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
                     "--train-crop-px", 44, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
                     "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+    # Not run by default: the loaders (the same Mild run, reading the image folders through DALI's CPU pipeline).
+    "dali": ["--loader", "dali"],
+    "dali-side": ["--loader", "dali", "--decode-to-side", 1],   # crops decoded straight to each epoch's side
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "baseline-44"]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side")]
+
+
+def reads_folders(variant: str) -> bool:
+    """Whether the variant's loader reads image folders (DALI) rather than the FFCV files."""
+    flags = list(map(str, VARIANTS[variant]))
+    return "--loader" in flags and flags[flags.index("--loader") + 1] != "ffcv"
 
 
 def config_flags(config: Path = CONFIG) -> list[str]:
@@ -79,10 +93,12 @@ def read_log(path: Path) -> dict:
                 epoch_at_stop=evals[-1]["epoch"] if evals else None)
 
 
-def one_run(variant: str, seed: int, base: list[str], data: Path, logs: Path) -> dict:
+def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
+    """data: {"ffcv": FFCV folder, "folders": image folders}, the one its loader reads."""
     log = logs / f"{variant}-seed{seed}.txt"
-    cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, VARIANTS[variant]), "--data", str(data),
-           "--seed", str(seed), "--log-file", str(log)]
+    cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, VARIANTS[variant]),
+           "--data", str(data["folders" if reads_folders(variant) else "ffcv"]), "--seed", str(seed),
+           "--log-file", str(log)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     run = dict(variant=variant, seed=seed, exit_code=proc.returncode, wall_s=round(time.time() - t0, 1),
@@ -162,9 +178,11 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path, help="output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), metavar="VARIANT",
-                   help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44)")
+                   help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44 and the dali ones)")
     p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
                    f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
+    p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the folders "
+                   "the default data set was made from)")
     p.add_argument("--add-runs", type=Path, nargs="+", default=[], metavar="JSON",
                    help="proxy.json files of earlier runs with the same config_CPU.sh flags and other seeds")
     args = p.parse_args(argv)
@@ -187,7 +205,9 @@ def main(argv=None) -> int:
         p.error(f"--add-runs: {twice[0][0]} seed {twice[0][1]} would be counted twice; give other seeds")
     if not pairs:
         p.error("nothing to do: give --seeds, or --add-runs to tabulate earlier runs")
-    data = args.data or (synthetic_ffcv(DEFAULT_CACHE) if args.seeds else None)
+    made = args.seeds and not (args.data and args.folders)
+    folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
+    data = dict(ffcv=args.data or ffcv, folders=args.folders or folders)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
     logs.mkdir(parents=True)
@@ -206,7 +226,8 @@ def main(argv=None) -> int:
     table = summarise(runs, args.variants)
     print_table(table, target)
     seeds = sorted({r["seed"] for r in runs})
-    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data), seeds=seeds,
+    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
+                  folders=str(data["folders"]), seeds=seeds,
                   added_from=[str(path) for path in args.add_runs],
                   target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
                   machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
