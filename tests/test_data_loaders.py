@@ -1,5 +1,6 @@
-"""FFCV and torchvision loaders on CPU: batch format, labels, epoch order, 2-rank sharding, parity, the crop scale,
-every data problem found when the loaders are built, and an FFCV loader-thread failure reaching the consumer."""
+"""The loader seam on CPU, for every backend in LOADERS: batch format, labels, epoch order, 2-rank sharding, the crop
+scale; FFCV/torchvision parity; every data problem found when the loaders are built; an FFCV loader-thread failure
+reaching the consumer. DALI's own behaviour (exact evaluation for any world size, bad JPEGs) is in test_data_dali.py."""
 import json
 import os
 import shutil
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from resnet.data.folders import scan_dataset
-from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, make_loaders, normalize_nhwc, shard_order
+from resnet.data.loaders import (IMAGENET_MEAN, IMAGENET_STD, LOADERS, LoaderSpec, make_loaders, normalize_nhwc,
+                                  shard_order)
 from resnet.errors import DataError, SettingError
 from resnet.data.prepare import prepare
 from resnet.data.synth import make_synthetic
@@ -22,8 +24,14 @@ pytest.importorskip("ffcv")
 
 CLASSES = 20  # one train and one val image per class: a label names its sample
 BATCH, WORLD, CROP, RESIZE = 3, 2, 32, 40
-KINDS = ("ffcv", "torchvision")
+KINDS = LOADERS
 SHAPE = dict(train_crop_px=CROP, crop_scale_min=0.08, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1)
+
+
+def build(root, kind, **overrides):
+    """make_loaders on the right form of the test set: .beton files for FFCV, image folders for the others."""
+    spec = LoaderSpec(**{"batch_size": BATCH, **SHAPE, **overrides})
+    return make_loaders(root / ("ffcv" if kind == "ffcv" else "folders"), spec, loader=kind)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +48,9 @@ def loaders(data):
     """(kind, rank) -> (train, val, info); rank 1 asks for fp16 train / bf16 val batches."""
     built = {}
     for kind in KINDS:
-        for rank, dtypes in ((0, ("fp32", "fp32")), (1, (torch.float16, "bf16"))):
-            built[kind, rank] = make_loaders(
-                data / ("ffcv" if kind == "ffcv" else "folders"), loader=kind, batch_size=BATCH, **SHAPE,
-                device=torch.device("cpu"), rank=rank, world_size=WORLD, seed=11, dtype_train=dtypes[0],
-                dtype_eval=dtypes[1])
+        for rank, dtypes in ((0, ("fp32", "fp32")), (1, ("fp16", "bf16"))):
+            built[kind, rank] = build(data, kind, rank=rank, world_size=WORLD, seed=11, train_precision=dtypes[0],
+                                      eval_precision=dtypes[1])
     return built
 
 
@@ -59,7 +65,7 @@ def _epoch(loader, epoch=None):
 def test_batch_format(loaders, kind):
     for rank, (train_dtype, val_dtype) in ((0, (torch.float32,) * 2), (1, (torch.float16, torch.bfloat16))):
         train, val, info = loaders[kind, rank]
-        assert info["num_classes"] == CLASSES and info["train_samples"] == info["eval_samples"] == CLASSES
+        assert info.num_classes == CLASSES and info.train_samples == info.eval_samples == CLASSES
         assert len(train) == (CLASSES // WORLD) // BATCH == 3 and len(val) == 4
         for batches, dtype, sizes in ((_epoch(train), train_dtype, [3, 3, 3]),
                                       (_epoch(val), val_dtype, [3, 3, 3, 1])):
@@ -120,8 +126,8 @@ def test_ffcv_leaves_torch_threads_and_numba_as_they_were(data):
     code = f"""if True:
         import sys, torch
         torch.set_num_threads(3)
-        from resnet.data.loaders import make_loaders
-        train, val, _ = make_loaders({str(data / "ffcv")!r}, batch_size={BATCH}, **{SHAPE!r})
+        from resnet.data.loaders import LoaderSpec, make_loaders
+        train, val, _ = make_loaders({str(data / "ffcv")!r}, LoaderSpec(batch_size={BATCH}, **{SHAPE!r}))
         after_build = torch.get_num_threads()
         trained = sum(len(y) for _, y in train)
         val_labels = sorted(y for _, batch in val for y in batch.tolist())
@@ -228,7 +234,7 @@ def test_ffcv_data_problems_are_found_when_the_loaders_are_built(ffcv_data, tmp_
     d = Path(shutil.copytree(ffcv_data, tmp_path / "data"))
     damage(d)
     with pytest.raises(DataError) as err:
-        make_loaders(d, loader="ffcv", **{"batch_size": 4, **SHAPE, **overrides})
+        make_loaders(d, LoaderSpec(**{"batch_size": 4, **SHAPE, **overrides}), loader="ffcv")
     text = str(err.value)
     assert text.startswith(f"{d / culprit}: ") and message in text and "\n" not in text, text
     assert "mlperf-resnet prepare" in text or "BATCHSIZE" in text
@@ -254,23 +260,25 @@ def test_folder_problems_are_found_when_the_loaders_are_built(synth_tree, tmp_pa
     path = culprit(tree)
     damage(tree)
     with pytest.raises(DataError) as err:
-        make_loaders(tree, loader="torchvision", **{"batch_size": 4, **SHAPE, **overrides})
+        make_loaders(tree, LoaderSpec(**{"batch_size": 4, **SHAPE, **overrides}), loader="torchvision")
     text = str(err.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
 
 
 def test_bad_arguments_are_setting_errors(data):
-    for overrides, message in (({"loader": "dali"}, "LOADER=dali: unknown loader; use ffcv or torchvision"),
-                               ({"crop_scale_min": 0.0}, "crop_scale_min 0.0: must be in (0, 1]"),
-                               ({"crop_scale_min": float("nan")}, "crop_scale_min nan"),
-                               ({"rank": 2, "world_size": 2}, "rank 2: outside world_size 2"),
-                               ({"eval_resize_px": CROP - 1}, f"eval_resize_px {CROP - 1}: must be an integer >= 32")):
+    for loader, overrides, message in (
+            ("nonsense", {}, f"LOADER=nonsense: unknown loader; use one of {', '.join(LOADERS)}"),
+            ("torchvision", {"crop_scale_min": 0.0}, "crop_scale_min 0.0: must be in (0, 1]"),
+            ("torchvision", {"crop_scale_min": float("nan")}, "crop_scale_min nan"),
+            ("torchvision", {"rank": 2, "world_size": 2}, "rank 2: outside world_size 2"),
+            ("torchvision", {"eval_resize_px": CROP - 1}, f"eval_resize_px {CROP - 1}: must be >= eval_crop_px"),
+            ("torchvision", {"train_precision": "fp8"}, "train_precision 'fp8': use one of"),
+            ("ffcv", {"train_sides": (16, 32)}, "DECODE_TO_SIDE=1: only the DALI loader")):
         with pytest.raises(SettingError) as err:
-            make_loaders(data / "folders", **{"loader": "torchvision", "batch_size": 2, **SHAPE, **overrides})
+            make_loaders(data / "folders", LoaderSpec(**{"batch_size": 2, **SHAPE, **overrides}), loader=loader)
         assert str(err.value).startswith(message), err.value
     with pytest.raises(TypeError, match="crop_scale_min"):  # no recipe values hidden in defaults
-        make_loaders(data / "folders", loader="torchvision", batch_size=2, train_crop_px=CROP, eval_crop_px=CROP,
-                     eval_resize_px=RESIZE, workers=1)
+        LoaderSpec(batch_size=2, train_crop_px=CROP, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -278,8 +286,7 @@ def test_crop_scale_min_sets_the_random_resized_crop(data, kind):
     """crop_scale_min=1: every training crop is (nearly: FFCV rounds the sides) the whole image, the synthetic
     images' aspect ratios lying within 3/4-4/3: the same in every epoch up to the flip. At 0.08 the crops change."""
     def changes(scale):  # per image seen in both epochs: mean |difference| of its two crops, up to the flip
-        train, _, _ = make_loaders(data / ("ffcv" if kind == "ffcv" else "folders"), loader=kind, batch_size=BATCH,
-                                   **{**SHAPE, "crop_scale_min": scale}, seed=3)
+        train, _, _ = build(data, kind, crop_scale_min=scale, seed=3)
         seen = {}
         for epoch in (0, 1):
             for x, y in _epoch(train, epoch):
@@ -312,7 +319,7 @@ def test_a_failure_in_ffcv_thread_ends_the_consumers_loop(raw_ffcv, tmp_path, sp
     from ffcv.reader import Reader
 
     d = Path(shutil.copytree(raw_ffcv, tmp_path / "data"))
-    train, val, _ = make_loaders(d, loader="ffcv", batch_size=2, **SHAPE)
+    train, val, _ = make_loaders(d, LoaderSpec(batch_size=2, **SHAPE), loader="ffcv")
     path = d / f"{split}.beton"
     ptrs = np.sort(Reader(str(path)).alloc_table["ptr"])
     os.truncate(path, int(ptrs[len(ptrs) // 2]))
@@ -339,8 +346,7 @@ def test_a_failure_in_ffcv_thread_ends_the_consumers_loop(raw_ffcv, tmp_path, sp
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_batches(data, kind):
-    train, val, _ = make_loaders(data / ("ffcv" if kind == "ffcv" else "folders"), loader=kind, batch_size=BATCH,
-                                 **SHAPE, device=torch.device("cuda"), dtype_train="bf16", dtype_eval="fp32")
+    train, val, _ = build(data, kind, device="cuda", train_precision="bf16")
     for loader, dtype, count in ((train, torch.bfloat16, CLASSES // BATCH * BATCH), (val, torch.float32, CLASSES)):
         labels = []
         for x, y in loader:

@@ -125,7 +125,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(synth_tree, tm
     assert "SIGTERM: checkpoint written" in err
     assert run_stop(tmp_path / "b.txt")["metadata"]["status"] == "aborted"
     state = torch.load(resumed / "last.pt", weights_only=True)
-    assert state["epoch"] < 3
+    assert state["progress"]["epoch"] < 3
     out = cli("train", *common, "--checkpoint-dir", resumed, "--resume", "--log-file", tmp_path / "c.txt",
               check=False)
     assert out.returncode == 2, out.stderr           # target 1.0 is unreachable: aborted at the end
@@ -147,15 +147,15 @@ def test_timed_checkpoints_survive_sigkill_and_resume(ffcv_data, tmp_path):
     while time.time() < deadline:
         if (ckpt / "last.pt").exists():
             state = torch.load(ckpt / "last.pt", weights_only=True)     # never half-written: tmp file + rename
-            if state["epoch"] == 1 and state["batches_done"] > 0:
+            if state["progress"]["epoch"] == 1 and state["progress"]["batches_done"] > 0:
                 break
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    assert state is not None and state["epoch"] == 1 and state["batches_done"] > 0
+    assert state is not None and state["progress"]["epoch"] == 1 and state["progress"]["batches_done"] > 0
     out = cli("train", *args, "--resume", "--log-file", tmp_path / "b.txt", check=False)
     assert out.returncode == 2, out.stderr
-    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(ckpt / "last.pt", weights_only=True)["progress"]["epoch"] == 3
     assert next(e for e in events(tmp_path / "b.txt") if e["key"] == "run_start")["metadata"]["resumed_from_epoch"] == 1
 
 
@@ -181,20 +181,59 @@ def test_every_rank_evaluates_the_same_batchnorm_statistics(tmp_path):
     assert results == ["[1.0, 1.0, 1.0] [1.5, 1.5, 1.5] 5"] * 2, out.stdout + out.stderr
 
 
-def test_compiling_every_side_before_run_start_leaves_no_trace(ffcv_data):
-    """compile_every_side runs forward/backward at each training side (here eagerly: the same code path
-    without the compiler) and then puts weights, BatchNorm statistics, gradients and RNGs back."""
+def _tiny_training(precision="fp32", compile_backend=None):
     from resnet import train
+    from resnet.data.loaders import LoaderSpec
     from resnet.recipe import MILD, Plan
 
-    recipe = MILD.replace(arch="resnet18", epochs=10, train_crop_px=32, precision="fp32", global_batch_size=4)
-    plan = Plan(recipe, num_classes=4, train_samples=40, eval_samples=8, world_size=1)
-    t = train.build_training(recipe, plan, torch.device("cpu"))
+    recipe = MILD.replace(arch="resnet18", epochs=10, train_crop_px=32, eval_crop_px=24, eval_resize_px=28,
+                          precision=precision, global_batch_size=4)
+    plan = Plan(recipe, num_classes=4, train_samples=40, eval_samples=10, world_size=1)
+    spec = LoaderSpec.from_recipe(recipe, batch_size=4)
+    t = train.build_training(plan, torch.device("cpu"), compile_model=compile_backend is not None,
+                             compile_backend=compile_backend or "inductor")
+    return t, plan, spec
+
+
+def test_warm_up_leaves_no_trace():
+    """The warm-up runs forward/backward at every training side and evaluation at both batch shapes, then puts
+    weights, BatchNorm statistics, gradients, optimiser and EMA state and RNGs back exactly as they were."""
+    from resnet import train
+
+    t, plan, spec = _tiny_training()
+    for _ in range(3):   # momentum buffers, an EMA and a scheduler with state
+        train.train_step(t, torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last),
+                         torch.tensor([0, 1, 2, 3]), 16)
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in t.ema.state_dict().items()}
+    opt_before = {k: v["momentum_buffer"].clone() for k, v in enumerate(t.optimizer.state.values())}
     rng = torch.get_rng_state()
-    sides = train.compile_every_side(t, recipe, plan, torch.device("cpu"))
-    assert sides == sorted({recipe.resolution_px(e) for e in range(10)}) and len(sides) > 1
-    after = t.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    eval_batches = train.eval_batch_sizes(plan.eval_samples, spec)
+    assert eval_batches == (2, 4)                     # 10 images: two batches of 4, then one of 2
+    sides = train.warm_up(t, plan, spec, eval_batches)
+    assert sides == sorted({plan.recipe.resolution_px(e) for e in range(10)}) and len(sides) > 1
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in t.ema.state_dict().items())
+    assert all(torch.equal(opt_before[k], v["momentum_buffer"]) for k, v in enumerate(t.optimizer.state.values()))
     assert all(p.grad is None for p in t.model.parameters())
-    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(torch.get_rng_state(), rng) and t.model.training and t.ema.module.training
+
+
+def test_no_compilation_after_the_warm_up_in_bf16():
+    """torch.compile guards on dtype, shape and memory format: warmed up with the loader's bf16 channels-last
+    batches at every side, training at every side compiles nothing more (counted by dynamo's own counter)."""
+    import torch._dynamo.testing
+
+    from resnet import train
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    t, plan, spec = _tiny_training("bf16", compile_backend=counter)
+    train.warm_up(t, plan, spec, train.eval_batch_sizes(plan.eval_samples, spec))
+    compiled = counter.frame_count
+    assert compiled >= len({plan.recipe.resolution_px(e) for e in range(10)})
+    for epoch in range(plan.recipe.epochs):           # what the loop does: loader-side bf16 batches, resized
+        images = torch.randn(4, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        train.train_step(t, images, torch.tensor([0, 1, 2, 3]), plan.recipe.resolution_px(epoch))
+    assert counter.frame_count == compiled, "a training side compiled again after the warm-up"
+    torch._dynamo.reset()
