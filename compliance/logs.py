@@ -113,16 +113,20 @@ def _epoch_problem(run_lines) -> str | None:
 
 
 def _time_problem(loglines) -> str | None:
-    """The first event logged more than CLOCK_SKEW_MS before an earlier line's time (a run_stop before its
-    run_start is named as such). A resumed run's run_start (metadata resumed_from_epoch) keeps the first
-    attempt's start on purpose: the lost time counts."""
+    """The first event from init_stop on logged more than CLOCK_SKEW_MS before an earlier line's time (a run_stop
+    before its run_start is named as such). Before init_stop time is free: that part is untimed, and our earlier
+    trainer logged init_start with the process's start time after a cache_clear timed later. A resumed
+    run's run_start (metadata resumed_from_epoch) keeps the first attempt's start on purpose: the lost time
+    counts."""
     latest = start = None
+    timed = False
     for ll in loglines:
+        timed = timed or ll.key == "init_stop"
         if ll.key == "run_start":
             start = start or ll
             if "resumed_from_epoch" in _meta(ll):
                 continue
-        if latest is not None and ll.timestamp < latest.timestamp - CLOCK_SKEW_MS:
+        if timed and latest is not None and ll.timestamp < latest.timestamp - CLOCK_SKEW_MS:
             before = start if ll.key == "run_stop" and start and ll.timestamp < start.timestamp else latest
             return f"time goes back: {_at(ll)} is timed {(before.timestamp - ll.timestamp) / 1000:.1f} s before " \
                    f"{_at(before)}"

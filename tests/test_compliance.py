@@ -11,7 +11,7 @@ import pytest
 import compliance
 from compliance import ComplianceError, check, package, summarize
 from compliance.check import check_log, check_logs, parse_checker_output, resnet_rulesets
-from tests.reference_log import PEER_LOGS, edit_log, write_reference_log, write_reference_logs
+from tests.reference_log import PEER_LOGS, edit_events, edit_log, write_reference_log, write_reference_logs
 
 REPO = Path(__file__).resolve().parents[1]
 NVIDIA = PEER_LOGS / "NVIDIA" / "dgxa100_ngc22.04_mxnet"
@@ -149,6 +149,8 @@ def test_cli_one_line_per_log_nonzero_on_failure_and_nothing_left_in_cwd(referen
     (["{d}/missing.txt"], 1, ["FAIL {d}/missing.txt: no such file"], None),
     (["{d}/folder"], 1, [], "mlperf-resnet: error: {d}/folder: no result_*.txt in these folders; pass log files "
                             "or folders that hold result_*.txt"),  # a folder named like a log is not one
+    (["{d}/missing.txt", "--target", "0"], 1, [], "mlperf-resnet: error: --target 0.0: not a top-1 fraction in "
+                                                  "(0, 1]; ResNet's quality target is 0.759"),
 ])
 def test_cli_bad_inputs_table(tmp_path, capsys, argv, code, stdout, stderr):
     (tmp_path / "folder" / "result_0.txt").mkdir(parents=True)
@@ -160,6 +162,47 @@ def test_cli_bad_inputs_table(tmp_path, capsys, argv, code, stdout, stderr):
     assert err.splitlines() == ([fill(stderr)] if stderr else [])
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
     assert check_log(tmp_path / "folder" / "result_0.txt") == (False, [f"{tmp_path}/folder/result_0.txt: not a file"])
+
+
+def test_cli_gives_the_official_verdict_and_ours_and_fails_on_either(tmp_path):
+    """`python -m compliance.check` as a user runs it, on a folder of logs the official checker passes (all but
+    the dangling link) and only some of which `package` takes."""
+    logs = tmp_path / "logs"
+    write_reference_log(logs / "result_0.txt", seed=0, minutes=1.0)
+    write_reference_log(logs / "result_1.txt", seed=1, minutes=1.0, final_accuracy=0.41, target=0.4)
+    write_reference_log(logs / "result_2.txt", seed=2, minutes=1.0, converge=False)
+    edit_log(write_reference_log(tmp_path / "a.txt", seed=3, minutes=1.0), logs / "result_3.txt",
+             replace=('"value": "resnet"', '"value": "bert"'))  # the open BERT rules pass it
+    edit_events(write_reference_log(tmp_path / "b.txt", seed=4, minutes=1.0), logs / "result_4.txt",
+                lambda e: e[:18] + e[17:])  # run_start twice
+    (logs / "result_5.txt").symlink_to(tmp_path / "gone.txt")
+
+    def check_cli(*args):
+        return subprocess.run([sys.executable, "-m", "compliance.check", *map(str, args)], capture_output=True,
+                              text=True, cwd=REPO, timeout=600)
+
+    proc = check_cli(logs)
+    official = "official 4.0.0: passed"
+    assert proc.returncode == 1 and proc.stderr == ""
+    assert proc.stdout.splitlines() == [
+        f"PASS {logs}/result_0.txt: {official}; counts for a score: yes",
+        f"FAIL {logs}/result_1.txt: {official}; counts for a score: no — success at top-1 0.4100 is not above the "
+        "target 0.759",
+        f"PASS {logs}/result_2.txt: {official}; counts for a score: no — run_stop status aborted (one such run of "
+        "five is tolerated)",
+        f"FAIL {logs}/result_3.txt: {official}; counts for a score: no — submission_benchmark 'bert', not 'resnet': "
+        "not a ResNet log",
+        f"FAIL {logs}/result_4.txt: {official} (warnings: Required EXACTLY_ONE occurrence of 'run_start' but found "
+        "2); counts for a score: no — more than one run_start (lines 18, 19)",
+        f"FAIL {logs}/result_5.txt: a symlink to {tmp_path}/gone.txt, which does not exist; restore the log or "
+        "remove the link",
+    ]
+    assert not (tmp_path / "gone.txt").exists()
+    # summarize's --target: another target counts, and says it is no submission score
+    proc = check_cli(logs / "result_0.txt", logs / "result_1.txt", "--target", "0.4")
+    assert proc.returncode == 0 and proc.stderr == ""
+    yes = "counts for a score: yes, at target 0.4 (not the ResNet quality target 0.759: not a submission score)"
+    assert proc.stdout.splitlines() == [f"PASS {logs}/result_{i}.txt: {official}; {yes}" for i in (0, 1)]
 
 
 def test_reference_log_after_stop_and_aborted_variants_still_pass(tmp_path):

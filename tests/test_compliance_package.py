@@ -16,7 +16,7 @@ from compliance.check import run_official_tool
 from compliance.package import (REPO_ROOT, STATUS, SYSTEM_FIELDS, SYSTEMS_DIR, apply_overrides, build_package,
                                 code_files, package_check)
 from compliance.summarize import summarize_dir
-from tests.reference_log import edit_log, write_reference_log, write_reference_logs
+from tests.reference_log import edit_events, edit_log, write_reference_log, write_reference_logs
 
 ORG, SYSTEM = "TestOrg", "cpu_box"
 
@@ -154,6 +154,20 @@ def _bad_sets(root):
         write_reference_log(logs / "result_3.txt", seed=1003, minutes=12.0, org=ORG, platform="other_box")
         return logs
 
+    def timed_backwards(folder):  # run_stop moved a minute before run_start: timed at -1 min before issue 21
+        logs = _set(folder)
+        return edit_events(logs / "result_2.txt", logs / "result_2.txt", lambda e: [
+            {**x, "time_ms": e[17]["time_ms"] - 60_000} if x["key"] == "run_stop" else x for x in e]).parent
+
+    def aborted_and_edited(folder):  # the one tolerated miss, but with a second seed: no longer an honest miss
+        logs = _set(folder, converge=[True, False, True, True, True])
+        return edit_events(logs / "result_1.txt", logs / "result_1.txt", lambda e: e[:8] + e[7:]).parent
+
+    def dangling_link(folder):  # a log moved away, its link left behind
+        logs = _set(folder)
+        (logs / "result_5.txt").symlink_to(folder / "moved.txt")
+        return logs
+
     return {
         "stub": stub,
         "edited": edited,
@@ -164,6 +178,9 @@ def _bad_sets(root):
         "closed": lambda f: _set(f, division="closed"),
         "other_benchmark": other_benchmark,
         "mixed_platforms": mixed_platforms,
+        "timed_backwards": timed_backwards,
+        "aborted_and_edited": aborted_and_edited,
+        "dangling_link": dangling_link,
     }
 
 
@@ -171,15 +188,15 @@ CHECKER = "fails compliance 4.0.0: "
 REFUSALS = [
     # (case: the input, the error lines; {d}: the test's folder, {r}: the --results folder). The exit code is 1.
     ("org with a space", ["--org", "My Org"], None,
-     ["--org 'My Org': not a plain name; use 1-64 letters, digits, '.', '_', '-' or '+', starting with a letter "
-      "or digit (no spaces, slashes, quotes or shell characters)"]),
-    ("org with shell characters", ["--org", "x;rm -rf ~"], None, ["--org 'x;rm -rf ~': not a plain name; "]),
-    ("org with a command substitution", ["--org", "$(reboot)"], None, ["--org '$(reboot)': not a plain name; "]),
-    ("org with a newline", ["--org", "Org\nx"], None, ["--org 'Org\\nx': not a plain name; "]),
-    ("org that climbs out", ["--org", "../Org"], None, ["--org '../Org': not a plain name; "]),
-    ("empty org", ["--org", ""], None, ["--org '': not a plain name; "]),
-    ("system with a slash", ["--system", "a/b"], None, ["--system 'a/b': not a plain name; "]),
-    ("impl starting with a dot", ["--impl", ".hidden"], None, ["--impl '.hidden': not a plain name; "]),
+     ["--org: 'My Org' is not a plain name (1-64 letters, digits, '.', '_', '-' or '+', starting with a letter "
+      "or digit); use e.g. My_Org"]),
+    ("org with shell characters", ["--org", "x;rm -rf ~"], None, ["--org: 'x;rm -rf ~' is not a plain name ("]),
+    ("org with a command substitution", ["--org", "$(reboot)"], None, ["--org: '$(reboot)' is not a plain name ("]),
+    ("org with a newline", ["--org", "Org\nx"], None, ["--org: 'Org\\nx' is not a plain name ("]),
+    ("org that climbs out", ["--org", "../Org"], None, ["--org: '../Org' is not a plain name ("]),
+    ("empty org", ["--org", ""], None, ["--org: '' is not a plain name ("]),
+    ("system with a slash", ["--system", "a/b"], None, ["--system: 'a/b' is not a plain name ("]),
+    ("impl starting with a dot", ["--impl", ".hidden"], None, ["--impl: '.hidden' is not a plain name ("]),
     ("--out names a file", ["--out", "{d}/a_file"], None,
      ["--out {d}/a_file: is a file, not a folder; name a folder (created when missing)"]),
     ("--out under a file", ["--out", "{d}/a_file/sub"], None,
@@ -227,8 +244,21 @@ REFUSALS = [
      + ["--results {r}: the set has no score: 5 of 5 runs did not converge (one is tolerated)",
         "--results {r}: 11 problem(s); nothing was packaged"]),
     ("a log of another benchmark", [], "other_benchmark",
-     ["result_0.txt: submission_benchmark 'bert', not 'resnet'; package ResNet logs only",
+     ["result_0.txt: submission_benchmark 'bert', not 'resnet': not a ResNet log",
       "--results {r}: 1 problem(s); nothing was packaged"]),  # (it passes the checker's open BERT rules)
+    ("a log timed backwards", [], "timed_backwards",
+     ["result_2.txt: time goes back: run_stop (line 71) is timed 60.0 s before run_start (line 18)",
+      "--results {r}: 1 problem(s); nothing was packaged"]),
+    ("an aborted run's edited log", [], "aborted_and_edited",
+     ["result_1.txt: run_stop status aborted; more than one seed (lines 8, 9)",
+      "--results {r}: 1 problem(s); nothing was packaged"]),
+    ("a dangling result link", [], "dangling_link",
+     ["result_5.txt: a symlink to {r}/moved.txt, which does not exist; restore the log or remove the link",
+      "--results {r}: 1 problem(s); nothing was packaged"]),
+    ("--target 1.0: accepted, reached by no run", ["--target", "1.0"], None,
+     [f"result_{i}.txt: success at top-1 0.7612 is not above the target 1" for i in range(5)]
+     + ["--results {r}: the set has no score: 5 of 5 runs did not converge (one is tolerated)",
+        "--results {r}: 6 problem(s); nothing was packaged"]),
     ("logs of two platforms", [], "mixed_platforms",
      ["--results {r}: the logs disagree on submission_platform (cpu_box, other_box); a set is five runs of one "
       "system", "--results {r}: 1 problem(s); nothing was packaged"]),
@@ -293,6 +323,28 @@ def test_code_copy_leaves_out_environments_data_results_and_caches(tmp_path):
     files = {str(p) for p in code_files(REPO_ROOT)}  # this repository, through git
     assert {"pyproject.toml", "compliance/package.py", "resnet/cli.py"} <= files
     assert not any(f.startswith((".venv/", ".git/", "data/", "results/")) for f in files)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("Acme Inc", "--org: 'Acme Inc' is not a plain name (1-64 letters, digits, '.', '_', '-' or '+', starting with "
+                 "a letter or digit); use e.g. Acme_Inc"),
+    ("../Org", "--org: '../Org' is not a plain name (1-64 letters, digits, '.', '_', '-' or '+', starting with a "
+               "letter or digit); use e.g. Org"),
+    ("a" * 65, None), ("", None), ("-x", None), ("Org\nx", None), ("Orgé", None), (None, None),
+    ("NVIDIA", ""), ("dgxa100_ngc22.04_mxnet", ""), ("8xA100_80GB-methods", ""), ("c++", ""), ("a" * 64, ""),
+])
+def test_check_plain_name_is_the_one_rule_for_names(value, message):
+    """compliance.check_plain_name: what package applies to --org/--system/--impl and the trainer to --org and
+    --platform before training. "" in the table: accepted (MLCommons' own names are)."""
+    assert package.check_plain_name is compliance.check_plain_name
+    if message == "":
+        assert compliance.check_plain_name("--org", value) is None
+        return
+    with pytest.raises(compliance.ComplianceError) as raised:
+        compliance.check_plain_name("--org", value)
+    text = str(raised.value)
+    assert "\n" not in text and text.startswith(f"--org: {value!r} is not a plain name (")
+    assert message is None or text == message
 
 
 def test_apply_overrides_maps_short_status():

@@ -395,6 +395,8 @@ EDITS = [
     ("a resumed run: run_start keeps the first attempt's start, an hour before init_start", lambda e: _retime(
         _insert_copy(e, "run_start", before="run_start", metadata={"resumed_from_epoch": 0})[:18] + e[19:],
         "run_start", START - 3_600_000), []),
+    ("init_start timed before cache_clear (untimed; our earlier trainer did it)",
+     lambda e: _retime(e, "init_start", START - 5_000), []),
     ("ranks' clocks a few hundred ms apart", lambda e: _retime(e, "epoch_start", START + 3_248, n=1), []),
     ("hyper-parameters after init_stop and run_start (as NVIDIA logs them)",
      lambda e: _move_after(_move_after(e, "opt_name", "init_stop"), "train_samples", "run_start"), []),
