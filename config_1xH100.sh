@@ -17,10 +17,12 @@ CONFIG_FILE=$(readlink -f "${BASH_SOURCE[0]}")
 DGXSYSTEM=$(basename "$CONFIG_FILE" | sed 's/^config_//' | sed 's/\.sh$//')
 export CONFIG_FILE DGXSYSTEM
 export DGXNGPU=1
-export WALLTIME=$((30 + NEXP * 240))
+# WALLTIME is bash arithmetic, which would run a command hidden in NEXP ('a[$(cmd)]'): computed only from a
+# plain number (run_and_time.sh then refuses any other NEXP in one line).
+if [[ "$NEXP" =~ ^[0-9]{1,4}$ ]]; then export WALLTIME=$((30 + 10#$NEXP * 240)); fi
 
 ## Recipe execution
-# No EMA settings here: the recipe defines the EMA in images (a half-life of 204,800 images, an update every
-# 40,960), so at global batch 256 it updates every 160 steps instead of 20 and averages the same images.
+# No EMA settings here: the recipe defines the EMA in epochs (a half-life of 0.16 epoch, an update every
+# 0.032), so at global batch 256 it updates every 160 steps instead of 20 and averages the same images.
 export PRECISION=bf16
 export NUM_WORKERS=12           # a 16-core host; 4 cores left for the training process and the system

@@ -23,7 +23,9 @@ export NEXP="${NEXP:-5}"
 DATADIR="${DATADIR:-$(dirname "$CONFIG_FILE")/data/proxy-ffcv}"
 export DATADIR
 export LOGDIR="${LOGDIR:-./results}"
-export WALLTIME=$((10 + NEXP * 5))   # minutes
+# WALLTIME is bash arithmetic, which would run a command hidden in NEXP ('a[$(cmd)]'): computed only from a
+# plain number (run_and_time.sh then refuses any other NEXP in one line).
+if [[ "$NEXP" =~ ^[0-9]{1,4}$ ]]; then export WALLTIME=$((10 + 10#$NEXP * 5)); fi   # minutes
 
 ## Recipe
 export RECIPE=mild
@@ -42,7 +44,5 @@ export TRAIN_CROP_PX=44         # 176 / 4; progressive resizing starts at 22 (88
 export RESIZE_INCREMENT_PX=1    # 4 / 4: sides 22, 24, 26, ... 44 as ImageNet's 88, 96, 104, ... 176
 export EVAL_CROP_PX=56          # 224 / 4
 export EVAL_RESIZE_PX=58        # 232 / 4 (FixRes: centre crop 224 of 232)
-# EMA: ImageNet's 204,800-image half-life and 40,960 images between updates are 0.16 and 0.032 of its
-# 1,281,167-image epoch; the same fractions of 1,280 images (an update every step of 64).
-export EMA_HALF_LIFE_SAMPLES=205
-export EMA_EVERY_SAMPLES=41
+# No EMA settings: the recipe's EMA is counted in epochs (half-life 0.16, an update every 0.032), which on
+# 20 steps an epoch is an update every step with a half-life of 3.2 steps.

@@ -19,7 +19,9 @@ DGXSYSTEM=$(basename "$CONFIG_FILE" | sed 's/^config_//' | sed 's/\.sh$//')
 export CONFIG_FILE DGXSYSTEM
 export DGXNNODES=2
 # Minutes for the whole job: ~15 min of training + ~5 min of start-up per run.
-export WALLTIME=$((15 + NEXP * 20))
+# WALLTIME is bash arithmetic, which would run a command hidden in NEXP ('a[$(cmd)]'): computed only from a
+# plain number (run_and_time.sh then refuses any other NEXP in one line).
+if [[ "$NEXP" =~ ^[0-9]{1,4}$ ]]; then export WALLTIME=$((15 + 10#$NEXP * 20)); fi
 
 ## Recipe execution
 export BATCHSIZE=128            # per GPU: 128 x 8 GPUs x 2 nodes = global batch 2048, as in the one-node run
