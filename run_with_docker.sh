@@ -13,7 +13,10 @@
 # LOGDIR per set: a submission takes exactly five logs.
 # DATADIR is mounted read-only at /data, LOGDIR read-write at /results, and CHECKPOINT_DIR (when set: a host
 # folder, created if missing) read-write at /checkpoints, where the trainer writes last.pt (CHECKPOINT_EVERY_MINUTES
-# needs it). The container is removed on exit.
+# needs it); RESUME goes in with it, so running the same command again after a stop continues the interrupted run
+# (RESUME=auto, the default). An experiment stopped by a signal inside the container ends the set. The container
+# is removed on exit; a signal to this script is not passed into the container (stop the run inside it with
+# `docker exec <name> kill -TERM <pid of run_and_time.sh>`).
 # DRY_RUN=1 prints every command (after '+ ', shell-quoted) instead of running it: no Docker needed.
 # BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the NUMA node of its GPU.
 set -euo pipefail
@@ -85,7 +88,7 @@ drop_caches() {
 # Settings for the container: the config's exports with the container's paths, the optional ones when set.
 env_args=()
 # CONFIG_FILE is a host path: inside, run_and_time.sh checks the settings themselves (check-env).
-for name in "${config_names[@]}" SUBMISSION_ORG SUBMISSION_STATUS COMPILE CHECKPOINT_EVERY_MINUTES BIND_CPU; do
+for name in "${config_names[@]}" SUBMISSION_ORG SUBMISSION_STATUS COMPILE CHECKPOINT_EVERY_MINUTES BIND_CPU RESUME; do
     case "$name" in DATADIR | LOGDIR | NEXP | SEED | CHECKPOINT_DIR | CONFIG_FILE) continue ;; esac
     if [[ -n "${!name+set}" ]]; then env_args+=(--env "${name}=${!name}"); fi
 done
@@ -118,7 +121,15 @@ for ((i = 0; i < NEXP; i++)); do
     # Its exit status also carries its summary of the logs so far, incomplete until the last run: the set's
     # verdict is the summary below.
     console="${logdir}/${DGXSYSTEM}/console_${stamp}_${i}.log"
-    "${experiment[@]}" 2>&1 | tee "$console" ||
-        echo "run_with_docker.sh: experiment ${i}: run_and_time.sh exited with status $?; console: ${console}" >&2
+    status=0
+    "${experiment[@]}" 2>&1 | tee "$console" || status=${PIPESTATUS[0]}
+    if ((status == 129 || status == 130 || status == 143)); then
+        # run_and_time.sh was stopped by a signal: its run is logged as aborted; start no further experiment.
+        echo "run_with_docker.sh: experiment ${i} was stopped by a signal (status ${status}); no further" \
+             "experiments${ckptdir:+; its checkpoint is in ${ckptdir}: run the same command again to continue it (RESUME=auto)}" >&2
+        exit "$status"
+    elif ((status != 0)); then
+        echo "run_with_docker.sh: experiment ${i}: run_and_time.sh exited with status ${status}; console: ${console}" >&2
+    fi
 done
 run docker exec "$cont_name" python3 -m compliance.summarize "/results/${DGXSYSTEM}/resnet"

@@ -87,7 +87,7 @@ def fake_bin(tmp_path: Path) -> Path:
     for name in ("docker", "sudo", "srun"):
         (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{tmp_path}/called"\nexit 1\n')
     (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 1\n'
-                                      'printf "node001\\nnode002\\n"\n')
+                                      'case "$3" in *[*) printf "node001\\nnode002\\n" ;; *) echo "$3" ;; esac\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
@@ -164,7 +164,7 @@ def test_run_with_docker_seeds_follow_seed(tmp_path):
     cmds, log = dry_run("run_with_docker.sh", tmp_path, DGXSYSTEM="DGXH100", NEXP="2", SEED="100")
     seeds = [docker_env(c)["SEED"] for c in cmds if c[-1:] == ["./run_and_time.sh"]]
     assert seeds == ["100", "101"] and "seed 101" in log
-    assert all(docker_env(c)["PRECISION"] == "bf16" for c in cmds if c[-1:] == ["./run_and_time.sh"])
+    assert all(docker_env(c)["PRECISION"] == "fp16" for c in cmds if c[-1:] == ["./run_and_time.sh"])
 
 
 def test_run_with_docker_refuses_unknown_system_and_missing_image(tmp_path):
@@ -197,7 +197,8 @@ def test_run_sub_dry_run(tmp_path):
         env = dict(e.split("=", 1) for e in exported[1:])
         assert env["CONFIG_FILE"] == "" and "CHECKPOINT_DIR" not in env   # the submit host's path, unset inside
         assert env["SEED"] == str(7 + i) and env["NEXP"] == "1"
-        assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node001", "29500")
+        assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["RDZV_TIMEOUT_S"]) == ("node001", "29500", "300")
+        assert env["RESUME"] == "auto"
         assert (env["DATADIR"], env["LOGDIR"]) == ("/data", "/results")
         drop = cmds[cmds.index(c) - 1]
         assert drop[0] == "srun" and "drop_caches" in " ".join(drop) and option_values(drop, "--nodes") == ["2"]
@@ -260,7 +261,8 @@ def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
     env = {**config, **exported, "SLURM_JOB_ID": "42", "SLURM_NODEID": "1", "PRECISION": "bf16"}
     (torchrun,) = run_and_time_dry(env, tmp_path)
     assert "--nproc_per_node=8" in torchrun and "--nnodes=2" in torchrun and "--node_rank=1" in torchrun
-    assert "--rdzv_endpoint=node001:29500" in torchrun and "--standalone" not in torchrun
+    assert "--master_addr=node001" in torchrun and "--master_port=29500" in torchrun and "--standalone" not in torchrun
+    assert "--rdzv_conf=timeout=300" in torchrun and "--log-file" not in torchrun, "node 0 claims and writes the log"
     assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == [exported["SEED"]]
 
 
@@ -289,3 +291,36 @@ def test_a_launcher_refuses_a_bad_number_in_one_line(script, case, tmp_path):
     (error,) = proc.stderr.strip().splitlines()
     assert error.startswith(f"{script}: error: ") and line in error, error
     assert not Path(PWNED).exists() and not (tmp_path / "results").exists() and not (tmp_path / "called").exists()
+
+
+# ------------------------------------------------------------------------------- resume through the launchers
+
+
+def test_run_with_docker_passes_resume_and_the_checkpoint_folder(tmp_path):
+    cmds, _ = dry_run("run_with_docker.sh", tmp_path, DGXSYSTEM="DGXA100", NEXP="1", CHECKPOINT_DIR="ckpt",
+                      RESUME="0")
+    (experiment,) = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    env = docker_env(experiment)
+    assert (env["RESUME"], env["CHECKPOINT_DIR"]) == ("0", "/checkpoints")
+
+
+def test_run_sub_passes_resume_and_no_rendezvous_on_one_node(tmp_path):
+    """RESUME goes into the container; MASTER_ADDR only with several nodes (run_and_time.sh refuses it on one)."""
+    slurm_1 = dict(SLURM_JOB_ID="42", SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="node001")
+    cmds, _ = dry_run("run.sub", tmp_path, DGXSYSTEM="DGXA100", NEXP="1", **slurm_1, SLURM_SUBMIT_DIR=str(REPO),
+                      CHECKPOINT_DIR=str(tmp_path / "ckpt"), RESUME="1")
+    (train,) = [c for c in cmds if c[0] == "srun" and c[-1] == "./run_and_time.sh"]
+    env = dict(e.split("=", 1) for e in option_values(train, "--export")[0].split(",")[1:])
+    assert (env["RESUME"], env["CHECKPOINT_DIR"]) == ("1", "/checkpoints")
+    assert "MASTER_ADDR" not in env and "MASTER_PORT" not in env
+
+
+@needs_run_and_time
+def test_the_docker_experiment_env_with_resume_reaches_the_trainer(tmp_path):
+    cmds, _ = dry_run("run_with_docker.sh", tmp_path / "launch", DGXSYSTEM="CPU", NEXP="1", SEED="5",
+                      CHECKPOINT_DIR="ckpt", RESUME="0")
+    (experiment,) = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    env = {**docker_env(experiment), "CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    (torchrun,) = run_and_time_dry(env, tmp_path)
+    assert option_values(torchrun, "--resume") == ["0"]
+    assert option_values(torchrun, "--checkpoint-dir") == [str(tmp_path / "ckpt")]
