@@ -2,12 +2,14 @@
 `device="mixed"`, with `spec.hw_decoder_load` of the JPEGs sent to the A100/H100 hardware decoder) or, without
 one, by the same pipeline with CPU operators. See resnet/data/loaders.py for the contract.
 
-Order: DALI's file reader reads, in order, the file list that `shard_order` gives for (seed, epoch, rank); a new
-pipeline per epoch, seeded from (seed, epoch, rank), draws the crops and flips, so an epoch's batches depend on
-(seed, epoch) alone and a resumed run (set_epoch(e), then skipping the batches already done) replays them.
+Order: an external_source feeds the paths `shard_order` gives for (seed, epoch, rank), batch by batch, and DALI's
+threads read the files (fn.io.file.read); a new pipeline per epoch, seeded from (seed, epoch, rank), draws the crops
+and flips, so an epoch's batches depend on (seed, epoch) alone and a resumed run (set_epoch(e), then skipping the
+batches already done) replays them. The source ends with the epoch: DALI decodes nothing past it, and the val
+shard's last batch is simply shorter (no padding).
 Train: decoders.image_random_crop (RandomResizedCrop fused into the decode: only the crop is decoded), resized to
 spec.train_side(epoch), flipped on a coin toss, normalised. Val: the whole image, its short side resized to
-eval_resize_px, the centre eval_crop_px, normalised; the reader pads the shard's last batch, which is trimmed.
+eval_resize_px, the centre eval_crop_px, normalised.
 
 Images: what DALI's decoder (nvImageCodec) reads on the CPU: JPEG, PNG, BMP, TIFF, PNM (ppm/pgm), WebP and
 JPEG 2000, grayscale or colour (converted to RGB); on the GPU, JPEGs are decoded there and the rest on the CPU.
@@ -15,6 +17,7 @@ JPEG 2000, grayscale or colour (converted to RGB); on the GPU, JPEGs are decoded
 torchvision for those. Bad files: the first image of each split is decoded before training; a file that fails
 mid-run ends the epoch with one DataError naming it (found by decoding the failed batch's files one by one).
 """
+import os
 from pathlib import Path
 
 from resnet.data.folders import dataset_digest, scan_dataset
@@ -34,7 +37,8 @@ def ensure_installed():
 
 
 def _pipeline(spec, files, *, train, epoch):
-    """A built DALI pipeline that yields `files` in order, as NHWC batches of spec's train or val shape."""
+    """A built DALI pipeline that yields `files` in order, in batches of spec.batch_size (the last may be
+    shorter), as NHWC images of spec's train or val shape."""
     import numpy as np
     from nvidia.dali import Pipeline, fn, types
 
@@ -47,8 +51,10 @@ def _pipeline(spec, files, *, train, epoch):
     half = spec.dtype(train) == _torch().float16  # DALI has no bfloat16: fp32 out, converted by torch
     normalise = dict(dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC",
                      mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+    paths = ([np.frombuffer(os.fsencode(f), np.uint8) for f in files[i: i + spec.batch_size]]
+             for i in range(0, len(files), spec.batch_size))
     with pipe:
-        encoded, _ = fn.readers.file(files=files, random_shuffle=False, pad_last_batch=True)
+        encoded = fn.io.file.read(fn.external_source(source=paths, dtype=types.UINT8))
         if train:
             images = fn.decoders.image_random_crop(encoded, output_type=types.RGB, random_area=(spec.crop_scale_min, 1),
                                                    random_aspect_ratio=(3 / 4, 4 / 3), **decode)
@@ -153,9 +159,8 @@ def _loader(spec, samples, *, train):
                     raise _failed_batch(e, files, first, size) from None
                 out = out.as_tensor()
                 batch = feed_ndarray(out, torch.empty(out.shape(), dtype=dali_dtype, device=device), stream)
-                real = min(size, len(files) - first)  # the val shard's last batch is padded by the reader
-                images = batch[:real].to(out_dtype).permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
-                yield images, labels[first: first + real].to(device, non_blocking=True)
+                images = batch.to(out_dtype).permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
+                yield images, labels[first: first + len(images)].to(device, non_blocking=True)
         finally:
             release()
 
