@@ -13,8 +13,8 @@ eval_resize_px, the centre eval_crop_px, normalised.
 
 Images: what DALI's decoder (nvImageCodec) reads on the CPU: JPEG, PNG, BMP, TIFF, PNM (ppm/pgm), WebP and
 JPEG 2000, grayscale or colour (converted to RGB); on the GPU, JPEGs are decoded there and the rest on the CPU.
-16-bit and float images, which `folders.load_rgb` scales, are not scaled the same way here: use FFCV or
-torchvision for those. Bad files: the first image of each split is decoded before training; a file that fails
+16-bit images get DALI's own 8-bit conversion, not necessarily `folders.load_rgb`'s (prepare and torchvision):
+convert such a set to 8-bit JPEG first if the two must agree. Bad files: the first image of each split is decoded before training; a file that fails
 mid-run ends the epoch with one DataError naming it (found by decoding the failed batch's files one by one).
 """
 import os
@@ -40,6 +40,7 @@ def _pipeline(spec, files, *, train, epoch):
     """A built DALI pipeline that yields `files` in order, in batches of spec.batch_size (the last may be
     shorter), as NHWC images of spec's train or val shape."""
     import numpy as np
+    import torch
     from nvidia.dali import Pipeline, fn, types
 
     device = spec.torch_device
@@ -48,7 +49,7 @@ def _pipeline(spec, files, *, train, epoch):
     pipe = Pipeline(batch_size=spec.batch_size, num_threads=spec.workers, device_id=device.index if cuda else None,
                     seed=seed, prefetch_queue_depth=PREFETCH)
     decode = dict(device="mixed", hw_decoder_load=spec.hw_decoder_load) if cuda else dict(device="cpu")
-    half = spec.dtype(train) == _torch().float16  # DALI has no bfloat16: fp32 out, converted by torch
+    half = spec.dtype(train) == torch.float16  # DALI has no bfloat16: fp32 out, converted by torch
     normalise = dict(dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC",
                      mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
     paths = ([np.frombuffer(os.fsencode(f), np.uint8) for f in files[i: i + spec.batch_size]]
@@ -68,12 +69,6 @@ def _pipeline(spec, files, *, train, epoch):
         pipe.set_outputs(images)
     pipe.build()
     return pipe
-
-
-def _torch():
-    import torch
-
-    return torch
 
 
 def decode_problem(path):
@@ -127,9 +122,9 @@ def _failed_batch(error, files, first, size):
 
 def _loader(spec, samples, *, train):
     """Batches over `samples` ((path, label) pairs): train (shuffled, drop_last, random crops) or val."""
+    import torch
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
-    torch = _torch()
     device, out_dtype, size = spec.torch_device, spec.dtype(train), spec.batch_size
     n = len(samples)
     shard = len(shard_order(n, spec.rank, spec.world_size, spec.seed, 0, train))
