@@ -231,7 +231,7 @@ def train_command(data_dir: Path, log: Path, precision: str, device: str) -> lis
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
             "-m", "resnet.train", "--recipe", "mild", "--arch", "resnet18", "--epochs", "2", "--warmup-epochs", "1",
             "--eval-every-epochs", "2", "--target-accuracy", "0.05",
-            "--ema-every-samples", "128", "--ema-half-life-samples", "640", "--batch-size", "32", "--precision", precision,
+            "--batch-size", "32", "--precision", precision,
             "--train-crop-px", "64", "--eval-crop-px", "56", "--eval-resize-px", "64", "--workers", "2",
             "--data", str(data_dir), "--loader", "ffcv", "--platform", "gpu_check", "--seed", "1",
             "--log-file", str(log), "--device", device]

@@ -85,11 +85,12 @@ class Recipe:
     resize_increment_px: int = 4           # sides are multiples of this
     eval_crop_px: int = 224
     eval_resize_px: int = 232              # centre-crop ratio = eval_crop_px / eval_resize_px
-    # 8. EMA of the weights (parameters and buffers); every evaluation uses it. Counted in images, so that
-    # another global batch averages over the same images (at 2048: every 20 steps, half-life 100 steps).
+    # 8. EMA of the weights (parameters and buffers); every evaluation uses it. Counted in epochs, so that any
+    # data set and any global batch average over the same part of the run (ImageNet at 2048, 625 steps an epoch:
+    # Composer's half-life of 100 steps and an update every 20).
     ema: bool = True
-    ema_half_life_samples: int = 204_800
-    ema_every_samples: int = 40_960
+    ema_half_life_epochs: float = 0.16
+    ema_every_epochs: float = 0.032        # rounded to whole steps, at least 1
     # 10. precision, batch, evaluation, stopping
     precision: str = "fp16"                # training: a name in PRECISIONS (fp16 with a gradient scaler)
     eval_precision: str = "fp32"           # evaluation: Composer v0.7 put no autocast around validation
@@ -183,13 +184,17 @@ class Plan:
 
     @property
     def ema_every_steps(self) -> int:
-        """Optimiser steps between EMA updates: the recipe's images per update at this global batch."""
-        return max(1, round(self.recipe.ema_every_samples / self.recipe.global_batch_size))
+        """Optimiser steps between EMA updates: the recipe's fraction of an epoch in whole steps, at least 1."""
+        return max(1, round(self.recipe.ema_every_epochs * self.steps_per_epoch))
+
+    @property
+    def ema_half_life_steps(self) -> float:
+        return self.recipe.ema_half_life_epochs * self.steps_per_epoch
 
     @property
     def ema_decay(self) -> float:
-        """Decay per EMA update, k = 2^(-images per update / half-life in images): 0.870551 at 2048 (20 / 100 steps)."""
-        return 2.0 ** (-self.ema_every_steps * self.recipe.global_batch_size / self.recipe.ema_half_life_samples)
+        """Decay per EMA update, k = 2^(-steps per update / half-life in steps): 0.870551 at 625 steps an epoch."""
+        return 2.0 ** (-self.ema_every_steps / self.ema_half_life_steps)
 
     def check(self) -> None:
         r = self.recipe
@@ -200,11 +205,10 @@ class Plan:
             raise SettingError(f"BATCHSIZE: {self.train_samples} training images make no full batch of "
                                f"{r.global_batch_size}; lower BATCHSIZE or use more data")
         if r.ema and self.ema_every_steps > self.total_steps:
-            # Every evaluation would silently score the raw weights: on a small data set the EMA must be
-            # scaled to it (ImageNet's half-life is 0.16 epoch, one update every 0.032 epoch).
-            raise SettingError(f"EMA_EVERY_SAMPLES: {r.ema_every_samples} images per EMA update is more than the "
-                               f"whole run trains ({self.total_steps * r.global_batch_size}); scale "
-                               "EMA_EVERY_SAMPLES and EMA_HALF_LIFE_SAMPLES to the data set, or set EMA=0")
+            # Every evaluation would silently score the raw weights.
+            raise SettingError(f"EMA_EVERY_EPOCHS: an EMA update every {self.ema_every_steps} steps is more than "
+                               f"the whole run trains ({self.total_steps} steps); lower EMA_EVERY_EPOCHS (the "
+                               f"recipe's: {Recipe.ema_every_epochs}) or set EMA=0")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

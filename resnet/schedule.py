@@ -1,6 +1,7 @@
 """The whole training plan, per epoch, before any GPU hour is spent: the learning rate at the start of each epoch,
 its training resolution, and whether an evaluation follows it.
 
+The EMA's interval and half-life, defined in epochs, are shown in steps and images at this batch.
 Epochs are numbered as MLPerf logs them: epoch N is the one after which N epochs are complete. Every recipe
 setting of `train` can be given (the same flags, from the same settings table), so a config's schedule can be
 previewed: `mlperf-resnet schedule --epochs 18 --eval-every-epochs 2`.
@@ -11,7 +12,7 @@ import sys
 
 from resnet import errors, settings
 from resnet.errors import SettingError
-from resnet.recipe import lr_factor
+from resnet.recipe import Plan, lr_factor
 
 NAME = "schedule"
 HELP = "print the per-epoch LR, training resolution and evaluations"
@@ -27,6 +28,17 @@ def plan_rows(recipe, steps_per_epoch: int) -> list[dict]:
     return [dict(epoch=e + 1, lr=recipe.peak_lr * lr_factor(e * steps_per_epoch, warmup, total),
                  resolution=recipe.resolution_px(e), eval=recipe.evaluates_after(e))
             for e in range(recipe.epochs)]
+
+
+def ema_facts(recipe, steps_per_epoch: int) -> dict | None:
+    """The EMA at this many steps an epoch: steps and images between updates, half-life, decay per update."""
+    if not recipe.ema:
+        return None
+    plan = Plan(recipe, num_classes=1, train_samples=steps_per_epoch * recipe.global_batch_size, eval_samples=1,
+                world_size=1)
+    return dict(every_steps=plan.ema_every_steps, every_images=plan.ema_every_steps * recipe.global_batch_size,
+                half_life_steps=plan.ema_half_life_steps,
+                half_life_images=plan.ema_half_life_steps * recipe.global_batch_size, decay=plan.ema_decay)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,10 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if steps < 1:
         raise SettingError(f"--global-batch-size: {recipe.global_batch_size} images make no full batch of "
                            f"ImageNet's {IMAGENET_TRAIN}; give --steps-per-epoch or a smaller batch")
-    rows = plan_rows(recipe, steps)
+    rows, ema = plan_rows(recipe, steps), ema_facts(recipe, steps)
+    for warning in settings.ema_warnings(recipe):
+        print(f"mlperf-resnet: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, steps_per_epoch=steps, peak_lr=recipe.peak_lr,
-                              epoch_numbering="completed epochs", epochs=rows)))
+                              epoch_numbering="completed epochs", ema=ema, epochs=rows)))
         return 0
     evals = [r["epoch"] for r in rows if r["eval"]]
     print(f"recipe {recipe.name}: {recipe.epochs} epochs x {steps} steps, peak lr {recipe.peak_lr:g}, "
@@ -57,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
           f"target > {recipe.target_accuracy}")
     print(f"evaluations after {', '.join(map(str, evals))} completed epochs (every {recipe.eval_every_epochs}, "
           "and after the last)")
+    if ema:
+        print(f"EMA: an update every {ema['every_steps']} steps ({ema['every_images']:,} images), half-life "
+              f"{ema['half_life_steps']:g} steps ({ema['half_life_images']:,.0f} images), decay {ema['decay']:.6f} "
+              "per update")
+    else:
+        print("EMA: off (evaluations score the raw weights)")
     print(f"{'epoch':>5}  {'lr':>6}  {'px':>4}  eval after it")
     for r in rows:
         print(f"{r['epoch']:>5}  {r['lr']:6.3f}  {r['resolution']:>4}  {'yes' if r['eval'] else ''}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from compliance import ComplianceError, check_plain_name
 from resnet.data.loaders import LOADERS
 from resnet.errors import SettingError
 from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
@@ -93,8 +94,9 @@ SETTINGS = [
     _recipe_row("eval_resize_px", int, "evaluation resize-equivalent side", within=POSITIVE),
     _recipe_row("blurpool", bool01, "1 = BlurPool surgery"),
     _recipe_row("ema", bool01, "1 = evaluate an EMA of the weights"),
-    _recipe_row("ema_half_life_samples", int, "EMA half-life in training images", within=POSITIVE),
-    _recipe_row("ema_every_samples", int, "training images between EMA updates", within=POSITIVE),
+    _recipe_row("ema_half_life_epochs", float, "EMA half-life, in epochs of this data set", within="(0, inf)"),
+    _recipe_row("ema_every_epochs", float, "epochs between EMA updates (whole steps, at least 1)",
+                within="(0, inf)"),
     _recipe_row("loss", str, "bce: label-smoothed binary cross-entropy; ce: cross-entropy", choices=LOSSES),
     _recipe_row("label_smoothing", float, "label smoothing", within="[0, 1)"),
     _recipe_row("log_bias_init", bool01, "1 = fc bias -ln(classes)"),
@@ -232,6 +234,27 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.resize_delay + recipe.resize_finetune > 1:
         fail(name("resize_finetune"), f"{recipe.resize_finetune} plus RESIZE_DELAY {recipe.resize_delay} is more "
              "than all of training", "keep RESIZE_DELAY + RESIZE_FINETUNE <= 1")
+    if recipe.ema and recipe.ema_every_epochs > recipe.epochs:    # no update: every evaluation the raw weights
+        fail(name("ema_every_epochs"), f"{recipe.ema_every_epochs} epochs between EMA updates is more than the "
+             f"{recipe.epochs} epochs of the run", f"use the recipe's {Recipe.ema_every_epochs} or set EMA=0")
+
+
+def ema_warnings(recipe: Recipe) -> list[str]:
+    """EMA settings that leave the evaluated weights mostly untrained (they average the early epochs): fewer
+    than a handful of updates in the run, or a half-life longer than a quarter of it."""
+    if not recipe.ema:
+        return []
+    warnings, updates = [], math.floor(recipe.epochs / recipe.ema_every_epochs)
+    if updates < 5:
+        warnings.append(f"{BY_FIELD['ema_every_epochs'].name}: {recipe.ema_every_epochs} epochs between updates "
+                        f"make {updates} EMA update(s) in {recipe.epochs} epochs, so the evaluated weights are "
+                        f"mostly early ones; set it to the recipe's {Recipe.ema_every_epochs} (or EMA=0)")
+    if recipe.ema_half_life_epochs > recipe.epochs / 4:
+        warnings.append(f"{BY_FIELD['ema_half_life_epochs'].name}: a half-life of {recipe.ema_half_life_epochs} "
+                        f"epochs is more than a quarter of the {recipe.epochs}-epoch run, so the evaluated weights "
+                        f"are mostly early ones; set it to the recipe's {Recipe.ema_half_life_epochs} "
+                        f"(at most {recipe.epochs / 4:g})")
+    return warnings
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -256,6 +279,11 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
     console (print them once, not once per rank)."""
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
     read(args)
+    for flag in ("--org", "--platform"):   # package's rule: a run under a name it refuses could never be submitted
+        try:
+            check_plain_name(BY_FLAG[flag].name, getattr(args, BY_FLAG[flag].dest))
+        except ComplianceError as e:
+            raise SettingError(str(e)) from None
     warnings = []
     if args.batch_size is not None and args.global_batch_size is not None:
         fail(BY_FLAG["--global-batch-size"].name, "given together with --batch-size (BATCHSIZE)",
@@ -276,6 +304,7 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
         fail("--resume", "needs the killed run's checkpoint folder", "add --checkpoint-dir DIR")
     recipe = recipe_from_args(args, world_size)
     check_recipe(recipe)
+    warnings += ema_warnings(recipe)
     if recipe.target_accuracy < SUBMISSION_TARGET_ACCURACY:
         warnings.append(f"{BY_FLAG['--target-accuracy'].name}: {recipe.target_accuracy} is below MLPerf's ResNet "
                         f"target {SUBMISSION_TARGET_ACCURACY}: this is not a submission run, and summarize will not "

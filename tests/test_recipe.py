@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from resnet.errors import SettingError
-from resnet.recipe import BASELINE, MILD, Plan, get_recipe, lr_factor
+from resnet.recipe import BASELINE, MILD, RECIPES, Plan, get_recipe, lr_factor
 
 LR_AT_EVEN_EPOCHS = [0, .512, 1.024, 1.536, 2.048, 1.998, 1.852, 1.626, 1.340, 1.024, .708, .422, .196, .050, 0]
 RESOLUTIONS = [88] * 12 + [96, 104, 112, 116, 124, 132, 140, 148, 156, 164, 172] + [176] * 5
@@ -44,6 +44,18 @@ def test_schedule_defaults_to_imagenet_steps_and_text_output():
     assert "2.048" in text and " 176" in text
     assert "evaluations after 3, 6, 9, 12, 15, 18, 21, 24, 27, 28 completed epochs" in text
     assert "as MLPerf logs epoch_num" in text and "in fp32" in text
+    assert ("EMA: an update every 20 steps (40,960 images), half-life 100 steps (204,800 images), decay 0.870551 "
+            "per update") in text
+
+
+def test_schedule_shows_the_ema_at_the_given_steps_and_warns_about_a_bad_one():
+    proxy = schedule_json("--global-batch-size", "64", "--steps-per-epoch", "20")["ema"]
+    assert (proxy["every_steps"], proxy["every_images"], proxy["half_life_images"]) == (1, 64, pytest.approx(204.8))
+    assert schedule_json("--recipe", "baseline")["ema"] is None
+    bad = schedule("--epochs", "6", "--eval-every-epochs", "2", "--warmup-epochs", "1", "--ema-every-epochs", "2")
+    assert "EMA: an update every 1250 steps (2,560,000 images)" in bad.stdout
+    assert bad.stderr.startswith("mlperf-resnet: warning: --ema-every-epochs (EMA_EVERY_EPOCHS): 2.0 epochs between "
+                                 "updates make 3 EMA update(s) in 6 epochs"), bad.stderr
 
 
 def test_schedule_takes_the_recipe_settings_of_train():
@@ -55,11 +67,14 @@ def test_schedule_takes_the_recipe_settings_of_train():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--recipe", "spicy"], "--recipe (RECIPE): 'spicy' is not one of mild, baseline"),
+    (["--recipe", "spicy"], f"--recipe (RECIPE): 'spicy' is not one of {', '.join(RECIPES)}"),
     (["--epochs", "0"], "--epochs (EPOCHS): 0 is not in [1, inf)"),
     (["--epochs", "2"], "--epochs (EPOCHS): 2 epochs is fewer than the evaluation interval 3"),
     (["--lr", "inf"], "--lr (LR): inf is not a finite number"),
     (["--steps-per-epoch", "0"], "--steps-per-epoch: 0 is not positive"),
+    (["--ema-every-epochs", "30"], "--ema-every-epochs (EMA_EVERY_EPOCHS): 30.0 epochs between EMA updates is more "
+                                   "than the 28 epochs of the run; use the recipe's 0.032 or set EMA=0"),
+    (["--ema-half-life-epochs", "0"], "--ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): 0.0 is not in (0, inf)"),
 ])
 def test_schedule_rejects_bad_settings_in_one_line(args, message):
     out = schedule(*args, check=False)
@@ -105,21 +120,18 @@ def test_plan_derives_from_data_and_machine():
         Plan(MILD, 10, 100, 100, world_size=1).check()
 
 
-def test_ema_is_defined_in_images_so_any_batch_averages_the_same():
-    """At 2048: every 20 steps, half-life 100 steps, k = 2^(-20/100) = 0.870551. At 256 (config_1xH100.sh): every
-    160 steps with the same k, so both average over the same number of images."""
-    at_2048 = Plan(MILD, 1000, 1_281_167, 50_000, world_size=8)
-    assert (at_2048.ema_every_steps, at_2048.ema_decay) == (20, pytest.approx(0.870551, abs=1e-6))
-    at_256 = Plan(MILD.replace(global_batch_size=256), 1000, 1_281_167, 50_000, world_size=1)
-    assert (at_256.ema_every_steps, at_256.ema_decay) == (160, pytest.approx(0.870551, abs=1e-6))
-    huge = Plan(MILD.replace(global_batch_size=65536), 1000, 1_281_167, 50_000, world_size=8)
-    assert huge.ema_every_steps == 1 and huge.ema_decay == pytest.approx(2 ** (-65536 / 204_800))
-    assert not hasattr(MILD, "ema_decay")            # a step count is no property of the recipe
+def test_plan_refuses_an_ema_that_never_updates():
+    """An update interval longer than the run: every evaluation would score the raw weights."""
+    plan = Plan(MILD.replace(epochs=3, eval_every_epochs=3, ema_every_epochs=3.4), 10, 6400, 100, world_size=1)
+    with pytest.raises(SettingError, match=r"^EMA_EVERY_EPOCHS: an EMA update every 10 steps is more than the "
+                                           r"whole run trains \(9 steps\); lower EMA_EVERY_EPOCHS"):
+        plan.check()
+    Plan(MILD.replace(epochs=3, eval_every_epochs=3, ema=False, ema_every_epochs=3.4), 10, 6400, 100, 1).check()
 
 
 def test_recipe_defaults_are_the_submitted_ones():
     assert (MILD.eval_precision, MILD.crop_scale_min, MILD.target_accuracy) == ("fp32", 0.08, 0.759)
     assert (BASELINE.eval_precision, BASELINE.crop_scale_min) == ("fp32", 0.08)
     assert get_recipe("baseline") is BASELINE
-    with pytest.raises(SettingError, match=r"^RECIPE: unknown recipe 'spicy'; use one of mild, baseline$"):
+    with pytest.raises(SettingError, match=rf"^RECIPE: unknown recipe 'spicy'; use one of {', '.join(RECIPES)}$"):
         get_recipe("spicy")
