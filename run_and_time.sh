@@ -30,16 +30,25 @@ warn() { echo "run_and_time.sh: warning: $*" >&2; }
 if [[ "$(trap -p INT)" == "trap -- '' SIGINT" ]]; then
     warn "SIGINT is ignored in this shell: Ctrl-C cannot stop the run; start it with set -m or send SIGTERM"
 fi
-# A signal to this script goes to the running experiment's process group (torchrun; it stops the trainer).
+# A signal to this script goes straight to the trainers, torchrun's workers (each in its own session): a
+# signal to torchrun would reach them too, but torchrun kills a worker that has not exited 30 s later, and a
+# trainer on a loaded machine may need longer to reach its next check, checkpoint and log run_stop. torchrun
+# then sees them exit 4 and reports it. Before torchrun has workers, torchrun's own group gets the signal.
 # Trapped from the start: a signal before or between experiments stops the set as well.
 stopped_by="" child=""
+pass_on() {
+    local workers worker
+    workers=$(pgrep -P "$child" 2>/dev/null)
+    for worker in $workers; do kill -s "$1" -- "-$worker" 2>/dev/null || kill -s "$1" "$worker" 2>/dev/null; done
+    if [[ -z "$workers" ]]; then kill -s "$1" -- "-$child" 2>/dev/null; fi
+}
 # shellcheck disable=SC2329  # called by the traps below
 forward() {
     [[ -z "$stopped_by" ]] || return 0
     stopped_by=$1
     echo "run_and_time.sh: SIG$1: passing it to the running experiment (checkpoint, run_stop aborted);" \
          "no further experiments" >&2
-    if [[ -n "$child" ]]; then kill -s "$1" -- "-$child" 2>/dev/null; fi
+    if [[ -n "$child" ]]; then pass_on "$1"; fi
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
@@ -262,7 +271,7 @@ for ((i = 0; i < NEXP; i++)); do
     child=$!
     set +m
     # A signal that came while it was being started found no child to pass to.
-    if [[ -n "$stopped_by" ]]; then kill -s "$stopped_by" -- "-$child" 2>/dev/null; fi
+    if [[ -n "$stopped_by" ]]; then pass_on "$stopped_by"; fi
     wait "$child"
     rc=$?
     while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done   # a forwarded signal interrupts wait

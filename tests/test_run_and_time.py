@@ -2,12 +2,14 @@
 accepts, the summary, seeds that miss the target (their exit status visible, no torchrun stack trace), a smoke
 run's exit status, signals forwarded to the trainer, two nodes on one machine, the dry run, and every bad input
 refused in one line before anything runs or is written."""
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,14 +91,236 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def start_run_and_time(env: dict) -> subprocess.Popen:
+def default_sigint():
+    """In the child: SIGINT back to its default, whatever pytest was started with (a shell's `... &` ignores it,
+    and bash cannot trap a signal that was ignored when it started)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_run_and_time(env: dict, **popen) -> subprocess.Popen:
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    return subprocess.Popen(["./run_and_time.sh"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={"PATH": path, "HOME": os.environ.get("HOME", "/root"),
-                                            "PYTHON": sys.executable, **TINY_CONFIG, **env})
+    return subprocess.Popen(["./run_and_time.sh"], cwd=REPO, stdout=popen.pop("stdout", subprocess.PIPE),
+                            stderr=subprocess.PIPE, text=True, preexec_fn=popen.pop("preexec_fn", default_sigint),
+                            env={"PATH": path, "HOME": os.environ.get("HOME", "/root"), "PYTHON": sys.executable,
+                                 **TINY_CONFIG, **env}, **popen)
 
 
-def wait_for_training(log: Path, proc: subprocess.Popen, timeout_s=300) -> None:
+class Console:
+    """A process's stderr, read a line at a time in a thread, so that a test can wait for a line while the
+    process runs (the launcher must show each line as it comes, not at exit)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines, self.closed, self.changed = [], False, threading.Condition()
+        threading.Thread(target=self._read, args=(proc.stderr,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout_s=600) -> str:
+        """The first line matching `pattern` (a regex), once it has been printed."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while True:
+                found = next((line for line in self.lines if re.search(pattern, line)), None)
+                if found or self.closed or time.monotonic() > deadline:
+                    assert found, f"no line matching {pattern!r} in:\n" + "".join(self.lines)[-3000:]
+                    return found
+                self.changed.wait(1)
+
+    def text(self, timeout_s=300) -> str:
+        with self.changed:
+            self.changed.wait_for(lambda: self.closed, timeout_s)
+            return "".join(self.lines)
+
+
+@pytest.fixture
+def busy():
+    """A process keeping a core busy beside the test: signals must arrive whatever the load."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def finish(proc: subprocess.Popen, console: Console, timeout_s=300) -> str:
+    """Wait for the launcher to end (killing what is left of it on a timeout); its console."""
+    try:
+        proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+    return console.text()
+
+
+def assert_stopped_by(sig, proc, stderr, log: Path, below: list[int]):
+    """The launcher and the trainer both stopped for `sig`, nothing is left running, the run is logged aborted."""
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    stop = run_stop(log)
+    assert stop["metadata"]["status"] == "aborted" and stop["metadata"].get("reason") == f"signal {sig.name}", stop
+    assert f"{sig.name}: checkpoint written at epoch" in stderr, "the trainer's own stop line is shown"
+    assert "exit 4 (stopped by a signal)" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert f"the interrupted run is logged as aborted in {log}" in stderr
+    assert "run the same command again to continue it (RESUME=auto" in stderr
+    assert not [p for p in below if Path(f"/proc/{p}").exists()], "torchrun or the trainer outlived the script"
+
+
+SIGNAL_REPEATS = int(os.environ.get("SIGNAL_REPEATS", "1"))    # 10 to prove it (README: signals)
+STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+
+
+@pytest.mark.parametrize("repeat", range(SIGNAL_REPEATS))
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
+def test_a_signal_reaches_the_trainer_and_stops_the_set(ffcv_data, tmp_path, sig, repeat, busy):
+    ckpt = tmp_path / "ckpt"
+    proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "2", "SEED": "11",
+                               "EPOCHS": "30", "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(ckpt)},
+                              stdout=subprocess.DEVNULL)
+    console = Console(proc)
+    log = tmp_path / "CPU" / "resnet" / "result_0.txt"
+    console.wait_for(r"^epoch 1/30 ")            # a progress line on the console while the run is going
+    assert proc.poll() is None
+    below = descendants(proc.pid)
+    proc.send_signal(sig)
+    stderr = finish(proc, console)
+    assert_stopped_by(sig, proc, stderr, log, below)
+    assert f"stopped by {sig.name} after 1 of 2 experiments" in stderr
+    assert sorted(p.name for p in log.parent.iterdir()) == ["result_0.txt"], "no further experiment"
+
+
+def test_ctrl_c_to_the_whole_group_stops_the_run_and_the_same_command_continues_it(ffcv_data, tmp_path, busy):
+    """A terminal's Ctrl-C reaches every process of the foreground group: the launcher, its console filter
+    (which must live on to show the trainer's stop line) and torchrun (in its own group, reached through the
+    launcher). Running the same command again continues the run from its checkpoint (RESUME=auto)."""
+    env = {"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "13", "EPOCHS": "4",
+           "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    proc = start_run_and_time(env, stdout=subprocess.DEVNULL, start_new_session=True)
+    console = Console(proc)
+    results = tmp_path / "CPU" / "resnet"
+    console.wait_for(r"^epoch 1/4 ")
+    below = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = finish(proc, console)
+    assert_stopped_by(signal.SIGINT, proc, stderr, results / "result_0.txt", below)
+
+    again = run_and_time(env)
+    assert "resuming the interrupted run" in again.stderr, again.stderr[-3000:]
+    assert "seed 13 exit 2 (target not reached)" in again.stderr and again.returncode == 1
+    resumed = results / "result_1.txt"
+    start = next(e for e in events(resumed) if e["key"] == "run_start")
+    assert start["metadata"].get("resumed_from_epoch", 0) >= 1
+    assert run_stop(resumed)["metadata"]["status"] == "aborted"         # 4 epochs, the target out of reach
+    assert check_log(resumed, "4.0.0")[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_between_experiments_stops_the_set(ffcv_data, tmp_path, sig, busy):
+    """Sent as the first experiment ends: the next one either never starts or is stopped as it starts."""
+    proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "3", "SEED": "17",
+                               "EPOCHS": "1", "TARGET_ACCURACY": "0.99"}, stdout=subprocess.DEVNULL)
+    console = Console(proc)
+    console.wait_for(r"^=== experiment 1/3: seed 17 exit 2 ")
+    proc.send_signal(sig)
+    below = descendants(proc.pid)
+    stderr = finish(proc, console)
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert re.search(rf"stopped by {sig.name} after [12] of 3 experiments", stderr), stderr[-3000:]
+    assert "experiment 3/3" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    logs = sorted((tmp_path / "CPU" / "resnet").glob("result_*.txt"))
+    assert logs[0].name == "result_0.txt" and len(logs) <= 2
+    assert all(log.stat().st_size for log in logs), "no empty log claimed and left behind"
+    assert not [p for p in below if Path(f"/proc/{p}").exists()], "a process outlived the script"
+
+
+def test_sigint_ignored_at_start_is_warned(ffcv_data, tmp_path):
+    env = {"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "1", "DRY_RUN": "1"}
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    warned = start_run_and_time(env, preexec_fn=ignore_sigint)
+    _, stderr = warned.communicate(timeout=300)
+    assert warned.returncode == 0, stderr
+    assert ("run_and_time.sh: warning: SIGINT is ignored in this shell: Ctrl-C cannot stop the run; start it with "
+            "set -m or send SIGTERM") in stderr.splitlines()
+    plain = start_run_and_time(env)
+    _, stderr = plain.communicate(timeout=300)
+    assert plain.returncode == 0 and "SIGINT is ignored" not in stderr, stderr
+
+
+# ------------------------------------------------------------------------------------- logs of two launches
+
+
+def test_two_launches_into_one_logdir_get_their_own_logs(ffcv_data, tmp_path):
+    procs = [start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": seed})
+             for seed in ("31", "32")]
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+    logs = sorted((tmp_path / "CPU" / "resnet").glob("result_*.txt"))
+    assert [p.name for p in logs] == ["result_0.txt", "result_1.txt"]
+    seeds = set()
+    for log in logs:
+        assert check_log(log, "4.0.0")[0], log
+        assert [e["key"] for e in events(log)].count("run_start") == 1, "one run per log, nothing interleaved"
+        seeds |= {e["value"] for e in events(log) if e["key"] == "seed"}
+    assert seeds == {31, 32}
+
+
+def test_a_dangling_result_link_is_skipped_and_a_target_of_1_is_summarised(ffcv_data, tmp_path):
+    results = tmp_path / "CPU" / "resnet"
+    results.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.txt"
+    (results / "result_0.txt").symlink_to(elsewhere)
+    out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "5",
+                        "EPOCHS": "1", "TARGET_ACCURACY": "1.0"})
+    assert not elsewhere.exists(), "the launcher or the trainer followed the dangling link"
+    assert (results / "result_0.txt").is_symlink() and "result_1.txt" in out.stderr
+    assert run_stop(results / "result_1.txt")["metadata"]["status"] == "aborted"
+    assert "seed 5 exit 2 (target not reached)" in out.stderr and out.returncode == 1
+    assert "--target" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "not a submission score" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_a_newline_in_a_setting_stays_inside_its_value(ffcv_data, tmp_path):
+    out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "5",
+                        "DRY_RUN": "1", "CHECKPOINT_DIR": f"{tmp_path}/ckpt\n--epochs\n99"})
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.strip().splitlines()
+    assert f"--checkpoint-dir $'{tmp_path}/ckpt\\n--epochs\\n99'" in line and "--epochs 99" not in line, line
+    assert line.count("--epochs ") == 1, "the value's words became no flags"
+
+
+def test_a_node_of_several_on_a_one_node_config_is_refused(ffcv_data, tmp_path):
+    """DGXNNODES, NODE_RANK and MASTER_ADDR exported before sourcing a one-node config: the config fixes the
+    node count (it is part of the system), and the launcher says so instead of training alone."""
+    script = ("export DGXNNODES=2 NODE_RANK=1 MASTER_ADDR=127.0.0.1; source ./config_CPU.sh; "
+              f"DATADIR={ffcv_data} LOGDIR={tmp_path / 'logs'} exec ./run_and_time.sh")
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={"PATH": path, "HOME": os.environ.get("HOME", "/root"), "PYTHON": sys.executable})
+    assert out.returncode == 1 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("run_and_time.sh: error: NODE_RANK=1 MASTER_ADDR=127.0.0.1 are set but DGXNNODES=1")
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------------------------- two nodes, one machine
+
+
+def wait_for_training(log: Path, proc: subprocess.Popen, timeout_s=600) -> None:
     """Until the log shows a trained epoch (the run is past its set-up)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -105,33 +329,6 @@ def wait_for_training(log: Path, proc: subprocess.Popen, timeout_s=300) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"{log} shows no trained epoch after {timeout_s} s")
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_signal_reaches_the_trainer_and_stops_the_set(ffcv_data, tmp_path, sig):
-    ckpt = tmp_path / "ckpt"
-    proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "2", "SEED": "11",
-                               "EPOCHS": "30", "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(ckpt)})
-    log = tmp_path / "CPU" / "resnet" / "result_0.txt"
-    try:
-        wait_for_training(log, proc)
-        below = descendants(proc.pid)
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + sig, stderr[-3000:]
-    stop = run_stop(log)
-    assert stop["metadata"]["status"] == "aborted" and sig.name in stop["metadata"].get("reason", ""), stop
-    assert any(ckpt.iterdir()), "the trainer checkpointed on the way out"
-    assert "exit 4 (stopped by a signal)" in stderr and f"stopped by {sig.name} after 1 of 2 experiments" in stderr
-    assert "Traceback" not in stderr, stderr[-3000:]
-    assert sorted(p.name for p in log.parent.iterdir()) == ["result_0.txt"], "no further experiment"
-    assert not [p for p in below if Path(f"/proc/{p}").exists()], "torchrun or the trainer outlived the script"
-
-
-# ---------------------------------------------------------------------------------- two nodes, one machine
 
 
 def free_port() -> int:
@@ -183,6 +380,30 @@ def test_a_dead_node_ends_the_other_one(ffcv_data, tmp_path):
             n.wait()
     assert nodes[0].returncode != 0, stderr[-3000:]
     assert re.search(r"exit (1|-\d+) \((error|killed by signal \d+)\)", stderr), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len([line for line in stderr.splitlines() if "error" in line and not line.startswith("===")]) <= 2, \
+        stderr[-3000:]
+
+
+@pytest.mark.parametrize("alone", [0, 1], ids=["node 0 alone", "node 1 alone"])
+def test_a_node_whose_peer_never_starts_gives_up_in_one_line(ffcv_data, tmp_path, alone):
+    """It says what it waits for (address, port, node count) and ends after RDZV_TIMEOUT_S with one line."""
+    port, timeout_s = free_port(), 20
+    proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "21",
+                               "DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                               "NODE_RANK": str(alone), "RDZV_TIMEOUT_S": str(timeout_s)}, stdout=subprocess.DEVNULL)
+    console = Console(proc)
+    console.wait_for(rf"^=== node {alone} of 2: waiting up to {timeout_s} s \(RDZV_TIMEOUT_S\) for all 2 nodes at "
+                     rf"127\.0\.0\.1:{port}$")
+    waiting = time.monotonic()
+    stderr = finish(proc, console, timeout_s=timeout_s + 240)
+    assert time.monotonic() - waiting < timeout_s + 120, "it did not give up near its timeout"
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if not line.startswith("===") and ": warning: " not in line]
+    assert len(errors) == 1, stderr[-3000:]
+    assert errors[0].startswith(f"run_and_time.sh: error: node {alone}: the rendezvous or store at "
+                                f"127.0.0.1:{port} failed"), errors
+    assert not list(tmp_path.glob("CPU/resnet/result_*.txt")), "no log claimed and left behind"
 
 
 # ------------------------------------------------------------------------------------------------- dry run
@@ -210,15 +431,15 @@ def test_dry_run_without_the_data_here_warns_and_prints(tmp_path):
     assert list(tmp_path.iterdir()) == [], "a dry run creates no result folders"
 
 
-def test_bind_cpu_splits_each_numa_node_or_says_why_not(ffcv_data, tmp_path):
+def test_bind_cpu_binds_each_rank_to_its_socket_or_says_why_not(ffcv_data, tmp_path):
     out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "5",
                         "DRY_RUN": "1", "BIND_CPU": "1"})
     assert out.returncode == 0, out.stderr
     try:
         from torch.numa.binding import AffinityMode
 
-        AffinityMode("exclusive")
-        assert "--numa-binding=exclusive" in out.stdout and "BIND_CPU" not in out.stderr
+        AffinityMode("socket")
+        assert "--numa-binding=socket" in out.stdout and "BIND_CPU" not in out.stderr
     except (ImportError, ValueError):
         assert "--numa-binding" not in out.stdout and "BIND_CPU=1 ignored" in out.stderr
 
@@ -247,6 +468,13 @@ BAD_INPUTS = [  # (environment over TINY_CONFIG, what the one line must say)
     ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "NODE_RANK": "2"}, "node rank 2 is not below DGXNNODES=2"),
     ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "NODE_RANK": "x"}, "NODE_RANK=x is not a whole number"),
     ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"}, "MASTER_PORT=http is not"),
+    ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "65536"},
+     "MASTER_PORT=65536 is not a whole number >= 1 and <= 65535"),
+    ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}, "MASTER_PORT=0 is not a whole number >= 1"),
+    ({"DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "RDZV_TIMEOUT_S": "soon"}, "RDZV_TIMEOUT_S=soon is not"),
+    ({"NODE_RANK": "1"}, "NODE_RANK=1 MASTER_ADDR= are set but DGXNNODES=1"),
+    ({"MASTER_ADDR": "10.0.0.1"}, "MASTER_ADDR=10.0.0.1 are set but DGXNNODES=1"),
+    ({"LOADER": "dali", "PYTHONPATH": "SHADOW"}, "(no module named 'nvidia.dali'; pip install"),
     ({"PYTHON": "/nonexistent/python3"}, "PYTHON=/nonexistent/python3 cannot run the benchmark"),
     ({"PYTHON": "/usr/bin/python3"}, "PYTHON=/usr/bin/python3 cannot run the benchmark (no module named 'torch')"),
     ({"PATH": "/usr/bin:/bin"}, "torchrun is not on PATH"),
@@ -274,6 +502,10 @@ def test_a_bad_input_is_one_line_and_nothing_runs(case, ffcv_data, tmp_path):
                                                                   capture_output=True).returncode == 0:
         pytest.skip("this machine's system python has torch")
     Path(PWNED).unlink(missing_ok=True)
+    if env.get("PYTHONPATH") == "SHADOW":      # a Python without DALI: a plain `nvidia` package hides it
+        (tmp_path / "shadow" / "nvidia").mkdir(parents=True)
+        (tmp_path / "shadow" / "nvidia" / "__init__.py").touch()
+        env = {**env, "PYTHONPATH": str(tmp_path / "shadow")}
     logdir = tmp_path / "logs"
     out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(logdir), "NEXP": "1", "SEED": "1", **env},
                        timeout=120)
