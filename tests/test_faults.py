@@ -3,6 +3,7 @@ that fills up under the log or the checkpoint, a stop without a checkpoint folde
 Real processes, real files, real gloo; each case ends in one console line and a log that says `aborted`."""
 import resource
 import shutil
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -35,13 +36,13 @@ def test_an_exception_on_one_rank_ends_the_job_within_seconds(synth_tree, tmp_pa
     _, err = proc.communicate(timeout=240)
     assert proc.returncode != 0
     assert time.time() - started < 120, "the job waited for the collective timeout"
-    assert any(str(victim.name) in line or "cannot" in line.lower() for line in error_lines(err)), err[-3000:]
+    assert any(f"{victim}: cannot read image" in line for line in error_lines(err)), err[-3000:]
     if log.exists() and log.stat().st_size:          # rank 0 logged aborted if it was the failing rank
         assert run_stop(log)["metadata"]["status"] == "aborted"
 
 
-def resumable(ffcv_data, tmp_path, *extra):
-    """A run stopped by SIGTERM in its second epoch, leaving a checkpoint to resume."""
+def resumable(ffcv_data, tmp_path, *extra, stop=signal.SIGTERM):
+    """A run stopped by a signal (SIGTERM) once it wrote its first checkpoint, leaving a checkpoint to resume."""
     ckpt = tmp_path / "ck"
     args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
             "--seed", "5", "--checkpoint-dir", ckpt, *extra]
@@ -50,9 +51,10 @@ def resumable(ffcv_data, tmp_path, *extra):
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt / "last.pt").exists():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 4
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err
+    assert f"{stop.name}: checkpoint written" in err
     return args, ckpt
 
 
@@ -182,3 +184,121 @@ def test_an_error_after_run_start_ends_the_log_with_aborted_and_its_reason(synth
     stop = run_stop(log)
     assert stop["metadata"]["status"] == "aborted" and stop["metadata"]["reason"]
     assert [e["key"] for e in events(log)].count("run_start") == 1
+
+
+# ---- a rerun continues, and never overwrites another run's checkpoint (RESUME auto|0|1) ----
+
+
+def test_sighup_is_a_stop_like_sigterm(ffcv_data, tmp_path):
+    """A closed terminal or a dropped ssh sends SIGHUP: checkpoint, run_stop aborted with the signal, exit 4."""
+    resumable(ffcv_data, tmp_path, stop=signal.SIGHUP)
+    stop = run_stop(tmp_path / "first.txt")["metadata"]
+    assert (stop["status"], stop["reason"]) == ("aborted", "signal SIGHUP")
+
+
+def test_rerunning_the_same_command_continues_the_interrupted_run(ffcv_data, tmp_path):
+    args, ckpt = resumable(ffcv_data, tmp_path)
+    out = cli("train", *args, "--log-file", tmp_path / "again.txt", check=False)    # RESUME=auto: the default
+    assert out.returncode == 2, out.stderr                                          # target 1.0: epochs exhausted
+    assert "resuming the interrupted run in" in out.stderr
+    start = next(e for e in events(tmp_path / "again.txt") if e["key"] == "run_start")
+    assert "resumed_from_epoch" in start["metadata"]
+    assert start["time_ms"] == next(e for e in events(tmp_path / "first.txt") if e["key"] == "run_start")["time_ms"]
+    assert torch.load(ckpt / "last.pt", weights_only=True)["progress"]["finished"]
+    fresh = cli("train", *args, "--log-file", tmp_path / "fresh.txt", check=False)  # a finished run: start anew
+    assert fresh.returncode == 2 and "resuming" not in fresh.stderr, fresh.stderr
+
+
+@pytest.mark.parametrize("mode, change, message", [
+    ("0", [], "--resume 0 (RESUME): {ckpt} holds an unfinished run (seed 5"),
+    ("auto", ["--epochs", "4"], "--resume: recipe epochs is 4 here but 3 in the checkpoint of an unfinished run"),
+])
+def test_a_new_run_never_overwrites_an_unfinished_run(interrupted, tmp_path, mode, change, message):
+    args, ckpt = interrupted
+    before = (ckpt / "last.pt").read_bytes()
+    out = cli("train", *args, *change, "--resume", mode, "--log-file", tmp_path / "new.txt", check=False)
+    assert out.returncode == 1
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and message.format(ckpt=ckpt / "last.pt") in lines[0], out.stderr
+    assert not (tmp_path / "new.txt").exists() and (ckpt / "last.pt").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def same_shape_other_images(ffcv_data, tmp_path_factory):
+    """A data set with the classes and counts of `ffcv_data` but other images (another synth seed)."""
+    from resnet.data.prepare import prepare
+    from resnet.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("other")
+    make_synthetic(root / "tree", classes=4, train_per_class=48, val_per_class=12, size_px=48, seed=2, progress=False)
+    prepare(root / "tree", root / "ffcv", workers=2, log=open("/dev/null", "w"))
+    return root / "ffcv"
+
+
+def test_the_data_identity_is_the_images_not_the_shape(interrupted, same_shape_other_images, ffcv_data, tmp_path):
+    """Same class names and counts, other images: the resume is refused (naming the digest), and a .beton swapped
+    in from the other set fails the manifest check."""
+    from resnet.data.loaders import LoaderSpec, make_loaders
+    from resnet.errors import DataError
+
+    args, ckpt = interrupted
+    data = args.index("--data") + 1
+    moved = [*args[:data], same_shape_other_images, *args[data + 1:]]
+    out = cli("train", *moved, "--resume", "--log-file", tmp_path / "other.txt", check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1 and "data digest is" in lines[0], out.stderr
+    mixed = Path(shutil.copytree(ffcv_data, tmp_path / "mixed"))
+    shutil.copy(same_shape_other_images / "val.beton", mixed / "val.beton")
+    with pytest.raises(DataError, match=r"val.beton: holds other images than manifest.json says"):
+        make_loaders(mixed, LoaderSpec(batch_size=4, train_crop_px=32, crop_scale_min=0.08, eval_crop_px=32,
+                                       eval_resize_px=36))
+
+
+# ---- the result log belongs to one run ----
+
+
+def test_a_result_log_is_one_runs_alone(ffcv_data, tmp_path):
+    """A log held by a running trainer refuses a second writer; a link (even dangling) is never followed; a
+    missing folder is created."""
+    from resnet.mlperf import LogWriteError, open_exclusive
+
+    held = open_exclusive(tmp_path / "held.txt")
+    with pytest.raises(LogWriteError, match="another run is writing it"):
+        open_exclusive(tmp_path / "held.txt")
+    held.close()
+    link = tmp_path / "result_0.txt"
+    link.symlink_to(tmp_path / "elsewhere.txt")
+    args = [*TINY, "--data", ffcv_data, "--epochs", "1", "--eval-every-epochs", "1", "--target-accuracy", "0.01"]
+    out = cli("train", *args, "--log-file", link, check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1 and f"--log-file: {link} already exists as a link" in lines[0]
+    assert not (tmp_path / "elsewhere.txt").exists()
+    nested = tmp_path / "new" / "folder" / "result_0.txt"
+    assert cli("train", *args, "--log-file", nested, check=False).returncode == 0 and run_stop(nested)
+
+
+def test_a_stop_after_a_failed_checkpoint_write_says_so(ffcv_data, tmp_path):
+    """The disk takes the log (KBs) but not the checkpoint (MBs): the stop line must not claim a checkpoint."""
+    args = [*TINY, "--data", ffcv_data, "--epochs", "30", "--eval-every-epochs", "30", "--target-accuracy", "1.0",
+            "--checkpoint-dir", tmp_path / "ck", "--log-file", tmp_path / "a.txt"]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limited_file_size(1 << 20))
+    seen = []
+    for line in proc.stderr:               # wait for the event: the first epoch's failed checkpoint
+        seen.append(line)
+        if "not written" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=300)
+    err = "".join(seen) + rest
+    assert proc.returncode == 4, err
+    assert "the checkpoint could NOT be written" in err and "checkpoint written" not in err
+
+
+@pytest.mark.parametrize("flag, value", [("--org", "Acme Inc"), ("--platform", "DGX A100/8")])
+def test_names_package_would_refuse_are_refused_before_training(ffcv_data, tmp_path, flag, value):
+    """`package` accepts only plain names: a run under another could never be submitted, so it never starts."""
+    out = cli("train", *TINY, "--data", ffcv_data, flag, value, "--log-file", tmp_path / "r.txt", check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1 and f"{flag} (" in lines[0] and "is not a plain name" in lines[0]
+    assert not (tmp_path / "r.txt").exists()

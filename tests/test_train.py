@@ -14,8 +14,7 @@ from tests.conftest import REPO, cli, events, first, keys, run_stop
 
 TINY = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train-crop-px", "32",
         "--eval-crop-px", "32", "--eval-resize-px", "36", "--workers", "1", "--warmup-epochs", "1",
-        "--precision", "fp32", "--org", "tests", "--platform", "CPU", "--status", "research",
-        "--ema-every-samples", "64", "--ema-half-life-samples", "320"]
+        "--precision", "fp32", "--org", "tests", "--platform", "CPU", "--status", "research"]
 
 
 def test_cpu_run_logs_compliantly(ffcv_data, tmp_path):
