@@ -187,7 +187,10 @@ meaning() {  # the trainer's documented exit statuses
 console_filter() {
     trap '' INT TERM HUP
     if [[ "${MLPERF_RESNET_DEBUG:-0}" == 1 ]]; then exec cat; fi
-    local line held=() block=() table=0 bars=0 found=0
+    local line held=() block=() table=0 bars=0 found=0 dropped=0
+    # After a dropped torch error: the C++ frames its message carries ("Exception raised from ...", "frame #3: ...")
+    local frames='^(Exception raised from |frame #[0-9]+: |<omitting python frames>|$)'
+    local store_log='^\[[IWE][0-9]{4} [0-9:.]+ [A-Za-z_]+\.cpp:[0-9]+\] \[c10d\] '
     local torch_log='^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ torch/distributed/' own='^torch\.distributed\.elastic\..*(ChildFailedError|SignalException)'
     while IFS= read -r line || [[ -n "$line" ]]; do
         if ((table)); then
@@ -197,8 +200,11 @@ console_filter() {
             if [[ "$line" =~ ^=+$ ]] && ((++bars == 2)); then table=0; fi
             continue
         fi
+        if ((dropped)) && [[ "$line" =~ $frames ]]; then continue; fi
+        dropped=0
         if ((${#held[@]} == 0)); then
             if [[ "$line" == "Traceback (most recent call last):" ]]; then held=("$line"); continue; fi
+            if [[ "$line" =~ $store_log ]]; then dropped=1; continue; fi   # the store's C++ error, said below
             [[ "$line" =~ $torch_log ]] || echo "$line"
             continue
         fi
@@ -211,8 +217,10 @@ console_filter() {
         block=("${held[@]}") held=()
         if [[ "$line" =~ $own ]]; then
             [[ "$line" != *ChildFailedError* ]] || { table=1 bars=0; }
+            dropped=1
         elif [[ "$line" =~ ^torch\.distributed\.(elastic\.rendezvous\.|DistStoreError|DistNetworkError|DistError) ]]; then
             echo "${line:0:300}" >"$2"
+            dropped=1
         else
             printf '%s\n' "${block[@]}"
         fi
@@ -336,8 +344,11 @@ if [[ -n "${TARGET_ACCURACY:-}" ]] && ! "$PYTHON" -c 'import sys; sys.exit(float
         "$TARGET_ACCURACY" 2>/dev/null; then
     target=(--target "$TARGET_ACCURACY")
 fi
-"$PYTHON" -m compliance.summarize "${target[@]}" "$RESULTS"
-summary=$?
+summary=1
+if compgen -G "$RESULTS/result_*.txt" >/dev/null; then   # none when every run failed before its first line
+    "$PYTHON" -m compliance.summarize "${target[@]}" "$RESULTS"
+    summary=$?
+fi
 if ((NEXP < 5)); then
     # A smoke run: it worked when every run reached the target and passed the checker, though the summary
     # above (rightly) says that a submission needs five runs.
