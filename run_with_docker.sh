@@ -18,7 +18,7 @@
 # is removed on exit; a signal to this script is not passed into the container (stop the run inside it with
 # `docker exec <name> kill -TERM <pid of run_and_time.sh>`).
 # DRY_RUN=1 prints every command (after '+ ', shell-quoted) instead of running it: no Docker needed.
-# BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the NUMA node of its GPU.
+# BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the cores of its GPU's socket.
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
