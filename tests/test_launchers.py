@@ -324,3 +324,10 @@ def test_the_docker_experiment_env_with_resume_reaches_the_trainer(tmp_path):
     (torchrun,) = run_and_time_dry(env, tmp_path)
     assert option_values(torchrun, "--resume") == ["0"]
     assert option_values(torchrun, "--checkpoint-dir") == [str(tmp_path / "ckpt")]
+
+
+def test_the_settings_table_does_not_import_the_launcher():
+    """resnet.launch reads resnet.settings; the table must stay importable without it (one direction only)."""
+    probe = "import sys, resnet.settings; sys.exit('resnet.launch' in sys.modules)"
+    assert sh(sys.executable, "-c", probe).returncode == 0
+    assert "resnet.launch" not in (REPO / "resnet" / "settings.py").read_text()
