@@ -24,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -34,7 +33,8 @@ import time
 from pathlib import Path
 
 from resnet import errors
-from resnet.data.beton import MANIFEST, OUTPUTS, beton_digest, manifest as make_manifest
+from resnet.data.beton import MANIFEST, OUTPUTS, beton_digest, estimated_bytes, page_size
+from resnet.data.beton import manifest as make_manifest
 from resnet.data.folders import DataError, load_rgb, scan_dataset
 
 NAME = "prepare"
@@ -123,11 +123,6 @@ class _LazyImages:
         raise DataError(message)
 
 
-def _page_size(max_side):
-    """A page must hold one raw (uncompressed) image of max_side x max_side; FFCV's default is 8 MiB."""
-    return 1 << max(23, (3 * max_side * max_side).bit_length())
-
-
 def _write_beton(path, samples, settings, workers, tick):
     """Write `samples` to the FFCV file `path`. Raises DataError for a bad image, OSError for the rest."""
     from multiprocessing import SimpleQueue
@@ -142,7 +137,7 @@ def _write_beton(path, samples, settings, workers, tick):
                                compress_probability=settings["compress_prob"]),
         "label": IntField(),
     }
-    writer = Writer(str(path), fields, _page_size(settings["max_side"]), workers, failures, tick, _worker)
+    writer = Writer(str(path), fields, page_size(settings["max_side"]), workers, failures, tick, _worker)
     try:
         writer.from_indexed_dataset(_LazyImages(samples, failures))
     except WorkerFailed as e:
@@ -196,33 +191,6 @@ def _check_output(src: Path, out: Path, force: bool):
         return  # a rebuild from the same folder: replaced once the new set is complete
     held = f"a data set made from {source}" if source else "FFCV files without a readable manifest.json"
     raise DataError(f"{out}: already holds {held}; choose another output folder, or add --force to replace it")
-
-
-def _whole_pages(size, page):
-    return -(-int(size) // page) * page
-
-
-def estimated_bytes(samples, max_side, compress_prob, sample_images=64):
-    """A low estimate of the bytes one FFCV file of `samples` takes: the page-aligned header, then whole pages of
-    images: raw images at their stored size (from the headers of up to `sample_images` evenly spaced files, less
-    10%), JPEG images at 1/25 of raw (photographs take 1/8-1/10 at quality 90, flat images less). Low on purpose:
-    the up-front check refuses only a disk that is clearly too small; a disk that fills anyway stops the run
-    within seconds."""
-    from PIL import Image
-
-    page = _page_size(max_side)
-    raw = []
-    for path, _ in samples[:: max(1, len(samples) // sample_images)][:sample_images]:
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except Exception:  # noqa: BLE001 - a bad file is reported when it is written
-            continue
-        shrink = min(1.0, max_side / max(width, height, 1))
-        raw.append(int(width * shrink) * int(height * shrink) * 3)
-    per_image = (sum(raw) / len(raw) if raw else 0) * (0.9 * (1 - compress_prob) + compress_prob / 25)
-    header = 64 + 2 * 1040 + 16 * len(samples)  # header, 2 field descriptors, per-image records
-    return _whole_pages(header, page) + _whole_pages(max(1, len(samples) * per_image), page)
 
 
 def _check_space(out, train, val, settings, reclaimable):
