@@ -354,3 +354,19 @@ def test_cuda_batches(data, kind):
             assert x.is_contiguous(memory_format=torch.channels_last)
             labels += y.tolist()
         assert len(labels) == count
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_mid_run_names_its_file(synth_tree, tmp_path, workers):
+    """The up-front check decodes one image per split; one that breaks later (in a DataLoader process or not)
+    ends the epoch with one DataError line naming the file, not the worker's traceback."""
+    tree = Path(shutil.copytree(synth_tree, tmp_path / "tree"))
+    victim = sorted((tree / "train").rglob("*.JPEG"))[7]
+    train, _, _ = make_loaders(tree, LoaderSpec(**{"batch_size": 4, **SHAPE, "workers": workers}),
+                               loader="torchvision")
+    victim.write_bytes(b"\xff\xd8\xff not a JPEG any more")
+    with pytest.raises(DataError) as err:
+        for _ in train:
+            pass
+    text = str(err.value)
+    assert text.startswith(f"{victim}: cannot read image (") and "\n" not in text, text
