@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,85 +37,16 @@ import time
 import traceback
 from pathlib import Path
 
+BENCH = Path(__file__).resolve().parent
+for _path in (str(BENCH), str(BENCH.parent)):   # gpu_ddp and projection beside it, bench.common and resnet above
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from train_steps import TrainStep, _dtype, _is_channels_last, measure  # noqa: E402, F401
+
 #: The loops timed: name -> (TrainStep kind, channels-last). plain-cl is the fair baseline on a GPU.
 LOOPS = {"plain": ("plain", False), "plain-cl": ("plain", True), "mild": ("mild", True)}
 PARTS = ("amp_fp16", "amp_bf16", "channels_last", "ffcv_pipeline", "train_compliance")
-NUM_CLASSES = 1000
-BENCH_LR = 0.01   # the timing does not depend on it; a small one keeps the random-data training stable
-
-
-def _dtype(precision: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-
-
-def _is_channels_last(t) -> bool:
-    import torch
-
-    return t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last)
-
-
-class TrainStep:
-    """One training step of either loop: step(images, labels, side_px) -> (loss, logits).
-
-    mild   the trainer's own `resnet.train.train_step` on a `build_training` of the Mild recipe (ResNet-50 +
-           BlurPool, channels-last, label-smoothed BCE, decoupled SGDW, its LR schedule, EMA): the step that runs.
-    plain  a plain torchvision ResNet-50 step: cross-entropy, torch.optim.SGD, the loss computed under autocast
-           as the trainer computes it; `channels_last` picks its memory format (the fair baseline on a GPU)."""
-
-    def __init__(self, kind: str, device, precision: str, compile_model: bool = False, full_px: int = 176,
-                 channels_last: bool = False, world_size: int = 1):
-        import torch
-        import torch.nn.functional as F
-        import torchvision
-
-        self.device, self.precision, self.full_px, self.kind = device, precision, full_px, kind
-        self.logits = None
-        if kind == "mild":
-            from resnet import train
-            from resnet.recipe import Plan, get_recipe
-
-            recipe = get_recipe("mild").replace(precision=precision)
-            plan = Plan(recipe, NUM_CLASSES, train_samples=1_281_167, eval_samples=50_000, world_size=world_size)
-            self.training = train.build_training(recipe, plan, device, compile_model)
-            self.model, self.scaler, self._step = self.training.model, self.training.scaler, train.train_step
-            self.model.fc.register_forward_hook(self._keep_logits)
-            self.memory_format = torch.channels_last
-        elif kind == "plain":
-            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            self.model = torchvision.models.resnet50(num_classes=NUM_CLASSES).to(device, memory_format=self.memory_format)
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=BENCH_LR, momentum=0.875, weight_decay=5e-4)
-            self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-            self.net = torch.compile(self.model, dynamic=False) if compile_model else self.model
-            self.loss_fn = F.cross_entropy
-        else:
-            raise ValueError(f"unknown loop {kind!r}")
-
-    def _keep_logits(self, module, inputs, output):
-        self.logits = output
-
-    def batch(self, batch_size: int, side_px: int):
-        """Random inputs as the loop sees them: mild gets the loader's full-size crops, plain the side itself."""
-        import torch
-
-        px = self.full_px if self.kind == "mild" else side_px
-        images = torch.randn(batch_size, 3, px, px, device=self.device).contiguous(memory_format=self.memory_format)
-        return images, torch.randint(0, NUM_CLASSES, (batch_size,), device=self.device)
-
-    def __call__(self, images, labels, side_px: int):
-        import torch
-
-        if self.kind == "mild":
-            return self._step(self.training, images, labels, side_px), self.logits
-        with torch.autocast(self.device.type, dtype=_dtype(self.precision), enabled=self.precision != "fp32"):
-            logits = self.net(images)
-            loss = self.loss_fn(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach(), logits
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -201,11 +131,11 @@ def check_ffcv_pipeline(data_dir: Path, device, precision: str = "fp16", batch_s
     """FFCV batches arrive on `device` in the asked dtype, channels-last, normalised; val covers every image once."""
     import torch
 
-    from resnet.data.loaders import make_loaders
+    from resnet.data.loaders import LoaderSpec, make_loaders
 
-    train, val, info = make_loaders(data_dir, loader="ffcv", batch_size=batch_size, train_crop_px=crop_px,
-                                    crop_scale_min=0.08, eval_crop_px=crop_px, eval_resize_px=crop_px + 8, workers=2, device=device,
-                                    rank=0, world_size=1, seed=0, dtype_train=precision, dtype_eval="fp32")
+    spec = LoaderSpec(batch_size=batch_size, train_crop_px=crop_px, crop_scale_min=0.08, eval_crop_px=crop_px,
+                      eval_resize_px=crop_px + 8, workers=2, device=str(device), train_precision=precision)
+    train, val, info = make_loaders(data_dir, spec, loader="ffcv")
     train.set_epoch(0)
     batches = 0
     for images, labels in train:
@@ -214,14 +144,14 @@ def check_ffcv_pipeline(data_dir: Path, device, precision: str = "fp16", batch_s
         assert images.dtype == _dtype(precision), f"images are {images.dtype}, wanted {precision}"
         assert tuple(images.shape) == (batch_size, 3, crop_px, crop_px), f"images of shape {tuple(images.shape)}"
         assert _is_channels_last(images), "images are not channels-last"
-        assert labels.dtype == torch.int64 and int(labels.min()) >= 0 and int(labels.max()) < info["num_classes"]
+        assert labels.dtype == torch.int64 and int(labels.min()) >= 0 and int(labels.max()) < info.num_classes
         mean, std = images.float().mean().item(), images.float().std().item()
         assert abs(mean) < 1.5 and 0.2 < std < 3, f"not normalised: mean {mean:.2f}, std {std:.2f}"
         batches += 1
-    assert batches == len(train) == info["train_samples"] // batch_size, \
-        f"{batches} training batches, len() {len(train)}, {info['train_samples']} images"
+    assert batches == len(train) == info.train_samples // batch_size, \
+        f"{batches} training batches, len() {len(train)}, {info.train_samples} images"
     seen = sum(len(labels) for _, labels in val)
-    assert seen == info["eval_samples"], f"validation saw {seen} of {info['eval_samples']} images"
+    assert seen == info.eval_samples, f"validation saw {seen} of {info.eval_samples} images"
     return f"{batches} training batches of {batch_size} ({precision}, {device.type}), {seen} validation images"
 
 
@@ -270,28 +200,6 @@ def skip_part(name: str, why: str, results: dict) -> None:
 # ------------------------------------------------------------------------------------------------ throughput
 
 
-def measure(step: TrainStep, batch_size: int, side_px: int, warmup: int, steps: int) -> dict:
-    """images/s of `step` at `side_px`: median of `steps` timed steps after `warmup` untimed ones."""
-    import torch
-
-    sync = torch.cuda.synchronize if step.device.type == "cuda" else (lambda: None)
-    images, labels = step.batch(batch_size, side_px)
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step(images, labels, side_px)
-    sync()
-    warmup_s = time.perf_counter() - started
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step(images, labels, side_px)
-        sync()
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return dict(px=side_px, images_per_s=round(batch_size / median, 1), step_ms_median=round(median * 1e3, 2),
-                step_ms_min=round(min(times) * 1e3, 2), warmup_s=round(warmup_s, 2), timed_steps=steps)
-
-
 def throughput(device, precision: str, batch_size: int, sizes, warmup: int, steps: int, compile_modes) -> list:
     import torch
 
@@ -334,87 +242,6 @@ def table(rows: list, sizes, batch_size: int, precision: str, device_name: str) 
 
 
 # ------------------------------------------------------------------------------------------------------ main
-
-
-# ------------------------------------------------------------------------------------------- several GPUs
-
-
-def ddp_worker(args) -> int:
-    """One rank of `--ddp` (under torchrun): the trainer's step with DDP across all ranks, img/s with cudnn.benchmark
-    off and on, the FFCV loader on this rank's device, which processes hold a context on GPU 0, one compile."""
-    import torch
-    import torch.distributed as dist
-
-    from resnet import distributed
-
-    dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
-    world, pid = dev.world_size, os.getpid()
-    report = dict(world_size=world, device=str(dev.device), rows=[])
-    for bench in (False, True):
-        torch.backends.cudnn.benchmark = bench
-        step = TrainStep("mild", dev.device, args.precision, full_px=max(args.sizes), world_size=world)
-        for px in args.sizes:
-            row = measure(step, args.batch_size, px, args.warmup, args.steps)
-            row["images_per_s"] = round(row["images_per_s"] * world, 1)     # all ranks step together
-            report["rows"].append(dict(cudnn_benchmark=bench, **row))
-        del step
-    if args.data:
-        from resnet.data.loaders import make_loaders
-
-        train, _, _ = make_loaders(args.data, loader="ffcv", batch_size=8, train_crop_px=64, crop_scale_min=0.08,
-                                   eval_crop_px=56, eval_resize_px=64, workers=2, device=dev.device, rank=dev.rank,
-                                   world_size=world, seed=0, dtype_train=args.precision, dtype_eval="fp32")
-        train.set_epoch(0)
-        report["ffcv_batches"] = sum(1 for _ in zip(range(3), train))
-        report["ffcv_device"] = str(dev.device)
-    pids = [None] * world
-    dist.all_gather_object(pids, pid)
-    if dev.device.type == "cuda" and dev.is_main:
-        listing = torch.cuda.list_gpu_processes(0)
-        report["gpu0_processes"] = listing
-        report["other_ranks_on_gpu0"] = [p for p in pids[1:] if str(p) in listing]
-    if args.compile_seconds and dev.device.type == "cuda":
-        started = time.perf_counter()
-        step = TrainStep("mild", dev.device, args.precision, compile_model=True, full_px=max(args.sizes),
-                         world_size=world)
-        report["compile"] = measure(step, args.batch_size, min(args.sizes), args.warmup, args.steps)
-        report["compile"]["first_steps_s"] = round(time.perf_counter() - started, 1)
-    if dev.is_main and args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-    distributed.shutdown()
-    return 0
-
-
-def ddp_check(args) -> int:
-    """`--ddp`: run ddp_worker on every visible GPU (2 CPU processes with gloo for --cpu-smoke)."""
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 2
-    out = args.out or Path(tempfile.mkdtemp(prefix="gpu-check-ddp-")) / "ddp.json"
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        data = make_tiny_ffcv(Path(tmp))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__,
-               "--ddp-worker", "--out", str(out), "--data", str(data), "--precision", args.precision,
-               "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
-               "--sizes", *map(str, args.sizes), *([] if args.no_compile else ["--compile-seconds"])]
-        proc = subprocess.run(cmd, timeout=3600)
-    if proc.returncode:
-        print(f"FAIL: ddp: torchrun exited {proc.returncode}", flush=True)
-        return 1
-    report = json.loads(out.read_text())
-    for row in report["rows"]:
-        print(f"ddp x{report['world_size']} cudnn.benchmark={row['cudnn_benchmark']!s:5} {row['px']:4} px: "
-              f"{row['images_per_s']:10.1f} images/s (all ranks)", flush=True)
-    crowded = report.get("other_ranks_on_gpu0")
-    status = "FAIL" if crowded else "PASS"
-    print(f"{status}: ddp: {report['world_size']} ranks stepped together; FFCV batches on {report.get('ffcv_device')}"
-          + (f"; other ranks with a context on GPU 0: {crowded}" if crowded else "")
-          + (f"; compile: {report['compile']['first_steps_s']} s to the first timed step" if "compile" in report
-             else ""), flush=True)
-    print(f"ddp report: {out}", flush=True)
-    return 1 if crowded else 0
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true",
@@ -430,21 +257,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ddp", action="store_true",
                    help="several GPUs: the trainer's step with DDP on every visible GPU under torchrun (with "
                         "--cpu-smoke: 2 gloo processes on the CPU)")
+    p.add_argument("--config", type=Path, help="project this config_<SYSTEM>.sh's time to train from rates measured "
+                   "here (--cpu-smoke: config_CPU.sh)")
+    p.add_argument("--datadir", help="the projection's data set (default: the config's DATADIR)")
+    p.add_argument("--through-epoch", type=int, help="project through this epoch (default: the one at which "
+                   "MosaicML's submitted runs passed, read from their logs: 27)")
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--compile-seconds", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cpu_smoke:  # tiny enough for a test on 2 cores
         args.precision, args.batch_size, args.sizes, args.warmup, args.steps = "fp32", 4, [32], 1, 2
+        args.config = args.config or BENCH.parent / "config_CPU.sh"
     return args
+
+
+def run_projection(args, device, report: dict) -> None:
+    """The `projection` part: minutes per epoch and the time to train of args.config, measured here."""
+    import projection
+
+    def part():
+        result = projection.project_config(args.config, device, args.cpu_smoke, args.through_epoch, args.datadir)
+        report["projection"] = result
+        print(projection.table(result, result["title"]), flush=True)
+        return f"{result['total_minutes']:.2f} min through epoch {result['through_epoch']} for {args.config.name}"
+
+    run_part("projection", part, report["parts"])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.ddp_worker:
-        return ddp_worker(args)
-    if args.ddp:
-        return ddp_check(args)
+    if args.ddp_worker or args.ddp:
+        import gpu_ddp
+
+        return gpu_ddp.ddp_worker(args) if args.ddp_worker else gpu_ddp.ddp_check(args)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -489,8 +335,13 @@ def main(argv=None) -> int:
                                     warmup=args.warmup, steps=args.steps, rows=rows)
     else:
         skip_part("throughput", "no CUDA device (--cpu-smoke gives a tiny CPU table)", parts)
+    if args.config:
+        run_projection(args, device, report)
 
     if args.out:
+        from bench.common import run_metadata
+
+        report["metadata"] = run_metadata()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(f".{args.out.name}.tmp")
         tmp.write_text(json.dumps(report, indent=1) + "\n")
