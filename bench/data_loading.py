@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from resnet.data.loaders import make_loaders
+from resnet.data.loaders import LoaderSpec, make_loaders
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import synthetic_dataset  # noqa: E402
+from bench.common import run_metadata, synthetic_dataset  # noqa: E402
 
 
 def _images_per_s(loader, epochs):
@@ -66,9 +66,9 @@ def main(argv=None):
               "load_average_1min_before": os.getloadavg()[0]}
     loaders = {}
     for kind, data_dir in (("torchvision", folders), ("ffcv", betons)):
-        loaders[kind] = make_loaders(data_dir, loader=kind, batch_size=args.batch_size, train_crop_px=args.crop,
-                                     crop_scale_min=args.crop_scale_min, eval_crop_px=args.crop,
-                                     eval_resize_px=args.crop, workers=args.workers, seed=0)[0]  # val: unused
+        spec = LoaderSpec(batch_size=args.batch_size, train_crop_px=args.crop, crop_scale_min=args.crop_scale_min,
+                          eval_crop_px=args.crop, eval_resize_px=args.crop, workers=args.workers, seed=0)
+        loaders[kind] = make_loaders(data_dir, spec, loader=kind)[0]  # val: unused
         for _ in loaders[kind]:  # warm-up epoch: FFCV compiles, torchvision starts its workers
             pass
     rates = {kind: [] for kind in loaders}
@@ -87,7 +87,7 @@ def main(argv=None):
           f"{args.workers} workers, crop {args.crop}, batch {args.batch_size}, {result['train_images']} images of "
           f"{args.size} px long side, load average {result['load_average_1min']:.2f}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(dict(metadata=run_metadata(), **result)))
     return 0
 
 

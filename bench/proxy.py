@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DEFAULT_CACHE, synthetic_dataset  # noqa: E402
+from bench.common import DEFAULT_CACHE, run_metadata, synthetic_dataset  # noqa: E402
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
                   target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
                   machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
                   total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
-    (args.out / "proxy.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")
     return 0 if all(r["status"] != "failed" for r in runs) else 1

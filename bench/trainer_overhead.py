@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEFAULT_CACHE, REPO, synthetic_ffcv, train_cmd  # noqa: E402
+from bench.common import DEFAULT_CACHE, REPO, run_metadata, synthetic_ffcv, train_cmd  # noqa: E402
 
 SHAPE = dict(arch="resnet18", batch=64, crop=40, lr=0.3)
 
@@ -40,14 +40,15 @@ def ours(data: Path, epochs: int, tmp: Path) -> float:
 def minimal(data: Path, epochs: int) -> float:
     """The plainest loop that does the same arithmetic: no scheduler, EMA, checks or logging."""
     from resnet.algorithms import DecoupledSGDW, label_smoothed_bce, resize_batch
-    from resnet.data.loaders import make_loaders
+    from resnet.data.loaders import LoaderSpec, make_loaders
     from resnet.model import build_model
     from resnet.recipe import MILD
 
     recipe = MILD.replace(arch=SHAPE["arch"], epochs=epochs, train_crop_px=SHAPE["crop"])
-    train, _, info = make_loaders(data, batch_size=SHAPE["batch"], train_crop_px=SHAPE["crop"], workers=2,
-                                  crop_scale_min=recipe.crop_scale_min, eval_crop_px=48, eval_resize_px=52)
-    model = build_model(recipe, info["num_classes"])
+    spec = LoaderSpec(batch_size=SHAPE["batch"], train_crop_px=SHAPE["crop"], workers=2,
+                      crop_scale_min=recipe.crop_scale_min, eval_crop_px=48, eval_resize_px=52)
+    train, _, info = make_loaders(data, spec)
+    model = build_model(recipe, info.num_classes)
     opt = DecoupledSGDW(model.parameters(), lr=SHAPE["lr"], momentum=recipe.momentum,
                         weight_decay=recipe.weight_decay)
     rates = []
@@ -80,7 +81,7 @@ def main() -> int:
     result = dict(ours_img_s=statistics.median(o for o, _ in pairs), minimal_img_s=statistics.median(m for _, m in pairs),
                   ratio=statistics.median(ratios), ratios=ratios, shape=SHAPE, epochs=args.epochs)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(dict(metadata=run_metadata(), **result)))
     else:
         print(f"ours {result['ours_img_s']:.0f} img/s, minimal loop {result['minimal_img_s']:.0f} img/s, "
               f"overhead ratio (minimal / ours) {result['ratio']:.3f} (rounds: "

@@ -39,6 +39,7 @@ def test_add_runs_tabulates_earlier_runs_together(tmp_path):
     assert baseline["time_vs_mild"] == pytest.approx(2.0)
     assert (tmp_path / "out" / "proxy.png").stat().st_size > 10_000
     assert "Mild is 2.00x faster than the Baseline" in out.stdout
+    assert result["metadata"]["git_commit"] and result["metadata"]["versions"]["torch"]   # bench.common.run_metadata
 
 
 @pytest.mark.parametrize("case", ["other flags", "same seed twice", "a seed about to run", "not a proxy.json",

@@ -22,7 +22,7 @@ def gpu_check():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the parts run instead of skipping")
 def test_gpu_check_cpu_smoke_skips_cuda_parts(tmp_path):
     out = tmp_path / "gpu_check.json"
-    proc = sh(sys.executable, REPO / "bench" / "gpu_check.py", "--cpu-smoke", "--out", out, cwd=tmp_path, timeout=180)
+    proc = sh(sys.executable, REPO / "bench" / "gpu_check.py", "--cpu-smoke", "--out", out, cwd=tmp_path, timeout=1500)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for part in ("amp_fp16", "amp_bf16", "channels_last", "ffcv_pipeline", "train_compliance"):
         assert f"SKIP: {part}: no CUDA device" in proc.stdout
@@ -32,7 +32,20 @@ def test_gpu_check_cpu_smoke_skips_cuda_parts(tmp_path):
     report = json.loads(out.read_text())
     rows = report["throughput"]["rows"]
     assert {r["model"] for r in rows} == {"plain", "plain-cl", "mild"} and all(r["images_per_s"] > 0 for r in rows)
-    assert {p["status"] for p in report["parts"].values()} == {"SKIP"}
+    assert {p["status"] for p in report["parts"].values()} == {"SKIP", "PASS"}
+    assert report["parts"]["projection"]["status"] == "PASS"
+    # the CPU proxy's projection, read back from the printed table: every epoch through MosaicML's 27
+    from bench.projection import parse_table
+
+    printed = parse_table(proc.stdout)
+    assert [r["epoch"] for r in printed["rows"]] == list(range(1, 28)) and printed["through_epoch"] == 27
+    assert [r["px"] for r in printed["rows"]][0] == 22 and printed["rows"][-1]["px"] == 44
+    assert all(r["minutes"] > 0 and r["bound"] in ("model", "loader") for r in printed["rows"])
+    assert all((r["bound"] == "model") == (r["model_img_s"] <= r["loader_img_s"]) for r in printed["rows"])
+    assert all(r["peer_minutes"] > 0 for r in printed["rows"])      # MosaicML's epochs beside ours
+    assert printed["total_minutes"] > sum(r["minutes"] for r in printed["rows"]) - 0.01  # + start-up
+    assert report["projection"]["total_minutes"] == pytest.approx(printed["total_minutes"], abs=0.01)
+    assert report["metadata"]["git_commit"] and report["metadata"]["versions"]["torch"] == torch.__version__.split("+")[0]
 
 
 def test_gpu_check_model_parts_pass_on_cpu():
@@ -87,14 +100,72 @@ def test_gpu_check_ddp_mode_runs_two_gloo_ranks(tmp_path):
     assert report["world_size"] == 2 and report["ffcv_batches"] == 3
     assert {r["cudnn_benchmark"] for r in report["rows"]} == {False, True}
     assert "PASS: ddp: 2 ranks stepped together" in proc.stdout
+    assert "SKIP: gpu0_contexts: no CUDA device" in proc.stdout and "terminate called" not in proc.stderr
+    assert report["metadata"]["machine"]["cores"] >= 1
 
 
-def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data):
+def test_gpu0_check_fails_when_it_cannot_check(monkeypatch):
+    """Without pynvml the stray-context check cannot see GPU 0: it must say FAIL, never PASS."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_ddp
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)     # as on a machine without nvidia-ml-py
+    status, detail = gpu_ddp.gpu0_contexts([101, 102])
+    assert status == "FAIL" and detail.startswith("cannot check: pynvml is not installed")
+
+
+def test_mosaicml_epoch_times_come_from_their_logs():
+    from bench.projection import peer_times
+
+    peer = peer_times()
+    assert peer["logs"] == 5 and peer["success_epoch"] == 27
+    assert 150 < peer["epoch_s"][1] < 170          # the first epoch carries their start-up
+    assert all(38 < peer["epoch_s"][e] < 42 for e in range(2, 15))   # 88-128 px: flat, the loader's pace
+    assert peer["epoch_s"][27] > 60 and set(peer["eval_s"]) == set(range(3, 28, 3))
+
+
+def test_projection_names_the_slower_side_and_adds_evaluations():
+    from bench.projection import interpolate, project
+    from resnet.recipe import MILD
+
+    sides = [MILD.resolution_px(e) for e in range(27)]
+    model = {px: 20000 * (88 / px) ** 2 for px in sides}          # the model slows with the area
+    result = project(MILD, images_per_rank=160_000, eval_images_per_rank=6250, model_rate=model,
+                     loader_rate=5000.0, eval_rate=12500.0, through_epoch=27, startup_s=30.0)
+    rows = result["rows"]
+    assert rows[0]["bound"] == "loader" and rows[-1]["bound"] == "model"        # 88 px: 20k > 5k img/s
+    assert rows[0]["minutes"] == pytest.approx(160_000 / 5000 / 60, abs=1e-3)
+    assert rows[2]["eval_s"] == pytest.approx(0.5) and rows[3]["eval_s"] == 0
+    assert result["total_minutes"] == pytest.approx(0.5 + sum(r["minutes"] for r in rows), abs=1e-2)
+    rates = interpolate({88: 4000.0, 176: 1000.0}, [88, 128, 176])
+    assert rates[88] == 4000 and rates[176] == 1000 and 1000 < rates[128] < 4000
+
+
+def test_run_metadata_names_the_commit_versions_and_machine():
+    import subprocess
+
+    from bench.common import run_metadata
+
+    meta = run_metadata()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert meta["git_commit"] == head and isinstance(meta["git_dirty"], bool)
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"] == torch.__version__
+    assert set(meta["versions"]) >= {"torch", "torchvision", "ffcv", "dali", "numpy"}
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["gpus"] == ([] if not torch.cuda.is_available() else
+                                                                          meta["machine"]["gpus"])
+    assert meta["date"].endswith("+00:00")
+
+
+def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data, tmp_path):
     """bench/loader_ranks.py (the DGX loader measurement) on 2 CPU ranks: one line with a rate per rank."""
     proc = sh(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               REPO / "bench" / "loader_ranks.py", "--data", ffcv_data, "--workers", "1", "--batch-size", "16",
-              "--crop", "32", "--batches", "6", "--warmup", "2", "--device", "cpu", timeout=300)
+              "--crop", "32", "--eval-crop", "32", "--eval-resize", "36", "--batches", "6", "--warmup", "2",
+              "--device", "cpu", "--out", tmp_path / "ranks.json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("crop 32 px"))
     rates = re.search(r"per rank (\d+) (\d+) img/s; node (\d+) img/s", line)
     assert rates and int(rates[3]) >= int(rates[1]) > 0, line
+    report = json.loads((tmp_path / "ranks.json").read_text())
+    assert report["ranks"] == 2 and report["train_first_batch_s"] > 0 and report["val_first_batch_s"] > 0
+    assert report["metadata"]["git_commit"]
