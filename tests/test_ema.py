@@ -1,6 +1,7 @@
 """The EMA of the weights and buffers (docs/RECIPE.md section 8): defined in epochs so that it fits any data set
 and batch, updated on the device with no host sync, and warned about when a setting leaves it untrained."""
 import copy
+import os
 
 import pytest
 import torch
@@ -117,27 +118,43 @@ def top1(log):
     return [e["value"] for e in events(log) if e["key"] == "eval_accuracy"][-1]
 
 
-def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ffcv_data, tmp_path):
-    """`mlperf-resnet train` on the 192-image test set (12 steps an epoch). The recipe's EMA (an update every
-    step, half-life 1.9 steps) scores about what the raw weights score; an EMA counted as it used to be (in
-    ImageNet's images: 2 updates in the run, the evaluated weights mostly those of epoch 3) scores clearly less,
-    and the console says what to set."""
-    common = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train-crop-px", "32",
-              "--eval-crop-px", "32", "--eval-resize-px", "36", "--workers", "1", "--precision", "fp32",
-              "--device", "cpu", "--epochs", "8", "--warmup-epochs", "1", "--eval-every-epochs", "8",
-              "--lr", "0.2", "--target-accuracy", "1.0", "--seed", "3", "--data", ffcv_data]
+@pytest.fixture(scope="module")
+def ten_classes(tmp_path_factory):
+    """10 classes x (40 train + 10 val) images of 32 px, each class with its own hue (learnable in a few
+    epochs): 12 steps an epoch at batch 32."""
+    from resnet.data.prepare import prepare
+    from resnet.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("ten")
+    make_synthetic(root / "tree", classes=10, train_per_class=40, val_per_class=10, size_px=32, seed=1,
+                   colour_cue=1.0, distractors=1, progress=False)
+    prepare(root / "tree", root / "ffcv", workers=1, log=open(os.devnull, "w"))
+    return root / "ffcv"
+
+
+def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ten_classes, tmp_path):
+    """`mlperf-resnet train` as a user runs it, with the recipe's EMA (here an update every step, half-life 1.9
+    steps) and with one set as it used to be counted (in ImageNet's images, a small set got 2 updates in the
+    run: evaluated weights mostly those of 40% of the way). The recipe's scores clearly more (calibration:
+    0.39 against 0.21, chance 0.10), and the console says what to set."""
+    common = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "32", "--train-crop-px", "32",
+              "--eval-crop-px", "32", "--eval-resize-px", "36", "--resize-initial-scale", "1", "--workers", "1",
+              "--precision", "fp32", "--device", "cpu", "--epochs", "10", "--warmup-epochs", "1",
+              "--eval-every-epochs", "10", "--lr", "0.2", "--target-accuracy", "1.0", "--seed", "3",
+              "--data", ten_classes]
     runs = {}
-    for name, extra in (("recipe", []), ("raw", ["--ema", "0"]),
-                        ("bad", ["--ema-every-epochs", "3", "--ema-half-life-epochs", "16"])):
+    for name, extra in (("recipe", []), ("bad", ["--ema-every-epochs", "4", "--ema-half-life-epochs", "20"])):
         out = cli("train", *common, *extra, "--log-file", tmp_path / f"{name}.txt", check=False)
         assert out.returncode == 2, out.stderr[-3000:]          # target 1.0: not reached, the run ends normally
         runs[name] = (top1(tmp_path / f"{name}.txt"), out.stderr)
-    (recipe, recipe_err), (raw, _), (bad, bad_err) = runs["recipe"], runs["raw"], runs["bad"]
+    (recipe, recipe_err), (bad, bad_err) = runs["recipe"], runs["bad"]
     assert "warning" not in recipe_err
-    assert recipe >= raw - 0.1 and recipe > bad + 0.15, runs
+    assert recipe > bad + 0.1, {name: accuracy for name, (accuracy, _) in runs.items()}
     warned = [line for line in bad_err.splitlines() if line.startswith("mlperf-resnet: warning: --ema-")]
-    assert warned[0].startswith("mlperf-resnet: warning: --ema-every-epochs (EMA_EVERY_EPOCHS): 3.0 epochs "
-                                "between updates make 2 EMA update(s) in 8 epochs"), bad_err[-2000:]
-    assert "set it to the recipe's 0.032" in warned[0]
-    assert warned[1].startswith("mlperf-resnet: warning: --ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): a "
-                                "half-life of 16.0 epochs is more than a quarter of the 8-epoch run")
+    assert warned == [
+        "mlperf-resnet: warning: --ema-every-epochs (EMA_EVERY_EPOCHS): 4.0 epochs between updates make 2 EMA "
+        "update(s) in 10 epochs, so the evaluated weights are mostly early ones; set it to the recipe's 0.032 "
+        "(or EMA=0)",
+        "mlperf-resnet: warning: --ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): a half-life of 20.0 epochs is "
+        "more than a quarter of the 10-epoch run, so the evaluated weights are mostly early ones; set it to the "
+        "recipe's 0.16 (at most 2.5)"], bad_err[-2000:]
