@@ -64,13 +64,62 @@ def minimal(data: Path, epochs: int) -> float:
     return statistics.mean(rates[1:])
 
 
+def steps_only(rounds: int, block: int = 10) -> dict:
+    """The two steps alone, in this one process, on one fixed batch: `resnet.train.train_step` (scheduler, EMA,
+    autocast/scaler wrappers) against the minimal step body, in alternating blocks of `block` steps. A ratio near
+    1 puts the end-to-end gap outside the step (process, loader, the loop's checks); a ratio near the end-to-end
+    one puts it inside. Also checks that the two run with the same torch thread count."""
+    import torch
+
+    from resnet import train
+    from resnet.algorithms import DecoupledSGDW, label_smoothed_bce, resize_batch
+    from resnet.model import build_model
+    from resnet.recipe import MILD, Plan
+
+    recipe = MILD.replace(arch=SHAPE["arch"], epochs=4, train_crop_px=SHAPE["crop"], global_batch_size=SHAPE["batch"],
+                          ema_every_epochs=1.0, ema_half_life_epochs=5.0)   # the EMA every 20 steps, as `ours`
+    plan = Plan(recipe, 16, train_samples=1280, eval_samples=64, world_size=1)
+    ours_t = train.build_training(plan, torch.device("cpu"))
+    model = build_model(recipe, 16)
+    opt = DecoupledSGDW(model.parameters(), lr=SHAPE["lr"], momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    images = torch.randn(SHAPE["batch"], 3, SHAPE["crop"], SHAPE["crop"]).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 16, (SHAPE["batch"],))
+    px = recipe.resolution_px(2)
+
+    def minimal_step():
+        loss = label_smoothed_bce(model(resize_batch(images, px)), labels, recipe.label_smoothing)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def block_s(fn):
+        t0 = time.perf_counter()
+        for _ in range(block):
+            fn()
+        return (time.perf_counter() - t0) / block
+
+    ratios = []
+    for _ in range(rounds):
+        o = block_s(lambda: train.train_step(ours_t, images, labels, px))
+        m = block_s(minimal_step)
+        ratios.append(o / m)
+    return dict(step_ratio=statistics.median(ratios), step_ratios=[round(r, 3) for r in ratios], px=px,
+                threads=torch.get_num_threads())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--steps-only", action="store_true", help="time the two step bodies in one process instead")
     args = p.parse_args()
+    if args.steps_only:
+        result = dict(metadata=run_metadata(), **steps_only(args.repeats))
+        print(json.dumps(result) if args.json else f"train_step / minimal step: {result['step_ratio']:.3f} "
+              f"(rounds: {', '.join(map(str, result['step_ratios']))}; {result['threads']} torch threads)")
+        return 0
     data = synthetic_ffcv(args.cache)
     tmp = args.cache / "logs"
     tmp.mkdir(parents=True, exist_ok=True)
