@@ -65,9 +65,12 @@ def ddp_worker(args) -> int:
                           train_precision=args.precision)
         train, val, _ = make_loaders(args.data, spec, loader="ffcv")
         train.set_epoch(0)
-        report["ffcv_batches"] = sum(1 for _ in zip(range(3), train))
+        # The whole epoch, never part of one: an FFCV epoch thread left running inside numba's TBB pool when the
+        # process exits makes TBB's exit-time destructors call std::terminate (SIGABRT, "terminate called without
+        # an active exception"). close() ends it too where the backend supports it.
+        report["ffcv_batches"], report["ffcv_batches_per_epoch"] = sum(1 for _ in train), len(train)
         report["ffcv_device"] = str(dev.device)
-        train.close()   # end FFCV's epoch thread, left mid-epoch: see distributed.shutdown
+        train.close()
         val.close()
     pids = [None] * world
     dist.all_gather_object(pids, pid)

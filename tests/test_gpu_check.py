@@ -97,7 +97,7 @@ def test_gpu_check_ddp_mode_runs_two_gloo_ranks(tmp_path):
               cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["world_size"] == 2 and report["ffcv_batches"] == 3
+    assert report["world_size"] == 2 and report["ffcv_batches"] == report["ffcv_batches_per_epoch"] > 0
     assert {r["cudnn_benchmark"] for r in report["rows"]} == {False, True}
     assert "PASS: ddp: 2 ranks stepped together" in proc.stdout
     assert "SKIP: gpu0_contexts: no CUDA device" in proc.stdout and "terminate called" not in proc.stderr
