@@ -148,7 +148,7 @@ def _loader(spec, samples, *, train):
         try:
             for first in range(0, len(files), size):
                 try:
-                    (out,) = live[0].run()
+                    (out,) = live[0].run(stream)  # on a GPU: bound to torch's stream, no host wait
                 except RuntimeError as e:
                     release()
                     raise _failed_batch(e, files, first, size) from None
