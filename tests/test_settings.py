@@ -86,7 +86,8 @@ BAD_FLAGS = [
     (["--loss", "mse"], "--loss (LOSS): 'mse' is not one of bce, ce"),
     (["--label-smoothing", "1"], "--label-smoothing (LABEL_SMOOTHING): 1.0 is not in [0, 1)"),
     (["--label-smoothing", "inf"], "--label-smoothing (LABEL_SMOOTHING): inf is not a finite number"),
-    (["--loader", "dali"], "--loader (LOADER): 'dali' is not one of ffcv, torchvision"),
+    (["--loader", "tfrecord"], "--loader (LOADER): 'tfrecord' is not one of "
+                               + ", ".join(settings.BY_FLAG["--loader"].choices)),
     (["--device", "tpu"], "--device (DEVICE): 'tpu' is not one of auto, cpu, cuda"),
     (["--status", "available"], "--status (SUBMISSION_STATUS): 'available' is not one of onprem"),
     (["--org", " "], "--org (SUBMISSION_ORG): is empty"),
