@@ -16,20 +16,17 @@ system), so img/s per core = images / CPU seconds holds on a shared machine; wal
 Cores per GPU = the GPU's img/s x CPU seconds per image (A100 ~4,000, H100 ~7,000 img/s for ResNet-50 training).
 """
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.common import run_metadata  # noqa: E402
 
 GPU_RATES = {"A100": 4000, "H100": 7000}  # img/s one GPU trains ResNet-50 at
 SETTINGS = {  # name: (train?, LoaderSpec fields)
@@ -38,30 +35,6 @@ SETTINGS = {  # name: (train?, LoaderSpec fields)
     "val-224of232": (False, dict(train_crop_px=176)),
 }
 LOADERS = ("dali", "ffcv", "ffcv-jpeg", "torchvision")
-
-
-def metadata() -> dict:
-    """What the numbers came from (bench/common.py has no shared helper yet: written here)."""
-    import nvidia.dali
-    import torch
-
-    def git(*args):
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "dali": nvidia.dali.__version__,
-                "ffcv": importlib.metadata.version("ffcv"), "pillow": importlib.metadata.version("pillow")}
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                git_commit=git("rev-parse", "HEAD"), git_dirty=bool(git("status", "--porcelain", "--", "resnet")),
-                versions=versions, machine=dict(cpu=_cpu_name(), cpus=len(os.sched_getaffinity(0)),
-                                                load_average_start=os.getloadavg(), platform=platform.platform()))
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def make_images(root: Path, count: int, seed: int = 0) -> None:
@@ -167,7 +140,8 @@ def main(argv=None) -> int:
     if not (root / "folders" / "val").is_dir():
         make_images(root / "folders", args.images)
     data = prepare_all(root)
-    meta = metadata()
+    meta = run_metadata()
+    meta["machine"]["load_average_start"] = os.getloadavg()
     results = measure(data, args.rounds, args.batch)
     meta["machine"]["load_average_end"] = os.getloadavg()
     for setting in SETTINGS:
