@@ -103,7 +103,8 @@ SETTINGS = [
     # how and where it runs
     Setting("NUM_WORKERS", "--workers", int, "data loader workers per process",
             default=min(8, len(os.sched_getaffinity(0))), within=NON_NEGATIVE),
-    Setting("DATADIR", "--data", str, "data folder: train.beton/val.beton (ffcv) or train/ val/ (torchvision)"),
+    Setting("DATADIR", "--data", str, "data folder: train.beton/val.beton (ffcv) or train/ val/ image folders (dali, "
+            "torchvision)"),
     Setting("LOADER", "--loader", str, "data loader (README 'Data': which to pick)", default="ffcv",
             choices=LOADERS),
     Setting("DECODE_TO_SIDE", "--decode-to-side", bool01, "1 = DALI decodes training crops straight to each "
