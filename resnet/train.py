@@ -344,7 +344,7 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
                 f"{plan.steps_per_epoch * recipe.global_batch_size / (time.time() - tic):,.0f} img/s")
         if recipe.evaluates_after(epoch):
             log.start(C.EVAL_START, epoch_num=done)
-            weights = t.ema.module if t.ema is not None and t.ema.n_averaged > 0 else t.model  # EMA once started
+            weights = t.ema.module if t.ema is not None and int(t.ema.n_averaged) else t.model  # EMA once started
             accuracy = evaluate(weights, val_loader, dev.device, amp_dtype(recipe.eval_precision))
             log.end(C.EVAL_STOP, epoch_num=done)
             log.event(C.EVAL_ACCURACY, accuracy, epoch_num=done)
