@@ -169,3 +169,33 @@ def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data, tmp_path):
     report = json.loads((tmp_path / "ranks.json").read_text())
     assert report["ranks"] == 2 and report["train_first_batch_s"] > 0 and report["val_first_batch_s"] > 0
     assert report["metadata"]["git_commit"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script measures the GPU")
+def test_first_gpu_session_refuses_to_run_without_cuda(tmp_path):
+    """Without CUDA (and without SMOKE=1) it stops at once with one error line and measures nothing."""
+    import os
+
+    proc = sh("bash", REPO / "bench" / "first_gpu_session.sh", tmp_path / "out",
+              env={**os.environ, "SMOKE": "0", "PYTHON": sys.executable})
+    assert proc.returncode == 1 and "error: no CUDA device visible" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script measures the GPU")
+def test_first_gpu_session_smoke_runs_every_step_on_the_cpu(tmp_path):
+    """SMOKE=1: every step runs on the CPU, every file lands under OUT, and what needs CUDA says NOT MEASURED."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(REPO / "bench" / "first_gpu_session.sh"), str(out)],
+                          env={**os.environ, "SMOKE": "1", "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in ("gpu_check", "ddp", "loader_ffcv", "loader_dali"):
+        assert f"PASS: {step}" in proc.stdout and (out / f"{step}.json").is_file()
+    summary = (out / "summary.txt").read_text()
+    assert "NOT MEASURED: amp_fp16: no CUDA device" in summary and "NOT MEASURED: gpu0_contexts" in summary
+    assert re.search(r"^projection: [\d.]+ min through epoch 3 \(config_CPU.sh\)", summary, flags=re.M)
+    assert re.search(r"^loader dali: \d+ img/s per rank", summary, flags=re.M)
