@@ -1,8 +1,13 @@
 """GPU check: does this package's CUDA path work on this machine, and how fast is one training step?
 
     python bench/gpu_check.py --out gpu_check.json   # a machine with an NVIDIA GPU (~10 min, most of it compiling)
-    python bench/gpu_check.py --cpu-smoke            # anywhere, < 1 min: the CUDA parts SKIP, a tiny CPU table
+    python bench/gpu_check.py --cpu-smoke            # anywhere, a few min: the CUDA parts SKIP, a tiny CPU table,
+                                                     # the projection of config_CPU.sh
+    python bench/gpu_check.py --config config_DGXA100.sh --datadir /data/imagenet-ffcv   # + the projection
     python bench/gpu_check.py --ddp --out ddp.json   # every visible GPU under torchrun (--cpu-smoke: 2 gloo ranks)
+
+--config: minutes per epoch and the time to train of that config from the rates measured here, each epoch
+model- or loader-bound, beside MosaicML's per-epoch times (bench/projection.py).
 
 Correctness parts, each printed as `PASS: <part>: ...`, `FAIL: <part>: ...` or `SKIP: <part>: <why>`:
   amp_fp16          the Mild ResNet-50, forward/backward/step under fp16 autocast with a GradScaler: logits in
