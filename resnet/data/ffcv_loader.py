@@ -57,7 +57,7 @@ def build(data_dir, spec):
             ffcv.next_epoch = epoch
             return iter(ffcv)
 
-        return Batches(iterate, len(ffcv), spec.batch_size, len(ffcv.first_traversal_order))
+        return Batches(iterate, len(ffcv), spec.batch_size, len(ffcv.first_traversal_order), close=ffcv.close_epoch)
 
     crop = RandomResizedCropRGBImageDecoder((spec.train_crop_px,) * 2, scale=(spec.crop_scale_min, 1.0),
                                             ratio=(3 / 4, 4 / 3))

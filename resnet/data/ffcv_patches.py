@@ -128,7 +128,7 @@ class RankLoader(Loader):
     thread count as the trainer set it (FFCV sets it to num_workers in Loader() and at every iter())."""
 
     def __init__(self, *args, cuda_device=None, **kwargs):
-        self.threads, self.cuda_device = torch.get_num_threads(), cuda_device
+        self.threads, self.cuda_device, self.epoch_thread = torch.get_num_threads(), cuda_device, None
         try:
             super().__init__(*args, **kwargs)
         finally:
@@ -141,7 +141,17 @@ class RankLoader(Loader):
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()  # compiled at the first epoch
-        return EpochThread(self, order, self.reader.file_name, self.cuda_device)
+        self.close_epoch()             # the trainer stops reading an epoch at steps_per_epoch: end its thread
+        self.epoch_thread = EpochThread(self, order, self.reader.file_name, self.cuda_device)
+        return self.epoch_thread
+
+    def close_epoch(self, timeout_s: float = 5):
+        """End the running epoch's thread (FFCV's own close() only asks it to stop) so nothing of it is left to
+        the interpreter's exit."""
+        thread, self.epoch_thread = self.epoch_thread, None
+        if thread is not None:
+            thread.close()
+            thread.join(timeout_s)
 
 
 class WorkerFailed(Exception):
