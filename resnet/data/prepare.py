@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import os
 import re
@@ -87,6 +88,10 @@ def _describe(e: BaseException):
 def _worker(parent_pid, failures, work_fn, *args):
     """A DatasetWriter worker under our watch: a failure is sent to the parent (which stops everything at once)
     instead of FFCV's default of a traceback and a parent waiting forever for the dead worker's images."""
+    # A forked child has only this thread: an object it inherited whose finaliser joins its owner's threads (a
+    # DALI pipeline the parent left to the garbage collector) would wait forever. Never collect what came
+    # from the parent.
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent_pid)
