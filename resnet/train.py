@@ -1,7 +1,8 @@
 """The training loop: `python -m resnet.train` (also `mlperf-resnet train`), one process per device under torchrun.
 
-set-up, untimed: settings, checkpoint, data, model, all checked before result_N.txt is claimed; a warm-up of every
-training side and both evaluation batch shapes in the dtypes training uses (compiles graphs, tunes cuDNN)
+set-up, untimed: settings, checkpoint, data, model, all checked before result_N.txt is claimed; on a GPU or with
+COMPILE=1, a warm-up of every training side and both evaluation batch shapes in the dtypes training uses (compiles
+graphs, tunes cuDNN)
 -> run_start -> epochs: progressive resize, channels-last, autocast, LR per batch, EMA every k steps
 -> after every `eval_every_epochs` completed epochs (and after the last): evaluation of the EMA weights in fp32
 -> run_stop `success` at the first evaluation above the target, else `aborted`: the epochs ran out, a signal
@@ -245,10 +246,11 @@ def set_up(args: argparse.Namespace, dev, started: float):
         if dev.is_main:
             progress(f"resuming the interrupted run in {ckpt_path}: seed {seed}, epoch {run.epoch + 1}, step "
                      f"{run.step} (RESUME={args.resume}; its first start still counts)")
-    sides = warm_up(t, plan, spec, eval_batch_sizes(info.eval_samples, spec))
-    if dev.is_main:
-        progress(f"warmed up {len(sides)} training sides and the evaluation before run_start "
-                 f"({time.time() - started:.0f} s)")
+    if args.compile or dev.device.type == "cuda":   # eager on a CPU has no kernels to pick: nothing to warm
+        sides = warm_up(t, plan, spec, eval_batch_sizes(info.eval_samples, spec))
+        if dev.is_main:
+            progress(f"warmed up {len(sides)} training sides and the evaluation before run_start "
+                     f"({time.time() - started:.0f} s)")
     return t, plan, (train_loader, val_loader), Saver(ckpt_path, args.checkpoint_every_minutes, dev.is_main, run)
 
 
