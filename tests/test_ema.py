@@ -134,16 +134,18 @@ def ten_classes(tmp_path_factory):
 
 def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ten_classes, tmp_path):
     """`mlperf-resnet train` as a user runs it, with the recipe's EMA (here an update every step, half-life 1.9
-    steps) and with one set as it used to be counted (in ImageNet's images, a small set got 2 updates in the
-    run: evaluated weights mostly those of 40% of the way). The recipe's scores clearly more (calibration:
-    0.39 against 0.21, chance 0.10), and the console says what to set."""
+    steps) and with a half-life far longer than the run, as ImageNet's half-life in images was on a small set:
+    the average then holds ~94% of the weights of its first update, 6 steps into a 120-step run, so it scores
+    near chance (0.10) where the recipe's EMA scores the trained model. (Updates at epochs 4 and 8 instead
+    score the epoch-4 weights, which on this easy set are too close to the final ones for a stable test:
+    0.33 against 0.27 in one run.) The console says what to set."""
     common = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "32", "--train-crop-px", "32",
               "--eval-crop-px", "32", "--eval-resize-px", "36", "--resize-initial-scale", "1", "--workers", "1",
               "--precision", "fp32", "--device", "cpu", "--epochs", "10", "--warmup-epochs", "1",
               "--eval-every-epochs", "10", "--lr", "0.2", "--target-accuracy", "1.0", "--seed", "3",
               "--data", ten_classes]
     runs = {}
-    for name, extra in (("recipe", []), ("bad", ["--ema-every-epochs", "4", "--ema-half-life-epochs", "20"])):
+    for name, extra in (("recipe", []), ("bad", ["--ema-every-epochs", "0.5", "--ema-half-life-epochs", "100"])):
         out = cli("train", *common, *extra, "--log-file", tmp_path / f"{name}.txt", check=False)
         assert out.returncode == 2, out.stderr[-3000:]          # target 1.0: not reached, the run ends normally
         runs[name] = (top1(tmp_path / f"{name}.txt"), out.stderr)
@@ -152,9 +154,6 @@ def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ten_c
     assert recipe > bad + 0.1, {name: accuracy for name, (accuracy, _) in runs.items()}
     warned = [line for line in bad_err.splitlines() if line.startswith("mlperf-resnet: warning: --ema-")]
     assert warned == [
-        "mlperf-resnet: warning: --ema-every-epochs (EMA_EVERY_EPOCHS): 4.0 epochs between updates make 2 EMA "
-        "update(s) in 10 epochs, so the evaluated weights are mostly early ones; set it to the recipe's 0.032 "
-        "(or EMA=0)",
-        "mlperf-resnet: warning: --ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): a half-life of 20.0 epochs is "
+        "mlperf-resnet: warning: --ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): a half-life of 100.0 epochs is "
         "more than a quarter of the 10-epoch run, so the evaluated weights are mostly early ones; set it to the "
         "recipe's 0.16 (at most 2.5)"], bad_err[-2000:]
