@@ -106,9 +106,10 @@ def find_resumable(path: Path | None, mode: str) -> dict | None:
         return None
     if mode == "1":
         state = load(path)
-        if progress_of(state).finished:
+        progress = progress_of(state)
+        if progress.finished:
             raise CheckpointError(f"--resume: the checkpoint is of a run that already ended (after epoch "
-                                  f"{progress_of(state).epoch}); start a new run without --resume")
+                                  f"{progress.epoch}); start a new run without --resume")
         return state
     if not path.exists():
         return None

@@ -227,7 +227,8 @@ def set_up(args: argparse.Namespace, dev, started: float):
     recipe = recipe_from_args(args, dev.world_size)
     ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
     state = checkpoint.find_resumable(ckpt_path, args.resume)
-    seed = checkpoint.progress_of(state).seed if state else args.seed   # a resumed run keeps its seed and order
+    saved = checkpoint.progress_of(state) if state else None
+    seed = saved.seed if saved else args.seed          # a resumed run keeps its seed and data order
     seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
     torch.manual_seed(seed)
     random.seed(seed)
@@ -240,7 +241,7 @@ def set_up(args: argparse.Namespace, dev, started: float):
     run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
     t = build_training(plan, dev.device, args.compile)
     if state:
-        checkpoint.check_resumable(checkpoint.progress_of(state), run.identity, args.seed, args.resume)
+        checkpoint.check_resumable(saved, run.identity, args.seed, args.resume)
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
         if dev.is_main:
