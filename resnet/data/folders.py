@@ -126,6 +126,17 @@ def load_rgb(path):
         return im if im.mode == "RGB" else im.convert("RGB")
 
 
+def read_image(path, fix="replace or delete the file"):
+    """load_rgb, with any failure a DataError naming the file (PIL raises OSError, SyntaxError, ValueError, ...
+    for a bad file); `fix` ends the message."""
+    try:
+        return load_rgb(path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})".replace("\n", " ") + f"; {fix}") \
+            from None
+
 def dataset_digest(root, classes, train, val) -> str:
     """What identifies a folder data set's images without reading them: the class names and, for every image in
     order, its path under `root` and its size in bytes (another set with the same classes and counts differs)."""

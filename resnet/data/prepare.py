@@ -36,7 +36,7 @@ from pathlib import Path
 from resnet import errors
 from resnet.data.beton import MANIFEST, OUTPUTS, beton_digest, estimated_bytes, page_size
 from resnet.data.beton import manifest as make_manifest
-from resnet.data.folders import DataError, load_rgb, scan_dataset
+from resnet.data.folders import DataError, read_image, scan_dataset
 
 NAME = "prepare"
 HELP = "write FFCV train/val files from ImageNet-layout folders"
@@ -118,14 +118,10 @@ class _LazyImages:
 
         path, label = self.samples[i]
         try:
-            return np.asarray(load_rgb(path)), label
+            return np.asarray(read_image(path, fix="replace or delete the file, then run prepare again")), label
         except DataError as e:
-            message = str(e)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            message = (f"{path}: cannot read image ({type(e).__name__}: {e})".replace("\n", " ")
-                       + "; replace or delete the file, then run prepare again")
-        self.failures.put((_DATA, message))
-        raise DataError(message)
+            self.failures.put((_DATA, str(e)))
+            raise
 
 
 def _write_beton(path, samples, settings, workers, tick):

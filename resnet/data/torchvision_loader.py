@@ -3,20 +3,9 @@ dependency beyond torchvision and the slowest backend (BENCHMARKS.md); the refer
 against. See resnet/data/loaders.py for the contract."""
 from pathlib import Path
 
-from resnet.data.folders import dataset_digest, load_rgb, scan_dataset
+from resnet.data.folders import dataset_digest, read_image, scan_dataset
 from resnet.data.loaders import Batches, DataInfo, check_train_size, normalize_nhwc, shard_order
 from resnet.errors import DataError
-
-
-def read_image(path):
-    """The RGB image at `path`; any failure is a DataError naming the file."""
-    try:
-        return load_rgb(path)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e}); replace or delete the file"
-                        .replace("\n", " ")) from None
 
 
 class _Files:
