@@ -77,7 +77,7 @@ def test_under_a_grad_scaler_the_step_is_the_unscaled_one():
     inv_scale = torch.tensor(3000.0).double().reciprocal().float()
     steps = []
     opt.register_step_post_hook(lambda *_: steps.append(1))
-    state = {}
+    state, moved = {}, {}
     for step in range(4):
         x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
         lr = opt.param_groups[0]["lr"]
@@ -90,7 +90,11 @@ def test_under_a_grad_scaler_the_step_is_the_unscaled_one():
         with torch.no_grad():
             per_tensor_reference(list(ref.parameters()), state, lr, 0.875, 5e-4, 0.7)
         for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(a, b, rtol=1.3e-6, atol=1e-7, msg=f"step {step} {name}")
+            # The device-side step subtracts lr * buf rounded, the reference fuses it (add with alpha): a weight
+            # that an update brought near zero differs by float32 roundings of the updates, not of the weight.
+            moved[name] = moved.get(name, 0.0) + lr * state[b].abs().max().item()
+            atol = 1e-7 + 4 * torch.finfo(torch.float32).eps * moved[name]
+            torch.testing.assert_close(a, b, rtol=1.3e-6, atol=atol, msg=f"step {step} {name}")
     assert len(steps) == 4 and scaler.get_scale() == 3000.0
 
 
