@@ -33,14 +33,29 @@ fi
 # A signal to this script goes straight to the trainers, torchrun's workers (each in its own session): a
 # signal to torchrun would reach them too, but torchrun kills a worker that has not exited 30 s later, and a
 # trainer on a loaded machine may need longer to reach its next check, checkpoint and log run_stop. torchrun
-# then sees them exit 4 and reports it. Before torchrun has workers, torchrun's own group gets the signal.
+# then sees them exit 4 and reports it. A process still starting (a Python importing: a SIGINT would end it with
+# a traceback) gets SIGTERM instead, which ends it silently before it has opened a log: a trainer that has not
+# installed its handler yet, or torchrun before it has started its workers (its group).
 # Trapped from the start: a signal before or between experiments stops the set as well.
 stopped_by="" child=""
+catches_hup() {  # PID has a handler for SIGHUP (bit 0 of SigCgt): resnet.train's, installed as it starts
+    local key mask
+    while read -r key mask; do
+        if [[ "$key" == SigCgt: ]]; then (((16#$mask & 1) == 1)); return; fi
+    done <"/proc/$1/status" 2>/dev/null
+    return 1
+}
 pass_on() {
     local workers worker
     workers=$(pgrep -P "$child" 2>/dev/null)
-    for worker in $workers; do kill -s "$1" -- "-$worker" 2>/dev/null || kill -s "$1" "$worker" 2>/dev/null; done
-    if [[ -z "$workers" ]]; then kill -s "$1" -- "-$child" 2>/dev/null; fi
+    for worker in $workers; do
+        if catches_hup "$worker"; then
+            kill -s "$1" -- "-$worker" 2>/dev/null || kill -s "$1" "$worker" 2>/dev/null
+        else
+            kill -s TERM "$worker" 2>/dev/null
+        fi
+    done
+    if [[ -z "$workers" ]]; then kill -s TERM -- "-$child" 2>/dev/null; fi
 }
 # shellcheck disable=SC2329  # called by the traps below
 forward() {
@@ -258,6 +273,10 @@ for ((i = 0; i < NEXP; i++)); do
         if [[ "$dry_run" == 1 ]]; then log=$(next_log); else log=$(claim_log) || die "cannot create a log in $RESULTS; check LOGDIR"; fi
         log_flag=(--log-file "$log")
     fi
+    if [[ -n "$stopped_by" ]]; then     # it came while this experiment was prepared (sync, claim): none starts
+        if [[ -n "$log" && -f "$log" && ! -L "$log" && ! -s "$log" ]]; then rm -f -- "$log"; fi
+        break
+    fi
     cmd=("${launcher[@]}" -m resnet.train "${FLAGS[@]}" --seed "$seed" "${log_flag[@]}" --cache-cleared "$cleared")
     if [[ "$dry_run" == 1 ]]; then
         printf '%q ' "${cmd[@]}"; echo
@@ -288,8 +307,9 @@ for ((i = 0; i < NEXP; i++)); do
     status=$rc
     if [[ -s "$work/status" ]]; then
         status=$(<"$work/status")
-    elif [[ -n "$stopped_by" && $rc != 0 ]]; then
-        status=4                        # torchrun itself was signalled and reports 1; its trainer stopped
+    fi
+    if [[ -n "$stopped_by" && $rc != 0 && ( ! -s "$work/status" || "$status" == -15 ) ]]; then
+        status=4        # torchrun was signalled and reports 1, or a starting trainer got the SIGTERM above
     fi
     if [[ -s "$work/lost" ]] && ((DGXNNODES > 1)); then
         echo "run_and_time.sh: error: node $node_rank: the rendezvous or store at $MASTER_ADDR:$MASTER_PORT failed" \

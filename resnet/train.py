@@ -31,6 +31,7 @@ from torch import nn
 from resnet import checkpoint, distributed, errors
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
+from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends SIGHUP
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
@@ -42,7 +43,6 @@ SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)   # a closed terminal or ssh sends SIGHUP
 
 
 class StopRequest:

@@ -19,7 +19,6 @@ during the run stops it within seconds. SIGTERM/SIGINT remove the temporary file
 end with their parent, even after SIGKILL, and the next run into OUT removes what a killed run left.
 """
 import contextlib
-import ctypes
 import errno
 import fcntl
 import gc
@@ -37,6 +36,7 @@ from resnet import errors
 from resnet.data.beton import MANIFEST, OUTPUTS, beton_digest, estimated_bytes, page_size
 from resnet.data.beton import manifest as make_manifest
 from resnet.data.folders import DataError, read_image, scan_dataset
+from resnet.data.workers import die_with_parent
 
 NAME = "prepare"
 HELP = "write FFCV train/val files from ImageNet-layout folders"
@@ -60,22 +60,6 @@ def _temp_name(final: Path) -> Path:
 
 # ---- writer processes: they report their failure, and die with their parent -----------------------------------
 
-def _die_with_parent(parent_pid):
-    """Have the kernel SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG), else poll."""
-    try:
-        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
-            raise OSError
-    except (OSError, AttributeError):  # not Linux: a thread that watches the parent
-        def watch():
-            while os.getppid() == parent_pid:
-                time.sleep(1)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-
-
 def _describe(e: BaseException):
     """(errno, or 0, or _DATA for a bad image; one line) for an exception raised in a writer process."""
     if isinstance(e, DataError):
@@ -94,7 +78,7 @@ def _worker(parent_pid, failures, work_fn, *args):
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     try:
         work_fn(*args)
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent

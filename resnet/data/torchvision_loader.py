@@ -5,6 +5,7 @@ from pathlib import Path
 
 from resnet.data.folders import dataset_digest, read_image, scan_dataset
 from resnet.data.loaders import Batches, DataInfo, check_train_size, normalize_nhwc, shard_order
+from resnet.data.workers import loader_worker_init
 from resnet.errors import DataError
 
 
@@ -63,7 +64,7 @@ def build(data_dir, spec):
         sampler = _ShardSampler(len(samples), spec.rank, spec.world_size, spec.seed, shuffle)
         torch_loader = DataLoader(_Files(samples, transform), batch_size=spec.batch_size, sampler=sampler,
                                   num_workers=spec.workers, pin_memory=device.type == "cuda", drop_last=shuffle,
-                                  persistent_workers=spec.workers > 0)
+                                  persistent_workers=spec.workers > 0, worker_init_fn=loader_worker_init)
 
         def iterate(epoch):
             sampler.epoch = epoch
