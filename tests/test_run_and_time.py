@@ -276,7 +276,8 @@ def trainers(pid: int) -> list[int]:
     return found
 
 
-def test_a_ctrl_c_while_the_trainer_starts_stops_it_quietly(folders_dali, tmp_path, busy):
+@pytest.mark.parametrize("repeat", range(SIGNAL_REPEATS))
+def test_a_ctrl_c_while_the_trainer_starts_stops_it_quietly(folders_dali, tmp_path, repeat, busy):
     """SIGINT while the trainer is still importing (before its handler): a Python there would die with a
     KeyboardInterrupt traceback; the launcher ends it with SIGTERM instead: no traceback, no log left, no more runs."""
     proc = start_run_and_time({**folders_dali, "LOGDIR": str(tmp_path), "NEXP": "2", "SEED": "19", "EPOCHS": "1",
