@@ -39,11 +39,10 @@ fi
 # Trapped from the start: a signal before or between experiments stops the set as well.
 stopped_by="" child=""
 catches_hup() {  # PID has a handler for SIGHUP (bit 0 of SigCgt): resnet.train's, installed as it starts
-    local key mask
-    while read -r key mask; do
-        if [[ "$key" == SigCgt: ]]; then (((16#$mask & 1) == 1)); return; fi
-    done <"/proc/$1/status" 2>/dev/null
-    return 1
+    local mask     # (grep, not bash's read: inside the SIGINT trap, read returns at once without reading)
+    mask=$(grep -m 1 '^SigCgt:' "/proc/$1/status" 2>/dev/null) || return 1
+    mask=${mask##*[[:space:]]}
+    [[ "$mask" =~ ^[0-9a-fA-F]+$ ]] && (((16#$mask & 1) == 1))
 }
 pass_on() {
     local workers worker
