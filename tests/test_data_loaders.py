@@ -4,6 +4,7 @@ reaching the consumer. DALI's own behaviour (exact evaluation for any world size
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from resnet.data.loaders import (IMAGENET_MEAN, IMAGENET_STD, LOADERS, LoaderSpe
 from resnet.errors import DataError, SettingError
 from resnet.data.prepare import prepare
 from resnet.data.synth import make_synthetic
+from tests.conftest import REPO
 
 pytest.importorskip("ffcv")
 
@@ -370,3 +372,49 @@ def test_a_bad_image_mid_run_names_its_file(synth_tree, tmp_path, workers):
             pass
     text = str(err.value)
     assert text.startswith(f"{victim}: cannot read image (") and "\n" not in text, text
+
+
+# ---- torchvision's DataLoader processes and stop signals ----
+
+LIVE_LOADER = """
+import sys
+from resnet.data.loaders import LoaderSpec, make_loaders
+train, _, _ = make_loaders(sys.argv[1], LoaderSpec(batch_size=4, **{shape}), loader="torchvision")
+for line in sys.stdin:                      # one epoch per line; the loader (and its workers) stays alive at exit
+    print(sum(len(y) for _, y in train), flush=True)
+{ending}
+"""
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("ending", ["", "raise RuntimeError('the script failed')"])
+def test_a_stop_signal_from_outside_spares_the_workers_and_exit_still_ends_them(synth_tree, ending):
+    """A SIGTERM/SIGINT/SIGHUP sent to the trainer's process group (launcher, terminal, SLURM) must not kill its
+    DataLoader processes: the trainer answers it. Their trainer's own SIGTERM must: Python's exit terminates the
+    loader's processes still alive (a loader kept to the end, or held by an uncaught exception's traceback) and
+    waits for them, which hung forever (CI's pytest, after its summary) while they ignored every SIGTERM."""
+    script = LIVE_LOADER.format(shape={**SHAPE, "workers": 2}, ending=ending)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(synth_tree)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("epoch\n")
+        proc.stdin.flush()
+        first = proc.stdout.readline()
+        workers = children(proc.pid)
+        assert first.strip() and len(workers) == 2, (first, workers, proc.stderr.read() if proc.poll() else "")
+        for pid, sig in zip(workers * 2, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTERM)):
+            os.kill(pid, sig)
+        proc.stdin.write("epoch\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == first, "the workers did not survive a signal from outside"
+        assert children(proc.pid) == workers
+        proc.stdin.close()
+        rc = proc.wait(timeout=300)  # generous for a shared machine; the defect never ends
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert rc == (1 if ending else 0), err
+    assert "DataLoader worker" not in err and "_exit_function" not in err, err

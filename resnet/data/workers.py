@@ -26,10 +26,20 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """A DataLoader process leaves SIGTERM/SIGINT/SIGHUP to the trainer. A stop signal sent to the trainer's whole
-    process group (the launcher, a terminal's Ctrl-C, SLURM) would otherwise kill it (PyTorch's worker dies on
-    SIGTERM) and end the run with an error instead of a checkpoint; the trainer ends its workers itself, and the
-    kernel ends any worker whose trainer died."""
-    for s in STOP_SIGNALS:
+    """A DataLoader process leaves SIGINT/SIGHUP, and SIGTERM from anyone but its trainer, to the trainer. A stop
+    signal sent to the trainer's whole process group (the launcher, a terminal's Ctrl-C, SLURM) would otherwise kill
+    it (PyTorch's worker dies on SIGTERM) and end the run with an error instead of a checkpoint. The trainer's own
+    SIGTERM still ends it: Python's exit terminates the live daemon processes and waits for them, forever if they
+    ignored it. The kernel ends any worker whose trainer died."""
+    trainer = os.getppid()
+    for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
-    die_with_parent(os.getppid())
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below (threads inherit it)
+
+    def answer_sigterm():
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+            pass
+        os._exit(0)  # a clean end: torch's SIGCHLD handler reports any other as the worker's failure
+
+    threading.Thread(target=answer_sigterm, daemon=True).start()
+    die_with_parent(trainer)
