@@ -2,6 +2,7 @@
 CPU benchmark logs) and the helpers that read MLPerf logs."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every process the tests start gets SIGINT at its default, however pytest was started: a shell's `make test &`
+# ignores it, children inherit that, and run_and_time.sh then warns that Ctrl-C cannot stop it (and bash cannot
+# trap a signal ignored when it started).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def events(log: Path) -> list[dict]:

@@ -113,16 +113,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def default_sigint():
-    """In the child: SIGINT back to its default, whatever pytest was started with (a shell's `... &` ignores it,
-    and bash cannot trap a signal that was ignored when it started)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start_run_and_time(env: dict, **popen) -> subprocess.Popen:
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     return subprocess.Popen(["./run_and_time.sh"], cwd=REPO, stdout=popen.pop("stdout", subprocess.PIPE),
-                            stderr=subprocess.PIPE, text=True, preexec_fn=popen.pop("preexec_fn", default_sigint),
+                            stderr=subprocess.PIPE, text=True,
                             env={"PATH": path, "HOME": os.environ.get("HOME", "/root"), "PYTHON": sys.executable,
                                  **TINY_CONFIG, **env}, **popen)
 
