@@ -218,17 +218,19 @@ def test_a_signal_reaches_the_trainer_and_stops_the_set(ffcv_data, synth_tree, t
 def test_ctrl_c_to_the_whole_group_stops_the_run_and_the_same_command_continues_it(folders_dali, tmp_path, busy):
     """A terminal's Ctrl-C reaches every process of the foreground group: the launcher, its console filter
     (which must live on to show the trainer's stop line) and torchrun (in its own group, reached through the
-    launcher). Running the same command again continues the run from its checkpoint (RESUME=auto)."""
-    env = {**folders_dali, "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "13", "EPOCHS": "4",
+    launcher). Running the same command again continues the run from its checkpoint (RESUME=auto), on a quiet
+    machine: the load is for the signal."""
+    env = {**folders_dali, "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "13", "EPOCHS": "2",
            "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(tmp_path / "ckpt")}
     proc = start_run_and_time(env, stdout=subprocess.DEVNULL, start_new_session=True)
     console = Console(proc)
     results = tmp_path / "CPU" / "resnet"
-    console.wait_for(r"^epoch 1/4 ")
+    console.wait_for(r"^epoch 1/2 ")
     below = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     stderr = finish(proc, console)
     assert_stopped_by(signal.SIGINT, proc, stderr, results / "result_0.txt", below)
+    busy.kill()
 
     again = run_and_time(env)
     assert "resuming the interrupted run" in again.stderr, again.stderr[-3000:]
@@ -236,13 +238,14 @@ def test_ctrl_c_to_the_whole_group_stops_the_run_and_the_same_command_continues_
     resumed = results / "result_1.txt"
     start = next(e for e in events(resumed) if e["key"] == "run_start")
     assert start["metadata"].get("resumed_from_epoch", 0) >= 1
-    assert run_stop(resumed)["metadata"]["status"] == "aborted"         # 4 epochs, the target out of reach
+    assert run_stop(resumed)["metadata"]["status"] == "aborted"         # 2 epochs, the target out of reach
     assert check_log(resumed, "4.0.0")[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_between_experiments_stops_the_set(folders_dali, tmp_path, sig, busy):
-    """Sent as the first experiment ends: the next one either never starts or is stopped as it starts."""
+    """Sent as the first experiment ends: the next one either never starts or is stopped as it starts. SIGINT: the
+    launcher traps every stop signal alike, and bash treats SIGINT specially while it waits for a command."""
     proc = start_run_and_time({**folders_dali, "LOGDIR": str(tmp_path), "NEXP": "3", "SEED": "17",
                                "EPOCHS": "1", "TARGET_ACCURACY": "0.99"}, stdout=subprocess.DEVNULL)
     console = Console(proc)
@@ -427,7 +430,7 @@ def test_a_dead_node_ends_the_other_one(folders, tmp_path):
 @pytest.mark.parametrize("alone", [0, 1], ids=["node 0 alone", "node 1 alone"])
 def test_a_node_whose_peer_never_starts_gives_up_in_one_line(ffcv_data, tmp_path, alone):
     """It says what it waits for (address, port, node count) and ends after RDZV_TIMEOUT_S with one line."""
-    port, timeout_s = free_port(), 20
+    port, timeout_s = free_port(), 10
     proc = start_run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": "21",
                                "DGXNNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                                "NODE_RANK": str(alone), "RDZV_TIMEOUT_S": str(timeout_s)}, stdout=subprocess.DEVNULL)
