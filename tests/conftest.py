@@ -15,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 # ignores it, children inherit that, and run_and_time.sh then warns that Ctrl-C cannot stop it (and bash cannot
 # trap a signal ignored when it started).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+# The same for SIGHUP under `nohup make test`: pytest keeps surviving a hangup (a Python handler that does
+# nothing), while the processes it starts get SIGHUP at its default on exec, so the SIGHUP tests can trap it.
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
 
 def events(log: Path) -> list[dict]:

@@ -10,7 +10,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet.algorithms import ema_model
 from resnet.recipe import MILD, Plan
-from tests.conftest import cli, events
+from tests.conftest import cli
 
 IMAGENET = 1_281_167
 
@@ -114,8 +114,14 @@ def test_an_update_does_not_sync_on_cuda():
     assert int(ema.n_averaged) == 3
 
 
-def top1(log):
-    return [e["value"] for e in events(log) if e["key"] == "eval_accuracy"][-1]
+def ema_distance(checkpoint) -> float:
+    """How far the EMA's weights are from the trained model's, relative to the model's (all float parameters)."""
+    state = torch.load(checkpoint, weights_only=True)
+    model = {k: v for k, v in state["model"].items() if v.is_floating_point()}
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.removeprefix("module.") in model}
+    assert ema.keys() == model.keys()
+    difference = sum(float((ema[k] - model[k]).pow(2).sum()) for k in model) ** 0.5
+    return difference / sum(float(v.pow(2).sum()) for v in model.values()) ** 0.5
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +141,11 @@ def ten_classes(tmp_path_factory):
 def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ten_classes, tmp_path):
     """`mlperf-resnet train` as a user runs it, with the recipe's EMA (here an update every step, half-life 1.9
     steps) and with a half-life far longer than the run, as ImageNet's half-life in images was on a small set:
-    the average then holds ~94% of the weights of its first update, 6 steps into a 120-step run, so it scores
-    near chance (0.10) where the recipe's EMA scores the trained model. (Updates at epochs 4 and 8 instead
-    score the epoch-4 weights, which on this easy set are too close to the final ones for a stable test:
-    0.33 against 0.27 in one run.) The console says what to set."""
+    the average then holds ~94% of the weights of its first update, 6 steps into a 120-step run. Measured on the
+    final checkpoint as the distance of the evaluated (EMA) weights from the trained ones (0.016 against 0.94 of
+    the weights' norm in one run): the accuracy of a 10-epoch run on 400 images varies too much between runs to
+    tell the two apart reliably (0.16 to 0.40 for the recipe's EMA against 0.14 for the bad one, under load).
+    The console says what to set."""
     common = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "32", "--train-crop-px", "32",
               "--eval-crop-px", "32", "--eval-resize-px", "36", "--resize-initial-scale", "1", "--workers", "1",
               "--precision", "fp32", "--device", "cpu", "--epochs", "10", "--warmup-epochs", "1",
@@ -146,12 +153,13 @@ def test_the_recipes_ema_fits_a_small_data_set_and_a_bad_setting_is_warned(ten_c
               "--data", ten_classes]
     runs = {}
     for name, extra in (("recipe", []), ("bad", ["--ema-every-epochs", "0.5", "--ema-half-life-epochs", "100"])):
-        out = cli("train", *common, *extra, "--log-file", tmp_path / f"{name}.txt", check=False)
+        out = cli("train", *common, *extra, "--log-file", tmp_path / f"{name}.txt", "--checkpoint-dir",
+                  tmp_path / name, check=False)
         assert out.returncode == 2, out.stderr[-3000:]          # target 1.0: not reached, the run ends normally
-        runs[name] = (top1(tmp_path / f"{name}.txt"), out.stderr)
+        runs[name] = (ema_distance(tmp_path / name / "last.pt"), out.stderr)
     (recipe, recipe_err), (bad, bad_err) = runs["recipe"], runs["bad"]
     assert "warning" not in recipe_err
-    assert recipe > bad + 0.1, {name: accuracy for name, (accuracy, _) in runs.items()}
+    assert bad > 10 * recipe, {name: distance for name, (distance, _) in runs.items()}
     warned = [line for line in bad_err.splitlines() if line.startswith("mlperf-resnet: warning: --ema-")]
     assert warned == [
         "mlperf-resnet: warning: --ema-half-life-epochs (EMA_HALF_LIFE_EPOCHS): a half-life of 100.0 epochs is "

@@ -168,6 +168,11 @@ def finish(proc: subprocess.Popen, console: Console, timeout_s=300) -> str:
     """Wait for the launcher to end (killing what is left of it on a timeout); its console."""
     try:
         proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        ps = subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:20,args", "-p",
+                             ",".join(map(str, [proc.pid, *descendants(proc.pid)]))], capture_output=True, text=True)
+        raise AssertionError(f"still running after {timeout_s} s:\n{ps.stdout}console:\n"
+                             + "".join(console.lines)[-5000:]) from None
     finally:
         if proc.poll() is None:
             for pid in [*descendants(proc.pid), proc.pid]:
