@@ -115,7 +115,8 @@ def test_an_update_does_not_sync_on_cuda():
 
 
 def ema_distance(checkpoint) -> float:
-    """How far the EMA's weights are from the trained model's, relative to the model's (float parameters and buffers)."""
+    """How far the EMA's weights are from the trained model's, relative to the model's norm (float parameters
+    and buffers)."""
     state = torch.load(checkpoint, weights_only=True)
     model = {k: v for k, v in state["model"].items() if v.is_floating_point()}
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.removeprefix("module.") in model}
