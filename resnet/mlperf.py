@@ -116,12 +116,13 @@ def log_init(log: RunLog, *, org: str, platform: str, status: str, cache_cleared
         log.event(key, value)
 
 
-def log_hyperparameters(log: RunLog, recipe, plan, seed: int) -> None:
-    """The seed, the keys MLPerf asks for, and the whole resolved recipe (so a log says what ran)."""
+def log_hyperparameters(log: RunLog, recipe, plan, seed: int, optimizer_name: str) -> None:
+    """The seed, the keys MLPerf asks for (the optimiser under the name the Training gives it), and the whole
+    resolved recipe (so a log says what ran)."""
     log.event(C.SEED, seed)
     for key, value in ((C.GLOBAL_BATCH_SIZE, recipe.global_batch_size), (C.GRADIENT_ACCUMULATION_STEPS, 1),
                        (C.TRAIN_SAMPLES, plan.train_samples), (C.EVAL_SAMPLES, plan.eval_samples),
-                       (C.OPT_NAME, "decoupled_sgdw"), (C.OPT_BASE_LR, recipe.peak_lr),
+                       (C.OPT_NAME, optimizer_name), (C.OPT_BASE_LR, recipe.peak_lr),
                        (C.OPT_LR_WARMUP_EPOCHS, recipe.warmup_epochs), (C.OPT_WEIGHT_DECAY, recipe.weight_decay),
                        ("opt_momentum", recipe.momentum), (C.OPT_LR_DECAY_SCHEDULE, "cosine"),
                        ("label_smoothing", recipe.label_smoothing), ("model_arch", recipe.arch),

@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,17 +78,34 @@ def loss_function(recipe):
 
 @dataclass
 class Training:
-    """Everything one optimiser step touches (built by `build_training`)."""
+    """Everything one optimiser step touches (built by `build_training`): the step chosen for the recipe, what
+    happens to a batch before the forward pass, the forward pass with its loss, and the model evaluation scores."""
     model: nn.Module              # the raw model: checkpoints and the EMA read it
     net: nn.Module                # what runs forward: the model, DDP-wrapped and/or compiled
     ema: nn.Module | None
     optimizer: torch.optim.Optimizer
+    optimizer_name: str           # as the MLPerf log names it (opt_name)
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loss_fn: object
     amp_dtype: torch.dtype | None
     ema_every_steps: int
+    step_fn: Callable             # (t, images, labels, side_px) -> loss, detached on the device: one step
     step: int = 0
+
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, side_px: int):
+        """A batch as the forward pass takes it: (images shrunk to this epoch's side, targets)."""
+        return resize_batch(images, side_px), labels
+
+    def forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The forward pass under the training autocast, and the recipe's loss."""
+        with autocast(images.device, self.amp_dtype):
+            return self.loss_fn(self.net(images), targets)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model evaluation scores: the EMA's weights once it has averaged, else the model."""
+        return self.ema.module if self.ema is not None and int(self.ema.n_averaged) else self.model
 
     def parts(self) -> dict:
         """What a checkpoint holds."""
@@ -122,17 +140,18 @@ def build_training(plan: Plan, device: torch.device, compile_model: bool = False
         name = "recompile_limit" if hasattr(limits, "recompile_limit") else "cache_size_limit"
         setattr(limits, name, max(getattr(limits, name), 64))   # one graph per progressive-resizing side
         net = torch.compile(net, dynamic=False, backend=compile_backend)
-    return Training(model, net, ema, optimizer, scheduler,
-                    torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)),
-                    loss_function(recipe), amp_dtype(recipe.precision), plan.ema_every_steps)
+    return Training(model=model, net=net, ema=ema, optimizer=optimizer, optimizer_name="decoupled_sgdw",
+                    scheduler=scheduler,
+                    scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)),
+                    loss_fn=loss_function(recipe), amp_dtype=amp_dtype(recipe.precision),
+                    ema_every_steps=plan.ema_every_steps,
+                    step_fn=train_step)   # the recipe's step, chosen once: a two-pass step (SAM) plugs in here
 
 
 def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
     """One step of the recipe: shrink the batch to this epoch's side, forward under autocast, loss, scaled
     backward, SGDW step, LR step, EMA every k steps. Returns the loss, detached and left on the device."""
-    images = resize_batch(images, side_px)
-    with autocast(images.device, t.amp_dtype):
-        loss = t.loss_fn(t.net(images), labels)
+    loss = t.forward_loss(*t.prepare(images, labels, side_px))
     t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)
     t.scaler.update()
@@ -157,12 +176,10 @@ def warm_up(t: Training, plan: Plan, spec, eval_batches: tuple) -> list[int]:
     for px in sides:
         loader_px = spec.train_side(next(e for e in range(recipe.epochs) if recipe.resolution_px(e) == px))
         images = torch.randn(plan.per_device_batch, 3, loader_px, loader_px, device=device, dtype=spec.dtype(True))
-        images = resize_batch(images.contiguous(memory_format=torch.channels_last), px)
-        with autocast(device, t.amp_dtype):
-            loss = t.loss_fn(t.net(images), labels)
-        loss.backward()
+        images = images.contiguous(memory_format=torch.channels_last)
+        t.forward_loss(*t.prepare(images, labels, px)).backward()
         t.optimizer.zero_grad(set_to_none=True)
-    evaluated = t.ema.module if t.ema is not None else t.model
+    evaluated = t.evaluated
     evaluated.eval()
     with torch.no_grad(), autocast(device, amp_dtype(recipe.eval_precision)):
         for n in eval_batches:
@@ -266,7 +283,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         log_init(log, org=args.org, platform=args.platform, status=args.status, cache_cleared=args.cache_cleared,
                  init_start_ms=int(started * 1000))
-        log_hyperparameters(log, plan.recipe, plan, saver.progress.seed)
+        log_hyperparameters(log, plan.recipe, plan, saver.progress.seed, t.optimizer_name)
         log.end(C.INIT_STOP)
         code = run_loop(t, plan=plan, dev=dev, log=log, loaders=loaders, stop=stop, saver=saver)
     except Exception as e:
@@ -321,7 +338,7 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
         for batch, (images, labels) in enumerate(itertools.islice(train_loader, plan.steps_per_epoch), start=1):
             if batch <= skip:
                 continue
-            loss = train_step(t, images, labels, px)
+            loss = t.step_fn(t, images, labels, px)
             loss_sum += loss
             bad_loss |= ~torch.isfinite(loss)
             if t.step % CHECK_EVERY_STEPS and batch < plan.steps_per_epoch:
@@ -347,8 +364,7 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
                 f"{plan.steps_per_epoch * recipe.global_batch_size / (time.time() - tic):,.0f} img/s")
         if recipe.evaluates_after(epoch):
             log.start(C.EVAL_START, epoch_num=done)
-            weights = t.ema.module if t.ema is not None and int(t.ema.n_averaged) else t.model  # EMA once started
-            accuracy = evaluate(weights, val_loader, dev.device, amp_dtype(recipe.eval_precision))
+            accuracy = evaluate(t.evaluated, val_loader, dev.device, amp_dtype(recipe.eval_precision))
             log.end(C.EVAL_STOP, epoch_num=done)
             log.event(C.EVAL_ACCURACY, accuracy, epoch_num=done)
             log.end(C.BLOCK_STOP, first_epoch_num=block_first)

@@ -180,12 +180,12 @@ def test_every_rank_evaluates_the_same_batchnorm_statistics(tmp_path):
     assert results == ["[1.0, 1.0, 1.0] [1.5, 1.5, 1.5] 5"] * 2, out.stdout + out.stderr
 
 
-def _tiny_training(precision="fp32", compile_backend=None):
+def _tiny_training(precision="fp32", compile_backend=None, epochs=10):
     from resnet import train
     from resnet.data.loaders import LoaderSpec
     from resnet.recipe import MILD, Plan
 
-    recipe = MILD.replace(arch="resnet18", epochs=10, train_crop_px=32, eval_crop_px=24, eval_resize_px=28,
+    recipe = MILD.replace(arch="resnet18", epochs=epochs, train_crop_px=32, eval_crop_px=24, eval_resize_px=28,
                           precision=precision, global_batch_size=4)
     plan = Plan(recipe, num_classes=4, train_samples=40, eval_samples=10, world_size=1)
     spec = LoaderSpec.from_recipe(recipe, batch_size=4)
@@ -236,3 +236,77 @@ def test_no_compilation_after_the_warm_up_in_bf16():
         train.train_step(t, images, torch.tensor([0, 1, 2, 3]), plan.recipe.resolution_px(epoch))
     assert counter.frame_count == compiled, "a training side compiled again after the warm-up"
     torch._dynamo.reset()
+
+
+def test_evaluation_scores_the_ema_once_it_has_averaged():
+    import dataclasses
+
+    t, _, _ = _tiny_training()
+    assert t.evaluated is t.model                     # the EMA holds no average yet
+    t.ema.update_parameters(t.model)
+    assert t.evaluated is t.ema.module
+    assert dataclasses.replace(t, ema=None).evaluated is t.model
+
+
+class _Batches:
+    """Fixed in-memory batches with the surface the loop uses (set_epoch, iteration, close)."""
+
+    def __init__(self, n_batches, side, batch=4):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randn(batch, 3, side, side, generator=g).contiguous(memory_format=torch.channels_last),
+                         torch.arange(batch) % 4) for _ in range(n_batches)]
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def close(self):
+        pass
+
+
+def test_a_two_pass_step_runs_in_the_unchanged_loop_and_the_log_names_the_trainings_optimiser(tmp_path):
+    """A recipe's own step (here SAM's shape: two forward/backward passes a step) is chosen once in the Training;
+    the real loop runs it at every batch, on batches `prepare` shrank to the epoch's side; the log's opt_name is the
+    Training's."""
+    import dataclasses
+    import signal as signals
+
+    from resnet import distributed, train
+    from resnet.checkpoint import RunProgress, Saver
+    from resnet.mlperf import RunLog, log_hyperparameters
+
+    t, plan, _ = _tiny_training(epochs=2)
+    sides = []
+
+    def two_pass_step(t, images, labels, side_px):
+        images, targets = t.prepare(images, labels, side_px)
+        for _ in range(2):
+            loss = t.forward_loss(images, targets)
+            loss.backward()
+            sides.append(images.shape[-1])
+        t.optimizer.step()
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scheduler.step()
+        t.step += 1
+        return loss.detach()
+
+    t = dataclasses.replace(t, step_fn=two_pass_step, optimizer_name="two_pass_sgdw")
+    before = [p.detach().clone() for p in t.model.parameters()]
+    log = RunLog(tmp_path / "result_0.txt")
+    log_hyperparameters(log, plan.recipe, plan, 0, t.optimizer_name)
+    handlers = {s: signals.getsignal(s) for s in train.STOP_SIGNALS}
+    try:
+        code = train.run_loop(t, plan=plan, dev=distributed.Dist(0, 1, 0, torch.device("cpu")), log=log,
+                              loaders=(_Batches(plan.steps_per_epoch, 32), _Batches(3, 24)),
+                              stop=train.StopRequest(), saver=Saver(None, 0, True, RunProgress(0, {})))
+    finally:
+        for s, h in handlers.items():
+            signals.signal(s, h)
+        log.close()
+    assert code == train.NOT_REACHED
+    expected = [plan.recipe.resolution_px(e) for e in range(2) for _ in range(2 * plan.steps_per_epoch)]
+    assert sides == expected and t.step == 2 * plan.steps_per_epoch
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
+    assert first(tmp_path / "result_0.txt", "opt_name")["value"] == "two_pass_sgdw"
