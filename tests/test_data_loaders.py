@@ -1,7 +1,8 @@
 """The loader seam on CPU, for every backend in LOADERS and a toy one registered here (one module and one line in
 BACKENDS): batch format, labels, epoch order, 2-rank sharding, the crop scale; what backends declare, answered
-without their libraries; FFCV/torchvision parity; every data problem found when the loaders are built; an FFCV loader-thread failure
-reaching the consumer. DALI's own behaviour (exact evaluation for any world size, bad JPEGs) is in test_data_dali.py."""
+without their libraries; FFCV/torchvision parity; every data problem found when the loaders are built; an FFCV
+loader-thread failure reaching the consumer. DALI's own behaviour (exact evaluation for any world size, bad JPEGs)
+is in test_data_dali.py."""
 import json
 import os
 import shutil
@@ -338,7 +339,8 @@ def test_backends_declare_themselves_and_the_seam_answers_without_their_librarie
 
     code = ("import json, sys\n"
             "from resnet.data.loaders import LOADERS, data_hint, declared\n"
-            "facts = {n: [declared(n).reads, declared(n).needs, declared(n).missing(), data_hint(n)] for n in LOADERS}\n"
+            "facts = {n: [declared(n).reads, declared(n).needs, declared(n).missing(), data_hint(n)]\n"
+            "         for n in LOADERS}\n"
             "heavy = [m for m in ('torch', 'numpy', 'PIL', 'ffcv', 'nvidia.dali', 'numba', 'cv2', 'torchvision')\n"
             "         if m in sys.modules]\n"
             "print(json.dumps([facts, heavy]))")
