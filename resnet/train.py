@@ -237,7 +237,9 @@ def set_up(args: argparse.Namespace, dev, started: float):
     random.seed(seed)
     spec = LoaderSpec.from_recipe(recipe, decode_to_side=args.decode_to_side, batch_size=recipe.global_batch_size //
                                   dev.world_size, workers=args.workers, device=str(dev.device), rank=dev.rank,
-                                  world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load)
+                                  world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load,
+                                  dali_prefetch=args.dali_prefetch_queue, nvjpeg_padding_mb=args.dali_nvjpeg_mempadding,
+                                  preallocate_px=(args.dali_preallocate_width, args.dali_preallocate_height))
     train_loader, val_loader, info = make_loaders(args.data, spec, loader=args.loader)
     plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
     plan.check()
