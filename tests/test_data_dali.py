@@ -258,7 +258,8 @@ try:
     out = dict(classes=classes, train=train, val=val, digest=digest)
 except DataError as e:
     out = dict(error=str(e))
-print(json.dumps(dict(rank=dist.get_rank(), scans=scans, **out)), flush=True)
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump(dict(scans=scans, **out), f)
 dist.destroy_process_group()
 """
 
@@ -267,11 +268,10 @@ def _two_rank_scan(tmp_path, data):
     script = tmp_path / "scan.py"
     script.write_text(SCAN)
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(data)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                          str(script), str(data), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]
-    return sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_rank_0_scans_and_digests_the_folders_and_the_other_rank_receives_them(tree, tmp_path):
