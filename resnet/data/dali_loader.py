@@ -68,12 +68,9 @@ class _Feed:
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.spec, self.train = spec, train
         self.size = spec.batch_size
+        self.shard_size = len(shard_order(len(self.labels), spec.rank, spec.world_size, 0, 0, train))
         self.num_batches = self.shard_size // self.size if train else -(-self.shard_size // self.size)
         self.epoch, self.batch, self.fed = None, 0, 0   # the batch fed next; batches fed but not yet read
-
-    @property
-    def shard_size(self):
-        return len(shard_order(len(self.labels), self.spec.rank, self.spec.world_size, 0, 0, self.train))
 
     def order(self, epoch):
         spec = self.spec
@@ -105,7 +102,8 @@ def _decoding(spec):
         return dict(device="cpu")
     args = dict(device="mixed", hw_decoder_load=spec.hw_decoder_load)
     if spec.nvjpeg_padding_mb is not None:
-        args.update(device_memory_padding=spec.nvjpeg_padding_mb << 20, host_memory_padding=spec.nvjpeg_padding_mb << 20)
+        padding = spec.nvjpeg_padding_mb << 20
+        args.update(device_memory_padding=padding, host_memory_padding=padding)
     width, height = spec.preallocate_px
     if width and height:
         args.update(preallocate_width_hint=width, preallocate_height_hint=height)
@@ -223,9 +221,14 @@ class _Loader:
             return
         stale = feed.fed
         feed.restart(epoch)
-        for _ in range(stale):
-            self.pipe.run()
-            feed.fed -= 1
+        try:
+            for _ in range(stale):
+                self.pipe.run()
+                feed.fed -= 1
+        except RuntimeError:    # in a batch of another epoch: that epoch reports it when it is read
+            self.close()
+            self.pipe = _pipeline(self.spec, feed, train=self.train)
+            feed.restart(epoch)
 
     def iterate(self, epoch):
         import torch
