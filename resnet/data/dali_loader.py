@@ -15,7 +15,8 @@ position), and a resumed run (set_epoch(e), then skipping the batches already do
 Train: decoders.image_random_crop (RandomResizedCrop fused into the decode: only the crop is decoded), resized to
 spec.train_side(epoch) (fed per batch), flipped on a coin toss, normalised. Val: the whole image, its short side
 resized to eval_resize_px, the centre eval_crop_px, normalised; in file order, the last batch of a shard shorter.
-Labels go to the device once per epoch (a batch's are a slice of them).
+Paths are encoded once per run (one NUL-padded row each: a batch is one numpy indexing); labels go to the device
+once per epoch (a batch's are a slice of them).
 
 Images: what DALI's decoder (nvImageCodec) reads on the CPU: JPEG, PNG, BMP, TIFF, PNM (ppm/pgm), WebP and
 JPEG 2000, grayscale or colour (converted to RGB); on the GPU, JPEGs are decoded there and the rest on the CPU.
@@ -61,10 +62,11 @@ class _Feed:
     def __init__(self, samples, spec, train):
         import numpy as np
 
-        raw = [os.fsencode(path) for path, _ in samples]      # encoded once per run
-        self.ends = np.cumsum([len(r) for r in raw], dtype=np.int64)
-        self.starts = self.ends - [len(r) for r in raw]
-        self.paths = np.frombuffer(b"".join(raw), np.uint8)
+        # Encoded once per run, one row a path, NUL-padded (io.file.read takes a path up to its first NUL, and no
+        # POSIX path holds one): a batch's paths are one indexing of this array, not a Python loop.
+        raw = [os.fsencode(path) for path, _ in samples]
+        width = max(map(len, raw))
+        self.paths = np.frombuffer(b"".join(r.ljust(width, b"\0") for r in raw), np.uint8).reshape(len(raw), width)
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.spec, self.train = spec, train
         self.size = spec.batch_size
@@ -86,7 +88,7 @@ class _Feed:
         if self.batch == self.num_batches:          # the next epoch follows
             self.restart(self.epoch + 1)
         index = self._order[self.batch * self.size: (self.batch + 1) * self.size]
-        paths = [self.paths[a:b] for a, b in zip(self.starts[index], self.ends[index])]
+        paths = self.paths[index]
         self.batch, self.fed = self.batch + 1, self.fed + 1
         if not self.train:
             return (paths,)
