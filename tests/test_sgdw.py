@@ -212,9 +212,10 @@ def test_a_scaled_step_reads_nothing_back_on_either_path(fused):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA sync check needs a GPU")
-def test_an_fp16_step_does_not_sync_on_cuda():
+@pytest.mark.parametrize("fused", [None, False])     # None: the fused kernel, the default on CUDA
+def test_an_fp16_step_does_not_sync_on_cuda(fused):
     model = torchvision.models.resnet18(num_classes=10).cuda()
-    opt = DecoupledSGDW(model.parameters(), lr=0.5, momentum=0.875, weight_decay=5e-4)
+    opt = DecoupledSGDW(model.parameters(), lr=0.5, momentum=0.875, weight_decay=5e-4, fused=fused)
     scaler = torch.amp.GradScaler("cuda")
     x, y = torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
     for bad in (None, float("inf")):
@@ -223,6 +224,7 @@ def test_an_fp16_step_does_not_sync_on_cuda():
         scaler.scale(loss).backward()
         if bad is not None:
             model.fc.weight.grad[0, 0] = bad
+            before = (scaler.get_scale(), model.fc.weight.detach().clone())   # whatever the first step did
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -231,4 +233,4 @@ def test_an_fp16_step_does_not_sync_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         opt.zero_grad(set_to_none=True)
-    assert scaler.get_scale() == 65536.0 / 2
+    assert scaler.get_scale() == before[0] / 2 and torch.equal(model.fc.weight, before[1])
