@@ -237,6 +237,21 @@ def test_a_dali_failure_that_is_not_about_the_files_is_reported_as_itself(tree):
     train.close(), val.close()
 
 
+def test_the_gpu_decoder_gets_the_h100_settings_under_dali_s_own_argument_names():
+    """What a CUDA spec asks of nvJPEG (no GPU here to build it): the hardware share, NVIDIA's 256 MB paddings in
+    bytes and the preallocation hints, each an argument both DALI decoders take; on the CPU none of them."""
+    from nvidia.dali import backend
+
+    cuda = spec(device="cuda:0", hw_decoder_load=0.99, nvjpeg_padding_mb=256, preallocate_px=(5980, 6430))
+    args = dali_loader._decoding(cuda)
+    assert args == dict(device="mixed", hw_decoder_load=0.99, device_memory_padding=256 << 20,
+                        host_memory_padding=256 << 20, preallocate_width_hint=5980, preallocate_height_hint=6430)
+    for op in ("decoders__Image", "decoders__ImageRandomCrop"):
+        assert all(backend.GetSchema(op).HasArgument(name) for name in set(args) - {"device"}), op
+    assert dali_loader._decoding(spec(hw_decoder_load=0.99, nvjpeg_padding_mb=256)) == dict(device="cpu")
+    assert dali_loader._decoding(spec(device="cuda:1")) == dict(device="mixed", hw_decoder_load=0.65)
+
+
 def test_an_older_dali_is_refused_in_one_line_naming_both_versions(monkeypatch):
     monkeypatch.setattr(DALI, "__version__", "1.42.0")
     with pytest.raises(SettingError) as e:
