@@ -186,8 +186,8 @@ def failure(error, files, size, prefetch):
     decoder, the DataError of the first file (of that batch and the ones DALI had prefetched) that does not decode
     alone, else of the batch; for any other (CUDA, memory, DALI itself), a RuntimeError with DALI's reason."""
     if not any(op in str(error) for op in DATA_OPERATORS):
-        return RuntimeError(f"LOADER=dali: the DALI pipeline failed ({_reason(error)}); not a data problem: "
-                            f"see DALI's message above the traceback")
+        return RuntimeError(f"LOADER=dali: the DALI pipeline failed ({_reason(error)}) outside reading and "
+                            "decoding the files, so not a data problem (MLPERF_RESNET_DEBUG=1 shows DALI's message)")
     for path in files[: (prefetch + 1) * size]:
         problem = decode_problem(path)
         if problem:
@@ -251,7 +251,7 @@ class _Loader:
                 (out,) = self.pipe.run(stream)  # on a GPU: bound to torch's stream, no host wait
             except RuntimeError as e:
                 self.close()                    # DALI: "Current pipeline object is no longer valid"
-                raise failure(e, [self.files[i] for i in order[first:]], size, self.spec.dali_prefetch) from None
+                raise failure(e, [self.files[i] for i in order[first:]], size, self.spec.dali_prefetch) from e
             self.feed.fed -= 1
             out = out.as_tensor()
             batch = feed_ndarray(out, torch.empty(out.shape(), dtype=dali_dtype, device=device), stream)
