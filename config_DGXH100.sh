@@ -23,6 +23,18 @@ if [[ "$NEXP" =~ ^[0-9]{1,4}$ ]]; then export WALLTIME=$((15 + 10#$NEXP * 25)); 
 export PRECISION=fp16           # as submitted (GradScaler); bf16 needs no scaler and is one line away:
 # export PRECISION=bf16
 export LOADER=dali              # GPU JPEG decoding (DALI_HW_DECODER_LOAD of the images on the hardware decoder)
+# DALI: NVIDIA's own H100 settings, the starting point of the sweep (hardware share x threads x prefetch) on the
+# first 8-GPU machine. Source: NVIDIA's MLPerf Training v3.1 ResNet-50 submission, MXNet + DALI, repository
+# mlcommons/training_results_v3.1, NVIDIA/benchmarks/resnet/implementations/mxnet/config_DGXH100.sh (commit
+# f33f9444), read there by common/dali.py: DALI_THREADS=6, DALI_PREFETCH_QUEUE=5, DALI_NVJPEG_MEMPADDING=256 (MB,
+# host and device), DALI_HW_DECODER_LOAD=0.99, DALI_PREALLOCATE_WIDTH/HEIGHT=5980/6430. Not taken: their per-op
+# buffer-size hints (sized for their 224 px pipeline) and DALI_CACHE_SIZE=12288 (a decoded-image cache that ties
+# each GPU to one fixed shard; we shuffle the whole set every epoch).
 # DALI's CPU threads per GPU (file reading, the host side of decoding): 2x 56-core Xeon 8480C = 14 cores per GPU;
 # with BIND_CPU=1 each rank is bound to its GPU's socket (56 cores for 4 ranks).
-export NUM_WORKERS=8
+export NUM_WORKERS=6            # NVIDIA's DALI_THREADS
+export DALI_HW_DECODER_LOAD=0.99
+export DALI_PREFETCH_QUEUE=5
+export DALI_NVJPEG_MEMPADDING=256
+export DALI_PREALLOCATE_WIDTH=5980
+export DALI_PREALLOCATE_HEIGHT=6430

@@ -111,6 +111,14 @@ SETTINGS = [
             "epoch's side (0: to TRAIN_CROP_PX, shrunk on the device, as submitted)", default=False),
     Setting("DALI_HW_DECODER_LOAD", "--dali-hw-decoder-load", float, "share of JPEGs DALI sends to the GPU's "
             "hardware decoder (A100/H100)", default=0.65, within="[0, 1]"),
+    Setting("DALI_PREFETCH_QUEUE", "--dali-prefetch-queue", int, "batches each DALI pipeline prepares ahead",
+            default=2, within=POSITIVE),
+    Setting("DALI_NVJPEG_MEMPADDING", "--dali-nvjpeg-mempadding", int, "nvJPEG host and device memory padding in "
+            "MB, DALI on a GPU (default: DALI's own)", within=NON_NEGATIVE),
+    Setting("DALI_PREALLOCATE_WIDTH", "--dali-preallocate-width", int, "with DALI_PREALLOCATE_HEIGHT: the image size "
+            "DALI preallocates the hardware JPEG decoder for (0: none)", default=0, within=NON_NEGATIVE),
+    Setting("DALI_PREALLOCATE_HEIGHT", "--dali-preallocate-height", int, "see DALI_PREALLOCATE_WIDTH", default=0,
+            within=NON_NEGATIVE),
     Setting("DEVICE", "--device", str, "auto: CUDA when visible; GPU configs say cuda", default="auto",
             choices=("auto", "cpu", "cuda")),
     Setting("COMPILE", "--compile", bool01, "1 = torch.compile the model", default=False),

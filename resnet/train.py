@@ -115,7 +115,10 @@ class Training:
 
 def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP without a buffer broadcast before every forward (each rank keeps its own BatchNorm statistics while
-    training; they are averaged before each evaluation), gradients living in the all-reduce buckets (no copy).
+    training; they are averaged before each evaluation). gradient_as_bucket_view=True makes each .grad a view of its
+    all-reduce bucket: what that saves here is the copy of the reduced bucket back into .grad, and only that. With
+    zero_grad(set_to_none=True) every step starts without gradients, so backward still makes a fresh .grad that
+    DDP copies into the bucket before replacing it by the view: the copy in and the transient gradient remain.
     PyTorch 2.12+ names the switch forward_sync_buffers (broadcast_buffers is deprecated there); 2.10 has only
     broadcast_buffers. Both sync the buffers once at construction."""
     ddp = nn.parallel.DistributedDataParallel
@@ -251,7 +254,9 @@ def set_up(args: argparse.Namespace, dev, started: float):
     random.seed(seed)
     spec = LoaderSpec.from_recipe(recipe, decode_to_side=args.decode_to_side, batch_size=recipe.global_batch_size //
                                   dev.world_size, workers=args.workers, device=str(dev.device), rank=dev.rank,
-                                  world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load)
+                                  world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load,
+                                  dali_prefetch=args.dali_prefetch_queue, nvjpeg_padding_mb=args.dali_nvjpeg_mempadding,
+                                  preallocate_px=(args.dali_preallocate_width, args.dali_preallocate_height))
     train_loader, val_loader, info = make_loaders(args.data, spec, loader=args.loader)
     plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
     plan.check()

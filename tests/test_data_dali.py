@@ -1,8 +1,10 @@
 """The DALI backend on the CPU (the real DALI pipeline with CPU operators): batch format, class indices against
-prepare's and torchvision's, the order and crops per (seed, epoch), resume, sharding, exact evaluation for world
-sizes 1-3, bad data named up front and mid-run, the install hint, and training runs (1 process, 2 gloo ranks)
+prepare's and torchvision's, the order and crops per (seed, epoch), resume, both pipelines built once, sharding,
+exact evaluation for world sizes 1-3, bad data named up front and mid-run, other DALI failures not blamed on the
+data, the install and version hints, one folder scan for 2 gloo ranks, and training runs (1 process, 2 gloo ranks)
 whose logs pass the checker."""
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -11,14 +13,15 @@ import sys
 import pytest
 import torch
 
-from resnet.data import beton
+from resnet.data import beton, dali_loader
 from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, make_loaders, shard_order
 from resnet.data.synth import make_synthetic
-from resnet.errors import DataError
+from resnet.errors import DataError, SettingError
 from tests.conftest import REPO, cli, events, run_stop
 from tests.test_train import TINY
 
-pytest.importorskip("nvidia.dali")
+DALI = pytest.importorskip("nvidia.dali")
+
 
 CLASSES = 19  # one train and one val image per class: a label names its sample; 19 divides by neither 2 nor 3
 CROP, RESIZE = 32, 40
@@ -57,8 +60,10 @@ def test_batch_format(tree):
         train, val, info = dali(tree, train_precision=train_precision)
         assert info.num_classes == info.train_samples == info.eval_samples == CLASSES
         assert (len(train), train.num_samples, len(val), val.num_samples) == (6, 18, 7, 19)
-        for batches, want_dtype, sizes in ((epoch(train), dtype, [3] * 6), (epoch(val), torch.float32, [3] * 6 + [1])):
+        for batches, want_dtype, sizes in (([*train], dtype, [3] * 6), ([*val], torch.float32, [3] * 6 + [1])):
             assert [len(y) for _, y in batches] == sizes
+            # an epoch's labels are slices of one tensor, moved to the device once per epoch
+            assert len({y.untyped_storage().data_ptr() for _, y in batches}) == 1
             for x, y in batches:
                 assert x.shape == (len(y), 3, CROP, CROP) and x.dtype == want_dtype and x.device.type == "cpu"
                 assert x.is_contiguous(memory_format=torch.channels_last)
@@ -103,6 +108,33 @@ def test_order_and_crops_depend_on_seed_and_epoch_only(tree):
     other, _, _ = dali(tree, seed=12)
     assert labels(epoch(other)) != labels(first[0])
     for loader in (train, again, other):
+        loader.close()
+
+
+def test_both_pipelines_are_built_once_and_any_history_replays_an_epoch(tree, monkeypatch):
+    """make_loaders (before run_start) builds the train and val pipelines; epochs, evaluations, a resume's
+    set_epoch and a half-read epoch build no other. An epoch's batches are the same whatever was read before
+    and however deep the prefetch queue (1 or 3): crops depend on (seed, epoch, rank, position) alone."""
+    built = []
+    real = dali_loader._pipeline
+    monkeypatch.setattr(dali_loader, "_pipeline", lambda *a, **k: built.append(k["train"]) or real(*a, **k))
+    train, val, _ = dali(tree, dali_prefetch=3, train_sides=(24, 32, 32))
+    assert sorted(built) == [False, True]
+    first = [epoch(train) for _ in range(3)]
+    evaluated = [labels(epoch(val)) for _ in range(2)]
+    assert evaluated[0] == evaluated[1] == list(range(CLASSES))
+    train.set_epoch(0)
+    for _, _ in zip(range(2), train):      # an epoch left after 2 of its 6 batches
+        pass
+    again = epoch(train, 1)
+    assert [labels(again), [x.shape for x, _ in again]] == [labels(first[1]), [x.shape for x, _ in first[1]]]
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(again, first[1]))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(epoch(train), first[2]))   # epoch 2 follows
+    assert sorted(built) == [False, True]
+    shallow, _, _ = dali(tree, dali_prefetch=1, train_sides=(24, 32, 32))
+    for e in (2, 0):
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(epoch(shallow, e), first[e]))
+    for loader in (train, val, shallow):
         loader.close()
 
 
@@ -189,6 +221,87 @@ def test_a_bad_file_mid_run_ends_the_epoch_naming_it(tree, tmp_path):
     assert str(e.value).startswith(f"{bad}: DALI cannot decode this image") and "\n" not in str(e.value)
     assert labels(epoch(val)) == list(range(CLASSES))       # the other loader still works
     train.close(), val.close()
+
+
+def test_a_dali_failure_that_is_not_about_the_files_is_reported_as_itself(tree):
+    """A resize to an 8,000,000 px side cannot be allocated (192 TB an image, past any address space): a real
+    failure of DALI's resize operator. It is raised as a RuntimeError with DALI's reason, without decoding the
+    batch's files one by one and without a DataError blaming them; the loader still works after it."""
+    train, val, _ = dali(tree, train_sides=(8_000_000, CROP))
+    with pytest.raises(RuntimeError) as e:
+        epoch(train)
+    assert not isinstance(e.value, DataError)
+    assert str(e.value).startswith("LOADER=dali: the DALI pipeline failed (std::bad_alloc)"), str(e.value)
+    assert "\n" not in str(e.value)
+    assert [tuple(x.shape[2:]) for x, _ in epoch(train, 1)] == [(CROP, CROP)] * 6    # a new pipeline, epoch 1
+    train.close(), val.close()
+
+
+def test_the_gpu_decoder_gets_the_h100_settings_under_dali_s_own_argument_names():
+    """What a CUDA spec asks of nvJPEG (no GPU here to build it): the hardware share, NVIDIA's 256 MB paddings in
+    bytes and the preallocation hints, each an argument both DALI decoders take; on the CPU none of them."""
+    from nvidia.dali import backend
+
+    cuda = spec(device="cuda:0", hw_decoder_load=0.99, nvjpeg_padding_mb=256, preallocate_px=(5980, 6430))
+    args = dali_loader._decoding(cuda)
+    assert args == dict(device="mixed", hw_decoder_load=0.99, device_memory_padding=256 << 20,
+                        host_memory_padding=256 << 20, preallocate_width_hint=5980, preallocate_height_hint=6430)
+    for op in ("decoders__Image", "decoders__ImageRandomCrop"):
+        assert all(backend.GetSchema(op).HasArgument(name) for name in set(args) - {"device"}), op
+    assert dali_loader._decoding(spec(hw_decoder_load=0.99, nvjpeg_padding_mb=256)) == dict(device="cpu")
+    assert dali_loader._decoding(spec(device="cuda:1")) == dict(device="mixed", hw_decoder_load=0.65)
+
+
+def test_an_older_dali_is_refused_in_one_line_naming_both_versions(monkeypatch):
+    monkeypatch.setattr(DALI, "__version__", "1.42.0")
+    with pytest.raises(SettingError) as e:
+        dali_loader.ensure_installed()
+    assert str(e.value).startswith("LOADER=dali: NVIDIA DALI 1.42.0 is installed, this loader needs 2.4 or newer")
+    monkeypatch.setattr(DALI, "__version__", "2.4.0")
+    dali_loader.ensure_installed()
+
+
+SCAN = """import json, sys
+import torch.distributed as dist
+from resnet.data import folders
+from resnet.errors import DataError
+dist.init_process_group("gloo")
+scans, real = [], folders.scan_split
+folders.scan_split = lambda *a, **k: scans.append(a[1]) or real(*a, **k)
+try:
+    classes, train, val, _, digest = folders.shared_scan(sys.argv[1])
+    out = dict(classes=classes, train=train, val=val, digest=digest)
+except DataError as e:
+    out = dict(error=str(e))
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump(dict(scans=scans, **out), f)
+dist.destroy_process_group()
+"""
+
+
+def _two_rank_scan(tmp_path, data):
+    script = tmp_path / "scan.py"
+    script.write_text(SCAN)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(data), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_rank_0_scans_and_digests_the_folders_and_the_other_rank_receives_them(tree, tmp_path):
+    from resnet.data.folders import dataset_digest, scan_dataset
+
+    ranks = _two_rank_scan(tmp_path, tree)
+    assert [r["scans"] for r in ranks] == [["train", "val"], []]        # one scan, by rank 0
+    classes, train, val, _ = scan_dataset(tree)
+    for r in ranks:
+        assert (r["classes"], r["digest"]) == (classes, dataset_digest(tree, classes, train, val))
+        assert [tuple(s) for s in r["train"]] == train and [tuple(s) for s in r["val"]] == val
+    data = _tree_copy(tree, tmp_path / "tree")
+    shutil.rmtree(data / "val")
+    ranks = _two_rank_scan(tmp_path, data)                   # rank 0's DataError on both, no rank left waiting
+    assert ranks[0]["error"] == ranks[1]["error"] and str(data / "val") in ranks[1]["error"]
 
 
 def test_png_and_grayscale_images_are_read(tree, tmp_path):

@@ -1,11 +1,13 @@
 """Decoupled SGDW against a hand computation and the per-tensor formula (docs/RECIPE.md), and its GradScaler
-protocol: unscaling and skipping a step with an inf/NaN gradient on the device, with nothing read back."""
+protocol: unscaling and skipping a step with an inf/NaN gradient on the device, with nothing read back, through
+the foreach path and through PyTorch's fused SGD kernel (which has CPU kernels: tested here for real)."""
 import copy
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from resnet.algorithms import DecoupledSGDW
 
@@ -98,10 +100,43 @@ def test_under_a_grad_scaler_the_step_is_the_unscaled_one():
     assert len(steps) == 4 and scaler.get_scale() == 3000.0
 
 
+def test_the_fused_kernel_step_is_the_foreach_step_within_rounding():
+    """fused=True (the CUDA default under a GradScaler) against fused=False on the same gradients: equal within
+    float32 rounding step after step (the kernel divides by the scale, the foreach path multiplies by its float32
+    reciprocal); a gradient-less parameter keeps its value and its buffer in both."""
+    ours, ref = twin_resnets()
+    opts = [DecoupledSGDW(m.parameters(), lr=0.7, momentum=0.875, weight_decay=5e-4, fused=f)
+            for m, f in ((ours, True), (ref, False))]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0 / (step + 1)) for o in opts]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=3000.0) for _ in opts]
+    scalers[1].scale(torch.ones(()))    # its scale made: ref takes ours's scaled gradients
+    moved = {}
+    for step in range(4):
+        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+        lr = opts[0].param_groups[0]["lr"]
+        backward(ours, x, y, scalers[0])
+        for a, b in zip(ours.parameters(), ref.parameters()):
+            b.grad = a.grad.clone()
+        if step == 2:
+            ours.fc.bias.grad = ref.fc.bias.grad = None
+        for opt, scaler, sched in zip(opts, scalers, scheds):
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+        for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+            buf = opts[1].state[b]["momentum_buffer"]
+            moved[name] = moved.get(name, 0.0) + lr * buf.abs().max().item()
+            atol = 1e-7 + 4 * torch.finfo(torch.float32).eps * moved[name]
+            torch.testing.assert_close(a, b, rtol=1.3e-6, atol=atol, msg=f"step {step} {name}")
+            torch.testing.assert_close(opts[0].state[a]["momentum_buffer"], buf, rtol=1e-5, atol=1e-6)
+    assert opts[0].param_groups == [{**g, "params": opts[0].param_groups[0]["params"]} for g in opts[1].param_groups]
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_a_step_with_a_non_finite_gradient_changes_nothing_and_the_scaler_backs_off(bad):
+def test_a_step_with_a_non_finite_gradient_changes_nothing_and_the_scaler_backs_off(bad, fused):
     ours, _ = twin_resnets()
-    opt = DecoupledSGDW(ours.parameters(), lr=0.7, momentum=0.875, weight_decay=5e-4)
+    opt = DecoupledSGDW(ours.parameters(), lr=0.7, momentum=0.875, weight_decay=5e-4, fused=fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     called = []
     opt.register_step_post_hook(lambda *_: called.append(1))
@@ -147,10 +182,40 @@ def test_the_step_reads_no_tensor_value_back_to_the_host():
     assert all(s["momentum_buffer"].is_meta for s in opt.state.values())
 
 
+class NoHostReads(TorchDispatchMode):
+    """Raises on every read of a tensor's value by the host (.item(), bool(), `if tensor`: all of them dispatch
+    aten._local_scalar_dense), which on a GPU is a sync."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("the step read a tensor value on the host")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_scaled_step_reads_nothing_back_on_either_path(fused):
+    """The fused kernel has no meta kernel: both paths are checked on the CPU, where a host read is seen as the
+    aten._local_scalar_dense call it dispatches (and the check is shown to catch one)."""
+    ours, _ = twin_resnets()
+    opt = DecoupledSGDW(ours.parameters(), lr=0.7, momentum=0.875, weight_decay=5e-4, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for bad in (None, float("inf"), None):
+        backward(ours, x, y, scaler)
+        if bad is not None:
+            ours.fc.weight.grad[0, 0] = bad
+        with NoHostReads():
+            scaler.step(opt)
+            scaler.update()
+    with pytest.raises(AssertionError, match="host"), NoHostReads():
+        bool(ours.fc.weight.sum() > 0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA sync check needs a GPU")
-def test_an_fp16_step_does_not_sync_on_cuda():
+@pytest.mark.parametrize("fused", [None, False])     # None: the fused kernel, the default on CUDA
+def test_an_fp16_step_does_not_sync_on_cuda(fused):
     model = torchvision.models.resnet18(num_classes=10).cuda()
-    opt = DecoupledSGDW(model.parameters(), lr=0.5, momentum=0.875, weight_decay=5e-4)
+    opt = DecoupledSGDW(model.parameters(), lr=0.5, momentum=0.875, weight_decay=5e-4, fused=fused)
     scaler = torch.amp.GradScaler("cuda")
     x, y = torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
     for bad in (None, float("inf")):
@@ -159,6 +224,7 @@ def test_an_fp16_step_does_not_sync_on_cuda():
         scaler.scale(loss).backward()
         if bad is not None:
             model.fc.weight.grad[0, 0] = bad
+            before = (scaler.get_scale(), model.fc.weight.detach().clone())   # whatever the first step did
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -167,4 +233,4 @@ def test_an_fp16_step_does_not_sync_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         opt.zero_grad(set_to_none=True)
-    assert scaler.get_scale() == 65536.0 / 2
+    assert scaler.get_scale() == before[0] / 2 and torch.equal(model.fc.weight, before[1])

@@ -93,16 +93,16 @@ def scan_dataset(root):
 
 
 def read_dataset(root, spec, check_image):
-    """The folder backends' preamble: scan root/train and root/val, check that the training set gives every rank
-    a full batch, open the first image of each split with `check_image(path)` (the backend's own decoder, raising
+    """The folder backends' preamble: scan root/train and root/val (rank 0 alone: shared_scan), check that the
+    training set gives every rank a full batch, open the first image of each split with `check_image(path)` (the backend's own decoder, raising
     DataError: unreadable files show up before training), digest. Returns (train samples, val samples, DataInfo)."""
     from resnet.data.loaders import DataInfo, check_train_size
 
-    classes, train, val, _ = scan_dataset(root)
+    classes, train, val, _, digest = shared_scan(root)
     check_train_size(Path(root) / "train", len(train), spec)
     for path, _ in (train[0], val[0]):
         check_image(path)
-    return train, val, DataInfo(tuple(classes), len(train), len(val), dataset_digest(root, classes, train, val))
+    return train, val, DataInfo(tuple(classes), len(train), len(val), digest)
 
 
 def _to_8bit(im, path):
@@ -166,3 +166,29 @@ def dataset_digest(root, classes, train, val) -> str:
                 raise DataError(f"{path}: cannot read ({e.strerror}); make it readable or remove it") from None
             h.update(f"\0{os.path.relpath(path, root)}\0{size}\0{label}".encode(errors="surrogateescape"))
     return h.hexdigest()[:32]
+
+
+def _scan_and_digest(root):
+    classes, train, val, skipped = scan_dataset(root)
+    return classes, train, val, skipped, dataset_digest(root, classes, train, val)
+
+
+def shared_scan(root):
+    """scan_dataset(root) and its dataset_digest, as (classes, train, val, skipped, digest): made by rank 0 alone
+    and sent to the other ranks when torch.distributed runs with several (1.33 M stats once, not once a rank);
+    a DataError on rank 0 is raised on every rank, so none waits for a result that never comes."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return _scan_and_digest(root)
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", _scan_and_digest(root))
+        except DataError as e:
+            box[0] = ("error", str(e))
+    dist.broadcast_object_list(box, src=0)   # NCCL: through the current device, which distributed.init set
+    kind, value = box[0]
+    if kind == "error":
+        raise DataError(value)
+    return value

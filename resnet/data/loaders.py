@@ -111,6 +111,9 @@ class LoaderSpec:
     eval_precision: str = "fp32"
     train_sides: tuple = ()          # decode straight to epoch e's side train_sides[e] (DALI); (): train_crop_px
     hw_decoder_load: float = 0.65    # DALI on a GPU: share of the JPEGs sent to the hardware decoder (A100, H100)
+    dali_prefetch: int = 2           # DALI: batches each pipeline prepares ahead (prefetch_queue_depth)
+    nvjpeg_padding_mb: int | None = None  # DALI on a GPU: nvJPEG host and device memory padding, MB; None: DALI's
+    preallocate_px: tuple = (0, 0)   # DALI on a GPU: (width, height) to preallocate the hardware decoder for
 
     @classmethod
     def from_recipe(cls, recipe, *, decode_to_side: bool = False, **run) -> "LoaderSpec":
