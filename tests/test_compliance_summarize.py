@@ -532,3 +532,49 @@ def test_cli_an_edited_log_is_named_in_one_line_and_a_target_of_1_is_reached_by_
     assert "  result_0.txt: success at top-1 0.7612 is not above the target 1" in out
     assert out[-2:] == ["  note: target 1 is not the ResNet quality target 0.759: not a submission score",
                         "  note: no top-1 can be above the target 1: no run can reach it"]
+
+
+# ---- scaling.json (issue 31) and the rules table (issue 28) -------------------------------------------------------
+BAD_SCALING = "the scaled score is not shown (remove it, or restore the review's file)"
+
+
+@pytest.mark.parametrize("content, note", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", f"scaling.json: not JSON text; {BAD_SCALING}"),  # binary
+    (b"scaling_factor = 1.1\n", f"scaling.json: not JSON text; {BAD_SCALING}"),
+    (b"[1.1]", f"scaling.json: not a JSON object; {BAD_SCALING}"),
+    (b'{"factor": 1.1}', f"scaling.json: no positive number scaling_factor (found None); {BAD_SCALING}"),
+    (b'{"scaling_factor": "1.1"}', f"scaling.json: no positive number scaling_factor (found '1.1'); {BAD_SCALING}"),
+    (b'{"scaling_factor": 0}', f"scaling.json: no positive number scaling_factor (found 0); {BAD_SCALING}"),
+])
+def test_a_bad_scaling_json_is_one_note_and_the_raw_score_stands(tmp_path, capsys, content, note):
+    logs = write_reference_logs(tmp_path / "set")
+    (logs / "scaling.json").write_bytes(content)
+    assert compliance.main(summarize, [str(logs)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[0] == f"{logs}: score 10.500 min, valid"
+    assert out.splitlines()[-1] == f"  note: {note}"
+    (logs / "scaling.json").write_text('{"scaling_factor": 1.1}')  # the review's file: the scaled score beside it
+    assert compliance.main(summarize, [str(logs)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{logs}: score 10.500 min (x1.1000 scaling.json = 11.550), valid"
+
+
+def test_every_rule_is_named_documented_and_exercised(tmp_path):
+    """RULES is the one table check/summarize/package apply: each rule has a unique name and a one-line
+    description that README's "Compliance" table repeats, and each finds something in some edited log."""
+    from compliance.logs import parse_run
+    from compliance.rules import RULES
+    from tests.reference_log import edit_events
+
+    names = [rule.name for rule in RULES]
+    assert len(set(names)) == len(names) and not RULES[0].ours and all(rule.ours for rule in RULES[1:])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for rule in RULES:
+        assert "\n" not in rule.description and f"| `{rule.name}` | {rule.description} |" in readme, rule.name
+    reference = write_reference_log(tmp_path / "a.txt", seed=5, minutes=1.0)
+    fired = set()
+    for i, (_, change, _) in enumerate(EDITS):
+        run = parse_run(edit_events(reference, tmp_path / f"result_{i}.txt", change), "4.0.0")
+        fired |= {name for name, found in run["rules"].items() if found}
+    aborted = parse_run(write_reference_log(tmp_path / "b.txt", seed=6, minutes=1.0, converge=False), "4.0.0")
+    assert aborted["rules"]["reached_target"] == ["run_stop status aborted"]
+    assert fired == set(names) - {"reached_target"}
