@@ -4,8 +4,8 @@ next to it, so that one command gives the verdict `package` will give.
 The official part runs `python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 LOG` (the
 newest ruleset that still has ResNet rules; the tool's own default has none) from a scratch directory, because
 the tool writes `compliance_checker.log` into its working directory. Ours is what `summarize` and `package` apply
-(compliance/logs.py): the run reached the target (--target, as in summarize), and the log is a ResNet log in
-MLPerf's order, with one run, time that does not go back, and top-1 fractions. One line per log:
+(compliance/rules.py, one table): the run reached the target (--target, as in summarize), and the log is a ResNet
+log with one run, no training before run_start, time that does not go back, and top-1 fractions. One line per log:
 
     PASS result_0.txt: official 4.0.0: passed; counts for a score: yes
     FAIL result_1.txt: official 4.0.0: passed; counts for a score: no — success at top-1 0.4100 is not above ...

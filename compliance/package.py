@@ -7,7 +7,7 @@
                                                       DGXA100_2x8, DGXH100), then --system-json, then --set
 
 Before anything is written, the set is checked as a submission needs it: every log passes the official
-compliance checker and our log rules (compliance/logs.py: a ResNet log, in MLPerf's order, one run, time that
+compliance checker and our log rules (compliance/rules.py: a ResNet log, in MLPerf's order, one run, time that
 does not go back; `check` shows both verdicts); a log that says success reached the quality target (ResNet:
 top-1 above 0.759, --target for other uses); the set has a score (5 runs, at most one that did not reach the
 target); no result_*.txt is a dangling link; every log's submission_org and submission_division agree with the

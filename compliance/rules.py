@@ -6,7 +6,7 @@ line each, empty when the log follows it. One rule is MLPerf's own scoring rule 
 are ours (`Rule.ours`): integrity rules beyond the official compliance checker, which never refuse what that
 checker passes except where the score itself would be wrong (time going back, two runs in one log, training
 before run_start, a log of another benchmark, an accuracy that is no fraction). Every published ResNet result
-we have passes all of them (tests/data/peer_logs). docs/COMPLIANCE.md lists them beside the official rules.
+we have passes all of them (tests/data/peer_logs). README's "Compliance, packaging, scores" has them as a table.
 Line numbers in the messages count from 1, as an editor shows them (the official checker counts from 0).
 """
 import math
