@@ -159,10 +159,10 @@ def verdict_line(path, run: dict, ruleset: str, target: float) -> str:
     return f"{'FAIL' if run['refused'] else 'PASS'} {path}: official {ruleset}: {official}; counts for a score: {counts}"
 
 
-def add_scoring_arguments(parser, ruleset_help: str = "the compliance check's") -> None:
+def add_scoring_arguments(parser, checks: str = "the compliance check") -> None:
     """--ruleset and --target, as check, summarize and package take them; `scoring_arguments` reads them."""
     parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                        help=f"MLPerf Training ruleset of {ruleset_help} (default %(default)s; 2.0.0 is "
+                        help=f"MLPerf Training ruleset for {checks} (default %(default)s; 2.0.0 is "
                              "MosaicML's round)")
     parser.add_argument("--target", type=float, default=TARGET_TOP1,
                         help="a run counts only when its top-1 at success is above this (default %(default)s, "

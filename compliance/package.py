@@ -230,7 +230,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one system field (repeatable; other_software_stack.NAME=VERSION for that "
                              "table)")
-    add_scoring_arguments(parser, "the compliance and package checks'")
+    add_scoring_arguments(parser, "the compliance and package checks")
     parser.add_argument("--no-check", action="store_true", help="do not run the official package checker")
 
 
