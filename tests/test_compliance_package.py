@@ -170,7 +170,8 @@ def _bad_sets(root):
 
     def aborted_and_edited(folder):  # the one tolerated miss, but with a second seed: no longer an honest miss
         logs = _set(folder, converge=[True, False, True, True, True])
-        return edit_events(logs / "result_1.txt", logs / "result_1.txt", lambda e: e[:8] + e[7:]).parent
+        return edit_events(logs / "result_1.txt", logs / "result_1.txt",
+                           lambda e: e[:8] + [{**e[7], "value": 4242}] + e[8:]).parent
 
     def dangling_link(folder):  # a log moved away, its link left behind
         logs = _set(folder)

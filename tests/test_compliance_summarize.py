@@ -23,7 +23,8 @@ PUBLISHED = {
 }
 # Later rounds (same README), each read with its own round's ruleset: (ruleset, minutes per run, the raw score,
 # the score MLCommons published (two decimals; scaled by the review's scaling.json where it left one), epochs).
-# tinycorp logs the seed and global_batch_size after run_start; Intel repeats first_epoch_num 1 on block_stop.
+# tinycorp logs the seed and global_batch_size after run_start; Intel repeats first_epoch_num 1 on block_stop;
+# Dell's two nodes each log the submission_* keys.
 PEER_ROOT = PEER_LOGS.parent
 LATER = {
     "v4.0/tinycorp/tinybox_red": ("4.0.0", [162.817, 173.762, 172.893, 164.331, 164.217], 167.147, 167.15,
@@ -31,6 +32,9 @@ LATER = {
     "v4.0/tinycorp/tinybox_green": ("4.0.0", [None, 122.267, 121.516, 121.948, 122.012], 122.075, 122.08,
                                     [None, 35, 35, 35, 35]),  # result_0.txt ends without run_stop
     "v3.1/Intel/16-nodes-SPR-pytorch": ("3.1.0", [88.201, 88.197, 88.196, 88.101, 88.126], 88.173, 88.56, [35] * 5),
+    # two nodes, each logging the submission_* keys (the official checker warns)
+    "v3.0/Dell/2xXE8545x4A100-SXM-80GB": ("3.0.0", [28.654, 28.656, 28.733, 28.728, 28.642], 28.679, 28.81,
+                                          [35] * 5),
 }
 
 
@@ -136,7 +140,7 @@ def test_agrees_with_the_official_result_summarizer(tmp_path, ruleset):
     assert s["scaled_score_minutes"] == pytest.approx(rescored, rel=1e-12)
 
 
-@pytest.mark.parametrize("org, ruleset", [("tinycorp", "4.0.0"), ("Intel", "3.1.0")])
+@pytest.mark.parametrize("org, ruleset", [("tinycorp", "4.0.0"), ("Intel", "3.1.0"), ("Dell", "3.0.0")])
 def test_later_rounds_agree_with_the_official_result_summarizer(tmp_path, org, ruleset):
     """The official tool multiplies by a scaling.json beside the logs (Intel's): our scaled score is its score."""
     sets = {Path(name).name: PEER_ROOT / name for name in LATER if Path(name).parent.name == org}
@@ -456,6 +460,8 @@ EDITS = [
     ("the seed and global_batch_size after run_start (as tinycorp's published v4.0 logs have them)",
      lambda e: _move_after(_move_after(e, "seed", "run_start"), "global_batch_size", "seed"), []),
     ("cache_clear after init_start", lambda e: _move_after(e, "cache_clear", "init_start"), []),
+    ("the submission_* keys and the seed repeated with one value (as Dell's published multi-node logs have them)",
+     lambda e: e[:8] + e[2:8] + e[8:], []),
     ("block_stop repeating first_epoch_num (as Intel's published v3.1 logs have it)", lambda e: [
         {**x, "metadata": {**x["metadata"], "first_epoch_num": 0}} if x["key"] == "block_stop" else x
         for x in e], []),
