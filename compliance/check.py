@@ -4,8 +4,8 @@ next to it, so that one command gives the verdict `package` will give.
 The official part runs `python -m mlperf_logging.compliance_checker --usage training --ruleset 4.0.0 LOG` (the
 newest ruleset that still has ResNet rules; the tool's own default has none) from a scratch directory, because
 the tool writes `compliance_checker.log` into its working directory. Ours is what `summarize` and `package` apply
-(compliance/logs.py): the run reached the target (--target, as in summarize), and the log is a ResNet log in
-MLPerf's order, with one run, time that does not go back, and top-1 fractions. One line per log:
+(compliance/rules.py, one table): the run reached the target (--target, as in summarize), and the log is a ResNet
+log with one run, no training before run_start, time that does not go back, and top-1 fractions. One line per log:
 
     PASS result_0.txt: official 4.0.0: passed; counts for a score: yes
     FAIL result_1.txt: official 4.0.0: passed; counts for a score: no — success at top-1 0.4100 is not above ...
@@ -118,9 +118,9 @@ def judge_logs(paths, ruleset: str = DEFAULT_RULESET, target: float = TARGET_TOP
     `package` refuses: anything but an honest miss)."""
     runs = []
     for path, (compliant, messages) in zip(paths, check_logs(paths, ruleset)):
-        run = parse_run(path, ruleset)
+        run = parse_run(path, ruleset, target)
         run["compliant"], run["checker_messages"] = compliant, messages
-        run["ours"] = why_not_counted(run, target)
+        run["ours"] = why_not_counted(run)
         run["problems"] = list(run["ours"])
         if not compliant:
             run["problems"].append(f"fails compliance {ruleset}: " + "; ".join(messages))
@@ -159,25 +159,36 @@ def verdict_line(path, run: dict, ruleset: str, target: float) -> str:
     return f"{'FAIL' if run['refused'] else 'PASS'} {path}: official {ruleset}: {official}; counts for a score: {counts}"
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
+def add_scoring_arguments(parser, checks: str = "the compliance check") -> None:
+    """--ruleset and --target, as check, summarize and package take them; `scoring_arguments` reads them."""
     parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                        help="MLPerf Training ruleset (default %(default)s; 2.0.0 is MosaicML's round)")
+                        help=f"MLPerf Training ruleset for {checks} (default %(default)s; 2.0.0 is "
+                             "MosaicML's round)")
     parser.add_argument("--target", type=float, default=TARGET_TOP1,
                         help="a run counts only when its top-1 at success is above this (default %(default)s, "
                              "the ResNet quality target; another value is not a submission score)")
 
 
+def scoring_arguments(args) -> tuple[str, float]:
+    """(ruleset, target) of the parsed arguments; a target that is no top-1 fraction is a ComplianceError."""
+    return args.ruleset, check_target(args.target)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="result_N.txt files, or folders holding them")
+    add_scoring_arguments(parser)
+
+
 def run(args) -> int:
-    check_target(args.target)
+    ruleset, target = scoring_arguments(args)
     paths = expand_logs(args.logs)
     if not paths:
         raise ComplianceError(f"{' '.join(args.logs)}: no result_*.txt in these folders; "
                               "pass log files or folders that hold result_*.txt")
     readable = [p for p in paths if not missing_file(p)]  # a dangling link is named, never followed
-    judged = dict(zip(readable, judge_logs(readable, args.ruleset, args.target)))
+    judged = dict(zip(readable, judge_logs(readable, ruleset, target)))
     for path in paths:
-        print(verdict_line(path, judged[path], args.ruleset, args.target) if path in judged else
+        print(verdict_line(path, judged[path], ruleset, target) if path in judged else
               f"FAIL {path}: {missing_file(path)}")
     return 1 if len(judged) < len(paths) or any(r["refused"] for r in judged.values()) else 0
 

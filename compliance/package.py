@@ -7,7 +7,7 @@
                                                       DGXA100_2x8, DGXH100), then --system-json, then --set
 
 Before anything is written, the set is checked as a submission needs it: every log passes the official
-compliance checker and our log rules (compliance/logs.py: a ResNet log, in MLPerf's order, one run, time that
+compliance checker and our log rules (compliance/rules.py: a ResNet log, in MLPerf's order, one run, time that
 does not go back; `check` shows both verdicts); a log that says success reached the quality target (ResNet:
 top-1 above 0.759, --target for other uses); the set has a score (5 runs, at most one that did not reach the
 target); no result_*.txt is a dangling link; every log's submission_org and submission_division agree with the
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from compliance import ComplianceError, ComplianceErrors, check_plain_name
-from compliance.check import DEFAULT_RULESET, resnet_rulesets, run_official_tool
+from compliance.check import DEFAULT_RULESET, add_scoring_arguments, run_official_tool, scoring_arguments
 from compliance.logs import BENCHMARK, TARGET_TOP1, check_target, result_logs
 from compliance.summarize import summarize_dirs
 from compliance.system_description import (STATUS, SYSTEM_FIELDS, SYSTEMS_DIR, apply_overrides,  # noqa: F401 (tests)
@@ -230,11 +230,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one system field (repeatable; other_software_stack.NAME=VERSION for that "
                              "table)")
-    parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                        help="ruleset of the compliance and package checks (default %(default)s)")
-    parser.add_argument("--target", type=float, default=TARGET_TOP1,
-                        help="top-1 a run must be above at success (default %(default)s, the ResNet quality "
-                             "target; another value does not make a submission)")
+    add_scoring_arguments(parser, "the compliance and package checks")
     parser.add_argument("--no-check", action="store_true", help="do not run the official package checker")
 
 
@@ -248,15 +244,16 @@ def run(args) -> int:
         if not isinstance(overrides, dict):
             raise _error(f"--system-json {args.system_json}", "not a JSON object; give {\"field\": \"value\", ...}")
     overrides = merge(overrides, parse_set(args.set))
+    ruleset, target = scoring_arguments(args)
     org_dir = build_package(args.org, args.system, args.results, args.out, division=args.division,
                             status=args.status, impl=args.impl, code=args.code, overrides=overrides,
-                            ruleset=args.ruleset, target=args.target)
+                            ruleset=ruleset, target=target)
     print(f"packaged {org_dir}")
     if args.no_check:
         return 0
-    passed, problems = package_check(org_dir, args.ruleset)
+    passed, problems = package_check(org_dir, ruleset)
     verdict = "NO ERRORS" if passed else "ERRORS: " + "; ".join(problems)
-    print(f"package_checker training {args.ruleset}: {verdict}")
+    print(f"package_checker training {ruleset}: {verdict}")
     return 0 if passed else 1
 
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from compliance import ComplianceError
-from compliance.check import DEFAULT_RULESET, judge_logs, resnet_rulesets
-from compliance.logs import TARGET_TOP1, check_target, is_number, result_logs
+from compliance.check import DEFAULT_RULESET, add_scoring_arguments, judge_logs, scoring_arguments
+from compliance.logs import TARGET_TOP1, is_number, result_logs
 
 NAME = "summarize"
 HELP = "time to train and MLPerf score of sets of result logs"
@@ -51,6 +51,24 @@ def find_result_dirs(path) -> list[Path]:
         if any(f.startswith("result_") and f.endswith(".txt") for f in files):
             found.append(Path(root))
     return found
+
+
+def read_scaling(path) -> tuple[float | None, str | None]:
+    """(scaling_factor, None) from the scaling.json that the review's RCP check leaves beside closed-division
+    logs; (None, None) when there is none; (None, one line saying what is wrong) when it cannot be used."""
+    path = Path(path)
+    if not path.exists():
+        return None, None
+    try:
+        factor = json.loads(path.read_text(encoding="utf-8")).get("scaling_factor")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not a JSON object" if isinstance(e, AttributeError) \
+            else "not JSON text"
+        return None, f"{path.name}: {why}; the scaled score is not shown (remove it, or restore the review's file)"
+    if not (is_number(factor) and factor > 0):
+        return None, (f"{path.name}: no positive number scaling_factor (found {factor!r}); the scaled score is "
+                      "not shown (remove it, or restore the review's file)")
+    return float(factor), None
 
 
 def _summarize(folder: Path, runs: list[dict], unreadable: list[str], ruleset: str, usd_per_hour: float | None,
@@ -86,12 +104,14 @@ def _summarize(folder: Path, runs: list[dict], unreadable: list[str], ruleset: s
         notes += [f"{run['file']}: checker warning: {w}" for w in run["warnings"]]
         if run["unparsable_lines"]:
             notes.append(f"{run['file']}: {run['unparsable_lines']} unparsable log lines")
+    factor, problem = read_scaling(folder / "scaling.json")
+    if problem:
+        notes.append(problem)
+    elif factor is not None:
+        summary["scaling_factor"] = factor
+        summary["scaled_score_minutes"] = None if score is None else score * factor
     if notes:
         summary["notes"] = notes
-    scaling = folder / "scaling.json"
-    if scaling.is_file():
-        summary["scaling_factor"] = json.loads(scaling.read_text())["scaling_factor"]
-        summary["scaled_score_minutes"] = None if score is None else score * summary["scaling_factor"]
     if usd_per_hour is not None:
         summary["usd_per_hour"] = usd_per_hour
         summary["runs_cost_usd"] = [None if m is None else m / 60 * usd_per_hour for m in runs_minutes]
@@ -235,15 +255,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per set instead of the table")
     parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy against minutes and time to train per run")
     parser.add_argument("--usd-per-hour", type=float, metavar="X", help="add the cost of each run and of the score")
-    parser.add_argument("--ruleset", default=DEFAULT_RULESET, choices=resnet_rulesets(),
-                        help="ruleset of the compliance check (default %(default)s)")
-    parser.add_argument("--target", type=float, default=TARGET_TOP1,
-                        help="a run counts only when its top-1 at success is above this (default %(default)s, "
-                             "the ResNet quality target; another value is not a submission score)")
+    add_scoring_arguments(parser)
 
 
 def run(args) -> int:
-    check_target(args.target)
+    ruleset, target = scoring_arguments(args)
     if args.usd_per_hour is not None and not (math.isfinite(args.usd_per_hour) and args.usd_per_hour >= 0):
         raise ComplianceError(f"--usd-per-hour {args.usd_per_hour}: must be a price of 0 or more; give the "
                               "machine's price per hour in US dollars")
@@ -255,14 +271,14 @@ def run(args) -> int:
             raise ComplianceError(f"{path}: no result_*.txt in it or below it; pass a folder of result logs or "
                                   "a submission tree")
         folders.extend(found)
-    summaries = summarize_dirs(folders, args.ruleset, args.usd_per_hour, args.target)
+    summaries = summarize_dirs(folders, ruleset, args.usd_per_hour, target)
     if args.json:
         for s in summaries:
             print(json.dumps(s))
     else:
         print(format_table(summaries))
     if plot_path:
-        print(f"plot: {plot(summaries, plot_path, args.target)}", file=sys.stderr if args.json else sys.stdout)
+        print(f"plot: {plot(summaries, plot_path, target)}", file=sys.stderr if args.json else sys.stdout)
     return 0 if all(s["valid"] for s in summaries) else 1
 
 

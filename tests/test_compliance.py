@@ -1,6 +1,7 @@
 """`mlperf-resnet check`: the official compliance checker (mlperf-logging 4.1.68, run for real) on reference logs
 written with the official mllog API, on deliberately broken copies of them, and on published logs (the repository's
 own copies, tests/data/peer_logs). Also the command seam of the compliance package (issue 12)."""
+import argparse
 import json
 import subprocess
 import sys
@@ -234,3 +235,20 @@ def test_compliance_imports_nothing_from_resnet_and_runs_standalone(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == (f"mlperf-resnet: error: {tmp_path}: no result_*.txt in it or below it; pass a folder of "
                            "result logs or a submission tree\n")
+
+
+@pytest.mark.parametrize("module, argv", [
+    (check, ["{d}"]), (summarize, ["{d}"]),
+    (package, ["--org", "Org", "--system", "box", "--results", "{d}", "--out", "{d}/out"]),
+])
+def test_ruleset_and_target_are_one_argument_helper(tmp_path, capsys, module, argv):
+    """check, summarize and package take --ruleset and --target alike, and refuse a bad target in one line."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert actions["ruleset"].choices == resnet_rulesets() and actions["ruleset"].default == "4.0.0"
+    assert actions["target"].type is float and actions["target"].default == 0.759
+    assert compliance.main(module, [a.replace("{d}", str(tmp_path)) for a in argv] + ["--target", "75.9"]) == 1
+    assert capsys.readouterr() == ("", "mlperf-resnet: error: --target 75.9: not a top-1 fraction in (0, 1]; "
+                                       "ResNet's quality target is 0.759\n")
+    assert list(tmp_path.iterdir()) == []

@@ -159,9 +159,19 @@ def _bad_sets(root):
         return edit_events(logs / "result_2.txt", logs / "result_2.txt", lambda e: [
             {**x, "time_ms": e[17]["time_ms"] - 60_000} if x["key"] == "run_stop" else x for x in e]).parent
 
+    def resumed_start_moved(folder):  # issue 31: a resumed run_start timed 1 s before run_stop was packaged
+        logs = _set(folder)
+
+        def move(e):
+            start, stop = e[17], next(x for x in e if x["key"] == "run_stop")
+            e[17] = {**start, "time_ms": stop["time_ms"] - 1000, "metadata": {"resumed_from_epoch": 0}}
+            return e
+        return edit_events(logs / "result_2.txt", logs / "result_2.txt", move).parent
+
     def aborted_and_edited(folder):  # the one tolerated miss, but with a second seed: no longer an honest miss
         logs = _set(folder, converge=[True, False, True, True, True])
-        return edit_events(logs / "result_1.txt", logs / "result_1.txt", lambda e: e[:8] + e[7:]).parent
+        return edit_events(logs / "result_1.txt", logs / "result_1.txt",
+                           lambda e: e[:8] + [{**e[7], "value": 4242}] + e[8:]).parent
 
     def dangling_link(folder):  # a log moved away, its link left behind
         logs = _set(folder)
@@ -180,6 +190,7 @@ def _bad_sets(root):
         "mixed_platforms": mixed_platforms,
         "timed_backwards": timed_backwards,
         "aborted_and_edited": aborted_and_edited,
+        "resumed_start_moved": resumed_start_moved,
         "dangling_link": dangling_link,
     }
 
@@ -248,6 +259,9 @@ REFUSALS = [
       "--results {r}: 1 problem(s); nothing was packaged"]),  # (it passes the checker's open BERT rules)
     ("a log timed backwards", [], "timed_backwards",
      ["result_2.txt: time goes back: run_stop (line 71) is timed 60.0 s before run_start (line 18)",
+      "--results {r}: 1 problem(s); nothing was packaged"]),
+    ("a resumed run_start timed 1 s before run_stop", [], "resumed_start_moved",
+     ["result_2.txt: time goes back: block_start (line 19) is timed 569.0 s before run_start (line 18)",
       "--results {r}: 1 problem(s); nothing was packaged"]),
     ("an aborted run's edited log", [], "aborted_and_edited",
      ["result_1.txt: run_stop status aborted; more than one seed (lines 8, 9)",

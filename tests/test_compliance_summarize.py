@@ -21,6 +21,21 @@ PUBLISHED = {
     "MosaicML/8xA100_80GB-baseline": ([111.654, 110.460, 110.538, 110.521, 110.480], 110.513, [84] * 5),
     "NVIDIA/dgxa100_ngc22.04_mxnet": ([28.410, 28.639, None, 28.748, 28.669], 28.685, [35, 35, None, 35, 35]),
 }
+# Later rounds (same README), each read with its own round's ruleset: (ruleset, minutes per run, the raw score,
+# the score MLCommons published (two decimals; scaled by the review's scaling.json where it left one), epochs).
+# tinycorp logs the seed and global_batch_size after run_start; Intel repeats first_epoch_num 1 on block_stop;
+# Dell's two nodes each log the submission_* keys.
+PEER_ROOT = PEER_LOGS.parent
+LATER = {
+    "v4.0/tinycorp/tinybox_red": ("4.0.0", [162.817, 173.762, 172.893, 164.331, 164.217], 167.147, 167.15,
+                                  [35, 37, 36, 34, 34]),
+    "v4.0/tinycorp/tinybox_green": ("4.0.0", [None, 122.267, 121.516, 121.948, 122.012], 122.075, 122.08,
+                                    [None, 35, 35, 35, 35]),  # result_0.txt ends without run_stop
+    "v3.1/Intel/16-nodes-SPR-pytorch": ("3.1.0", [88.201, 88.197, 88.196, 88.101, 88.126], 88.173, 88.56, [35] * 5),
+    # two nodes, each logging the submission_* keys (the official checker warns)
+    "v3.0/Dell/2xXE8545x4A100-SXM-80GB": ("3.0.0", [28.654, 28.656, 28.733, 28.728, 28.642], 28.679, 28.81,
+                                          [35] * 5),
+}
 
 
 def _snapshot(folder: Path) -> dict:
@@ -41,6 +56,21 @@ def test_published_scores_from_published_logs(name):
         if run["minutes"] is not None:
             assert run["status"] == "success" and run["compliant"] and run["problems"] == []
             assert 0.759 < run["accuracy_at_success"] < 1.0
+
+
+@pytest.mark.parametrize("name", LATER)
+def test_later_published_scores_from_published_logs(name):
+    """Issue 31: logs the official checker passes count here too, and score as MLCommons published them."""
+    ruleset, runs, score, published, epochs = LATER[name]
+    s = summarize_dir(PEER_ROOT / name, ruleset)
+    assert [None if m is None else round(m, 3) for m in s["runs_minutes"]] == runs
+    assert s["valid"] and s["score_minutes"] == pytest.approx(score, abs=6e-4)
+    assert round(s.get("scaled_score_minutes", s["score_minutes"]), 2) == published
+    assert s["epochs_at_success"] == epochs
+    for run in s["runs"]:
+        assert run["log_problems"] == [], run["file"]
+        if run["minutes"] is not None:
+            assert run["compliant"] and run["problems"] == []
 
 
 def test_published_quirks_aborted_run_and_interval_events():
@@ -108,6 +138,18 @@ def test_agrees_with_the_official_result_summarizer(tmp_path, ruleset):
     s = summarize_dir(nvidia, ruleset)
     assert s["score_minutes"] == pytest.approx(28.6854, abs=1e-4) and rescored == pytest.approx(28.811, abs=1e-3)
     assert s["scaled_score_minutes"] == pytest.approx(rescored, rel=1e-12)
+
+
+@pytest.mark.parametrize("org, ruleset", [("tinycorp", "4.0.0"), ("Intel", "3.1.0"), ("Dell", "3.0.0")])
+def test_later_rounds_agree_with_the_official_result_summarizer(tmp_path, org, ruleset):
+    """The official tool multiplies by a scaling.json beside the logs (Intel's): our scaled score is its score."""
+    sets = {Path(name).name: PEER_ROOT / name for name in LATER if Path(name).parent.name == org}
+    _org_tree(tmp_path, org, sets, next(iter(sets.values())) / "system.json")
+    official = _official_scores(tmp_path, [org], ruleset)
+    assert set(official) == {(org, system) for system in sets}
+    for system, folder in sets.items():
+        s = summarize_dir(folder, ruleset)
+        assert s.get("scaled_score_minutes", s["score_minutes"]) == pytest.approx(official[(org, system)], rel=1e-12)
 
 
 @pytest.mark.parametrize("minutes, expected", [
@@ -360,6 +402,14 @@ def _two_runs(events):
     return events + second
 
 
+def _resumed_start_before_stop(events):
+    """run_start, tagged as a resumed run's, moved to the line before run_stop and timed 1 s before it."""
+    start = events.pop(_at(events, "run_start"))
+    i = _at(events, "run_stop")
+    resumed = {**start, "metadata": {**start["metadata"], "resumed_from_epoch": 0}}
+    return events[:i] + [{**resumed, "time_ms": events[i]["time_ms"] - 1000}] + events[i:]
+
+
 START = 1_700_000_001_001  # the reference log's run_start (seed 5, 1 minute; run_stop in line 71)
 EDITS = [
     # (case, change(events), the problem lines; [] for a log that counts)
@@ -372,10 +422,6 @@ EDITS = [
     ("two run_stops", lambda e: e + [e[_at(e, "run_stop")]], ["more than one run_stop (lines 71, 72)"]),
     ("init_stop after run_start", lambda e: _move_after(e, "init_stop", "run_start"),
      ["out of order: init_stop (line 18) after run_start (line 17)"]),
-    ("cache_clear after init_start", lambda e: _move_after(e, "cache_clear", "init_start"),
-     ["out of order: cache_clear (line 2) after init_start (line 1)"]),
-    ("the seed after run_start", lambda e: _move_after(e, "seed", "run_start"),
-     ["out of order: seed (line 18) after run_start (line 17)"]),
     ("evaluations out of order", lambda e: _swap_epochs(e, "eval_accuracy", 1, 2),
      ["epochs out of order: eval_accuracy (line 56) says epoch 8 after eval_accuracy (line 43)"]),
     ("time going back within an epoch", lambda e: _retime(e, "epoch_stop", START + 10_000, n=5),
@@ -391,6 +437,16 @@ EDITS = [
      ["eval_accuracy 76.12 in line 69 is not a top-1 fraction in [0, 1]"]),
     ("lines of two runs", _two_runs,
      ["lines of two runs: cache_clear (line 72) after run_stop (line 71); a result log holds one run"]),
+    ("lines of two runs, the second without cache_clear", lambda e: _two_runs(e)[:71] + _two_runs(e)[73:],
+     ["lines of two runs: init_stop (line 86) after run_stop (line 71); a result log holds one run"]),
+    # a resumed run's run_start may keep the first attempt's start, but must precede the run's own events (issue
+    # 31: one moved to 1 s before run_stop was timed 0.017 min and packaged)
+    ("a resumed run_start timed 1 s before run_stop", lambda e: _retime(
+        _insert_copy(e, "run_start", before="run_start", metadata={"resumed_from_epoch": 0})[:18] + e[19:],
+        "run_start", START + 59_000),
+     ["time goes back: block_start (line 19) is timed 59.0 s before run_start (line 18)"]),
+    ("a resumed run_start logged and timed 1 s before run_stop", _resumed_start_before_stop,
+     ["out of order: run_start (line 70) after block_start (line 18)"]),
     # what published and resumed logs do, and counts
     ("a resumed run: run_start keeps the first attempt's start, an hour before init_start", lambda e: _retime(
         _insert_copy(e, "run_start", before="run_start", metadata={"resumed_from_epoch": 0})[:18] + e[19:],
@@ -400,6 +456,15 @@ EDITS = [
     ("ranks' clocks a few hundred ms apart", lambda e: _retime(e, "epoch_start", START + 3_248, n=1), []),
     ("hyper-parameters after init_stop and run_start (as NVIDIA logs them)",
      lambda e: _move_after(_move_after(e, "opt_name", "init_stop"), "train_samples", "run_start"), []),
+    # what the official checker passes, we pass (issue 31): it puts no order on these keys
+    ("the seed and global_batch_size after run_start (as tinycorp's published v4.0 logs have them)",
+     lambda e: _move_after(_move_after(e, "seed", "run_start"), "global_batch_size", "seed"), []),
+    ("cache_clear after init_start", lambda e: _move_after(e, "cache_clear", "init_start"), []),
+    ("the submission_* keys and the seed repeated with one value (as Dell's published multi-node logs have them)",
+     lambda e: e[:8] + e[2:8] + e[8:], []),
+    ("block_stop repeating first_epoch_num (as Intel's published v3.1 logs have it)", lambda e: [
+        {**x, "metadata": {**x["metadata"], "first_epoch_num": 0}} if x["key"] == "block_stop" else x
+        for x in e], []),
 ]
 
 
@@ -432,11 +497,12 @@ def test_the_edits_that_lowered_a_score_do_not_count(tmp_path):
 
 
 def test_published_logs_break_no_rule():
-    for name in PUBLISHED:
-        for log in sorted((PEER_LOGS / name).glob("result_*.txt")):
-            from compliance.logs import parse_run
+    from compliance.logs import parse_run
 
-            assert parse_run(log, "4.0.0")["log_problems"] == [], log
+    sets = [(PEER_LOGS / name, "4.0.0") for name in PUBLISHED] + [(PEER_ROOT / n, LATER[n][0]) for n in LATER]
+    for folder, ruleset in sets:
+        for log in sorted(folder.glob("result_*.txt")):
+            assert parse_run(log, ruleset)["log_problems"] == [], log
 
 
 def test_cli_an_edited_log_is_named_in_one_line_and_a_target_of_1_is_reached_by_no_run(tmp_path):
@@ -472,3 +538,49 @@ def test_cli_an_edited_log_is_named_in_one_line_and_a_target_of_1_is_reached_by_
     assert "  result_0.txt: success at top-1 0.7612 is not above the target 1" in out
     assert out[-2:] == ["  note: target 1 is not the ResNet quality target 0.759: not a submission score",
                         "  note: no top-1 can be above the target 1: no run can reach it"]
+
+
+# ---- scaling.json (issue 31) and the rules table (issue 28) -------------------------------------------------------
+BAD_SCALING = "the scaled score is not shown (remove it, or restore the review's file)"
+
+
+@pytest.mark.parametrize("content, note", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", f"scaling.json: not JSON text; {BAD_SCALING}"),  # binary
+    (b"scaling_factor = 1.1\n", f"scaling.json: not JSON text; {BAD_SCALING}"),
+    (b"[1.1]", f"scaling.json: not a JSON object; {BAD_SCALING}"),
+    (b'{"factor": 1.1}', f"scaling.json: no positive number scaling_factor (found None); {BAD_SCALING}"),
+    (b'{"scaling_factor": "1.1"}', f"scaling.json: no positive number scaling_factor (found '1.1'); {BAD_SCALING}"),
+    (b'{"scaling_factor": 0}', f"scaling.json: no positive number scaling_factor (found 0); {BAD_SCALING}"),
+])
+def test_a_bad_scaling_json_is_one_note_and_the_raw_score_stands(tmp_path, capsys, content, note):
+    logs = write_reference_logs(tmp_path / "set")
+    (logs / "scaling.json").write_bytes(content)
+    assert compliance.main(summarize, [str(logs)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[0] == f"{logs}: score 10.500 min, valid"
+    assert out.splitlines()[-1] == f"  note: {note}"
+    (logs / "scaling.json").write_text('{"scaling_factor": 1.1}')  # the review's file: the scaled score beside it
+    assert compliance.main(summarize, [str(logs)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{logs}: score 10.500 min (x1.1000 scaling.json = 11.550), valid"
+
+
+def test_every_rule_is_named_documented_and_exercised(tmp_path):
+    """RULES is the one table check/summarize/package apply: each rule has a unique name and a one-line
+    description that README's "Compliance" table repeats, and each finds something in some edited log."""
+    from compliance.logs import parse_run
+    from compliance.rules import RULES
+    from tests.reference_log import edit_events
+
+    names = [rule.name for rule in RULES]
+    assert len(set(names)) == len(names) and not RULES[0].ours and all(rule.ours for rule in RULES[1:])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for rule in RULES:
+        assert "\n" not in rule.description and f"| `{rule.name}` | {rule.description} |" in readme, rule.name
+    reference = write_reference_log(tmp_path / "a.txt", seed=5, minutes=1.0)
+    fired = set()
+    for i, (_, change, _) in enumerate(EDITS):
+        run = parse_run(edit_events(reference, tmp_path / f"result_{i}.txt", change), "4.0.0")
+        fired |= {name for name, found in run["rules"].items() if found}
+    aborted = parse_run(write_reference_log(tmp_path / "b.txt", seed=6, minutes=1.0, converge=False), "4.0.0")
+    assert aborted["rules"]["reached_target"] == ["run_stop status aborted"]
+    assert fired == set(names) - {"reached_target"}
