@@ -28,24 +28,33 @@ wait_until() {  # wait_until SECONDS CMD...: poll CMD until it succeeds (an even
     done
 }
 alive() { [[ -s "$1" ]] && kill -0 "$(<"$1")" 2>/dev/null; }
-gone() { ! alive "$1"; }
+exited() {  # PID is gone, or a zombie that its parent has yet to reap
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    stat=${stat##*) }
+    [[ "${stat%% *}" == Z ]]
+}
 no_jobs() { [[ -z "$(squeue -h -o %i)" ]]; }
 
 stop() {
     [[ -f "$dir/slurm.conf" ]] || die "$dir holds no cluster (no slurm.conf); nothing to stop"
     export SLURM_CONF="$dir/slurm.conf"
     if alive "$dir/slurmctld.pid"; then
-        scancel --quiet --full --signal=KILL --state=RUNNING 2>/dev/null || true
-        scancel --quiet 2>/dev/null || true
+        local jobs
+        jobs=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
+        if [[ -n "${jobs// }" ]]; then
+            # shellcheck disable=SC2086  # job ids, one word each
+            { scancel --quiet --full --signal=KILL $jobs; scancel --quiet $jobs; } 2>/dev/null || true
+        fi
         wait_until 90 no_jobs ||
             echo "slurm_cluster.sh: warning: jobs still listed after 90 s: $(squeue -h -o '%i %T' | tr '\n' ' ')" >&2
     fi
     local pidfile pid
     for pidfile in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munged.pid"; do
         alive "$pidfile" || continue
-        pid=$(<"$pidfile")
+        pid=$(<"$pidfile")     # a daemon removes its pid file before it has exited: wait on the process
         kill -TERM "$pid" 2>/dev/null || true
-        wait_until 60 gone "$pidfile" || { kill -KILL "$pid" 2>/dev/null || true; }
+        wait_until 60 exited "$pid" || { kill -KILL "$pid" 2>/dev/null || true; }
     done
     # A job step's slurmstepd outlives a stopped slurmd: end any that still runs from this cluster's spool.
     local stepd

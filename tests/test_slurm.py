@@ -229,3 +229,58 @@ def test_stopping_the_cluster_leaves_nothing_behind(cluster):
     assert not cluster.state.exists()
     stepds = subprocess.run(["pgrep", "-f", "^slurmstepd"], capture_output=True, text=True).stdout.split()
     assert not [p for p in stepds if str(cluster.state).encode() in Path(f"/proc/{p}/environ").read_bytes()]
+
+
+# ------------------------------------------------------------- run.sub's own checks (DRY_RUN=1: no SLURM needed)
+
+
+@pytest.mark.parametrize("cont", ["none", ""], ids=["CONT=none", "CONT unset"])
+def test_bare_metal_runs_the_submit_directory_launcher_with_its_environment(cont, tmp_path):
+    from tests.test_launchers import SLURM_2, dry_run, option_values
+
+    ckpt = tmp_path / "ckpt"
+    cmds, _ = dry_run("run.sub", tmp_path, DGXSYSTEM="DGXA100_2x8", NEXP="2", SEED="7", **SLURM_2, CONT=cont,
+                      SLURM_SUBMIT_DIR=str(REPO), CHECKPOINT_DIR=str(ckpt))
+    venv = os.path.realpath(REPO / ".venv")
+    sruns = [c for c in cmds if c[0] == "srun"]
+    assert not [a for c in sruns for a in c if a.startswith("--container")], "no container on bare metal"
+    check = sruns[0]
+    assert check[-6:-4] == ["bash", "-c"] and check[-3:] == ["check", venv, str(REPO)], check
+    trains = [c for c in sruns if c[-1] == f"{REPO}/run_and_time.sh"]
+    assert len(trains) == 2
+    for i, train in enumerate(trains):
+        assert option_values(train, "--chdir") == [str(REPO)] and option_values(train, "--nodes") == ["2"]
+        assert option_values(train, "--gpus-per-node") == ["8"]
+        env = dict(e.split("=", 1) for e in option_values(train, "--export")[0].split(",")[1:])
+        assert (env["DATADIR"], env["LOGDIR"], env["CHECKPOINT_DIR"]) == (
+            str(tmp_path / "data"), str(tmp_path / "results"), str(ckpt))
+        assert env["CONFIG_FILE"] == str(REPO / "config_DGXA100_2x8.sh"), "the nodes check the config they source"
+        assert (env["SEED"], env["NEXP"], env["RESUME"], env["MASTER_ADDR"]) == (str(7 + i), "1", "auto", "node001")
+    assert cmds[-1] == [f"{venv}/bin/python", "-m", "compliance.summarize", f"{tmp_path}/results/DGXA100_2x8/resnet"]
+
+
+SPLIT = [  # a setting whose value srun --export (or --container-mounts) would split at its comma
+    ({"RESUME": "auto,NEXP=99"}, "RESUME=", "is not auto, 0 or 1"),
+    ({"RDZV_TIMEOUT_S": "5,SEED=1"}, "RDZV_TIMEOUT_S=", "is not a whole number >= 1"),
+    ({"DATADIR": "/data,x"}, "DATADIR=", "has a comma"),
+    ({"LOGDIR": "/logs,SEED=1"}, "LOGDIR=", "has a comma"),
+    ({"CHECKPOINT_DIR": "/ckpt,RESUME=1"}, "CHECKPOINT_DIR=", "has a comma"),
+]
+
+
+@pytest.mark.parametrize("cont", ["img", "none"], ids=["container", "bare metal"])
+@pytest.mark.parametrize("case", SPLIT, ids=[next(iter(c[0])) for c in SPLIT])
+def test_a_value_srun_would_split_at_a_comma_is_refused_in_one_line(case, cont, tmp_path):
+    from tests.test_launchers import SLURM_2, fake_bin
+
+    env, name, says = case
+    (tmp_path / "data").mkdir()
+    base = dict(PATH=f"{fake_bin(tmp_path)}:/usr/bin:/bin", HOME=str(tmp_path), CONT=cont, DGXSYSTEM="DGXA100_2x8",
+                DATADIR=str(tmp_path / "data"), LOGDIR=str(tmp_path / "results"), SLURM_SUBMIT_DIR=str(REPO),
+                **SLURM_2)
+    proc = subprocess.run(["bash", REPO / "run.sub"], env={**base, **env}, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    (error,) = proc.stderr.strip().splitlines()
+    assert error.startswith(f"run.sub: error: {name}") and says in error, error
+    assert not (tmp_path / "called").exists() and not (tmp_path / "results").exists(), "nothing ran"
