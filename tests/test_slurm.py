@@ -9,6 +9,7 @@ Where the machine cannot run it (not root, SLURM not installed and not installab
 slurm_cluster.sh's one line. As root it installs Debian's slurm-wlm and munge when they are missing (CI)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -143,7 +144,7 @@ def test_a_cancelled_job_is_logged_aborted_and_the_same_job_submitted_again_cont
     """scancel mid-run: SLURM sends SIGTERM to every task, the trainer checkpoints and logs run_stop aborted
     (KillWait gives it 60 s before SIGKILL). The same sbatch line then resumes the run (RESUME=auto)."""
     ckpt = tmp_path / "ckpt"
-    env = {"NEXP": "1", "SEED": "31", "EPOCHS": "6", "EVAL_EVERY_EPOCHS": "6", "CHECKPOINT_DIR": str(ckpt)}
+    env = {"NEXP": "1", "SEED": "31", "EPOCHS": "3", "EVAL_EVERY_EPOCHS": "3", "CHECKPOINT_DIR": str(ckpt)}
     job = cluster.sbatch(config, tmp_path, **env)
     log = tmp_path / "CPU_2x1" / "resnet" / "result_0.txt"
 
@@ -284,3 +285,28 @@ def test_a_value_srun_would_split_at_a_comma_is_refused_in_one_line(case, cont, 
     (error,) = proc.stderr.strip().splitlines()
     assert error.startswith(f"run.sub: error: {name}") and says in error, error
     assert not (tmp_path / "called").exists() and not (tmp_path / "results").exists(), "nothing ran"
+
+
+# ------------------------------------------------------------------------------- the cluster script itself
+
+
+def test_the_cluster_script_lints_clean():
+    from tests.test_launchers import tool
+
+    lint = subprocess.run([tool("shellcheck"), CLUSTER_SH], capture_output=True, text=True, timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+@pytest.mark.parametrize("path,says", [("/usr/sbin:/usr/bin:/bin", "the SLURM daemons of this test run as root"),
+                                       ("/usr/bin:/bin", "SLURM is not installed and only root can install it")],
+                         ids=["not root", "not root, no SLURM"])
+def test_where_it_cannot_run_it_says_so_in_one_line(path, says, tmp_path):
+    """Exit status 3 and one line (the module's skip reason); nothing created."""
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", CLUSTER_SH,
+                          "start", str(tmp_path / "cluster")], capture_output=True, text=True, timeout=120,
+                         env={"PATH": path, "INSTALL": "1"})
+    assert out.returncode == 3, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("slurm_cluster.sh: cannot run here: ") and says in line, line
+    assert not (tmp_path / "cluster").exists()
