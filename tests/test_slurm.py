@@ -25,8 +25,11 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
          "PREEMPTED"}
 # The two-node CPU config: TINY_CONFIG's shape on two nodes of one process each (global batch 2 x 16 = 32),
 # through torchvision's loader on the image folders (it starts sooner than FFCV: the launcher is the point here).
-# NEXP, SEED, EPOCHS, EVAL_EVERY_EPOCHS, TARGET_ACCURACY, RDZV_TIMEOUT_S: the job's environment may set them.
-FIXED = {**TINY_CONFIG, "DGXSYSTEM": "CPU_2x1", "DGXNNODES": "2", "DEVICE": "cpu", "LOADER": "torchvision"}
+# The two nodes share this machine's cores: one torch thread each (with two each, on a loaded 2-core machine, an
+# epoch took 5x longer). NEXP, SEED, EPOCHS, EVAL_EVERY_EPOCHS, TARGET_ACCURACY, RDZV_TIMEOUT_S: the job's
+# environment may set them.
+FIXED = {**TINY_CONFIG, "DGXSYSTEM": "CPU_2x1", "DGXNNODES": "2", "DEVICE": "cpu", "LOADER": "torchvision",
+         "OMP_NUM_THREADS": "1"}
 OVERRIDABLE = ("NEXP", "EPOCHS", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY")
 TARGET = TINY_CONFIG["TARGET_ACCURACY"]
 
