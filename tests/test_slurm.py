@@ -10,6 +10,7 @@ slurm_cluster.sh's one line. As root it installs Debian's slurm-wlm and munge wh
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -60,7 +61,8 @@ class Cluster:
         """`source config_CPU_2x1.sh && sbatch -N "$DGXNNODES" run.sub` from the repository: the job's id."""
         out = subprocess.run(["bash", "-c", 'source "$1" && exec sbatch --parsable -N "$DGXNNODES" -o "$2" run.sub',
                               "sbatch", str(config), str(logdir / "slurm-%j.out")], cwd=REPO, capture_output=True,
-                             text=True, timeout=60, env={**self.env, "LOGDIR": str(logdir), **env})
+                             text=True, timeout=60,
+                             env={**self.env, "LOGDIR": str(logdir), "MASTER_PORT": str(free_port()), **env})
         assert out.returncode == 0, out.stderr
         return out.stdout.strip().split(";")[0]
 
@@ -80,6 +82,13 @@ class Cluster:
             time.sleep(0.5)
         subprocess.run(["scancel", job], env=self.env, timeout=60)
         pytest.fail(f"job {job} still {self.job(job)['JobState']} after {timeout_s} s")
+
+
+def free_port() -> int:
+    """A port for node 0's store: other tests on this machine may hold run.sub's default, 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pids(state: Path) -> list[int]:
