@@ -2,7 +2,7 @@
 against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
 synthetic data set, the `resnet_cpu` network).
 
-    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
+    python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]
 
 Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
@@ -32,9 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.common import DEFAULT_CACHE, run_metadata, synthetic_dataset  # noqa: E402
+from bench.common import DEFAULT_CACHE, REPO, run_metadata, synthetic_dataset
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
@@ -165,7 +163,7 @@ def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> No
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
     ax.set_xlabel("minutes since run_start")
     ax.set_ylabel("top-1 (validation)")
-    ax.set_title("CPU proxy: top-1 against time, every seed (bench/proxy.py)")
+    ax.set_title("CPU proxy: top-1 against time, every seed (bench.proxy)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -1,0 +1,250 @@
+"""The step benchmark: the trainer's own `resnet.train.train_step` ("ours") against the one plain step
+(bench.common.PlainStep: torchvision's network, cross-entropy, SGD, channels-last), on random device tensors as the
+loader yields them (ours: the full crop in the training dtype, resized by the step; plain: the side itself).
+
+    python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256] [--compile]
+    python -m bench.steps OUT.json --overhead        # CPU: ours / the same arithmetic in a plain step
+    torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
+
+Every rate is images/s of one device, timed pipelined (bench.common.time_steps). `--compile` times both compiled
+at the sides given, after the trainer's own `warm_up` compiled every side before "run_start" (its seconds are the
+warm-up's cost) and counts the graphs compiled after it (the trainer needs zero). The first GPU session
+(bench.first_session) calls these functions one part at a time.
+"""
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+from bench.common import NUM_CLASSES, PlainStep, dtype, sync, time_steps, write_json
+
+IMAGENET = dict(train_samples=1_281_167, eval_samples=50_000)
+
+
+def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
+         **fields):
+    """(Training, Plan) of the Mild recipe at this precision, per-device batch and network, with ImageNet's
+    counts (so the EMA runs every 20 steps as it will); `fields` replace more of the recipe's (epochs: fewer
+    sides; the crops: a smoke run's toy sizes)."""
+    from resnet import train
+    from resnet.recipe import Plan, get_recipe
+
+    recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
+                                        **fields)
+    plan = Plan(recipe, NUM_CLASSES, world_size=world_size, **IMAGENET)
+    t = train.build_training(plan, device, compile_backend is not None, compile_backend or "inductor")
+    return t, plan
+
+
+def loaded_batch(device, precision: str, batch: int, px: int):
+    """Random images as a loader yields them (this dtype, channels-last) and labels."""
+    images = torch.randn(batch, 3, px, px, device=device).to(dtype(precision))
+    return images.contiguous(memory_format=torch.channels_last), torch.randint(0, NUM_CLASSES, (batch,), device=device)
+
+
+def plain(device, precision: str, arch: str, compile_model: bool = False) -> PlainStep:
+    import torchvision
+
+    model = torchvision.models.get_model(arch, num_classes=NUM_CLASSES).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
+    return PlainStep(model, torch.nn.functional.cross_entropy, opt, precision, compile_model)
+
+
+def _row(loop, precision, compiled, px, batch, timing) -> dict:
+    return dict(loop=loop, precision=precision, compiled=compiled, px=px,
+                img_s=round(batch / timing["step_s"], 1), **timing)
+
+
+def eager_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit, sides=None,
+                **fields) -> None:
+    """emit() a row per loop and side (default: every side of the schedule): ours from the full crop, the plain
+    step at the side."""
+    from resnet import train
+
+    t, plan = ours(device, precision, batch, arch, **fields)
+    full = plan.recipe.train_crop_px
+    sides = sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
+    images, labels = loaded_batch(device, precision, batch, full)
+    for px in sides:
+        emit(_row("ours", precision, False, px, batch,
+                  time_steps(lambda: train.train_step(t, images, labels, px), device, warmup, steps)))
+    del t
+    step = plain(device, precision, arch)
+    for px in sides:
+        x, y = loaded_batch(device, precision, batch, px)
+        emit(_row("plain", precision, False, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+
+
+def counting_backend(name: str):
+    """A torch.compile backend that counts the graphs it compiles (.frames) and hands them to `name`."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    inner = lookup_backend(name)
+
+    def backend(gm, example_inputs):
+        backend.frames += 1
+        return inner(gm, example_inputs)
+    backend.frames = 0
+    return backend
+
+
+def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit,
+                   backend: str = "inductor", **fields) -> None:
+    """The trainer's warm_up on a schedule of `epochs` epochs (its sides compiled before "run_start"): its
+    seconds and graphs, then ours compiled at each side and the graphs compiled after the warm-up (must be 0),
+    then the plain step compiled at the same sides."""
+    from resnet import train
+    from resnet.data.loaders import LoaderSpec
+
+    torch._dynamo.reset()
+    counter = counting_backend(backend)
+    t, plan = ours(device, precision, batch, arch, compile_backend=counter, **{"epochs": 2, "warmup_epochs": 1,
+                                                                             **fields})
+    spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, device=str(device))
+    started = time.perf_counter()
+    sides = train.warm_up(t, plan, spec, (batch,))
+    sync(device)
+    emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counter.frames))
+    before = counter.frames
+    images, labels = loaded_batch(device, precision, batch, plan.recipe.train_crop_px)
+    for px in sides:
+        emit(_row("ours", precision, True, px, batch,
+                  time_steps(lambda: train.train_step(t, images, labels, px), device, warmup, steps)))
+    emit(dict(part="recompiles_after_warm_up", graphs=counter.frames - before))
+    del t
+    torch._dynamo.reset()
+    step = plain(device, precision, arch, compile_model=backend == "inductor")
+    for px in sides:
+        x, y = loaded_batch(device, precision, batch, px)
+        emit(_row("plain", precision, True, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+
+
+def host_syncs(device, precision: str, batch: int, arch: str, **fields) -> dict:
+    """Host synchronisations per step that torch.cuda.set_sync_debug_mode reports, over as many steps as one
+    EMA period (so the EMA update is among them), for ours and the plain step."""
+    from resnet import train
+
+    t, plan = ours(device, precision, batch, arch, **fields)
+    px = plan.recipe.train_crop_px
+    images, labels = loaded_batch(device, precision, batch, px)
+    step = plain(device, precision, arch)
+    x, y = loaded_batch(device, precision, batch, px)
+    counts = {}
+    for loop, fn in (("ours", lambda: train.train_step(t, images, labels, px)), ("plain", lambda: step(x, y))):
+        fn()
+        sync(device)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                for _ in range(t.ema_every_steps):
+                    fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        counts[loop] = len([w for w in seen if "synchroniz" in str(w.message)]) / t.ema_every_steps
+    return dict(px=px, steps=t.ema_every_steps, syncs_per_step=counts)
+
+
+def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
+    """Seconds of one EMA update of Training `t`, and images/s of the evaluation forward at the recipe's
+    evaluation crop (224) in its evaluation precision (fp32), eval mode, no grad."""
+    from resnet import train
+    from resnet.recipe import amp_dtype
+
+    r = plan.recipe
+    ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
+    images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    model = t.ema.module.eval()
+    with torch.no_grad(), train.autocast(device, amp_dtype(r.eval_precision)):
+        ev = time_steps(lambda: model(images), device, warmup, steps)
+    model.train()
+    return dict(ema_update_s=ema["step_s"], eval_px=r.eval_crop_px, eval_precision=r.eval_precision,
+                eval_img_s=round(batch / ev["step_s"], 1))
+
+
+def overhead(rounds: int, block: int = 10) -> dict:
+    """On the CPU: `train_step` (scheduler, EMA, autocast/scaler wrappers, resize) against the plain step doing
+    the same arithmetic (the model, loss and optimiser of the recipe), alternating blocks of `block` steps."""
+    from resnet import train
+    from resnet.algorithms import DecoupledSGDW, resize_batch
+    from resnet.model import build_model
+
+    cpu = torch.device("cpu")
+    t, plan = ours(cpu, "fp32", 64, "resnet18")
+    r = plan.recipe
+    t.ema_every_steps = 20
+    model = build_model(r, NUM_CLASSES)
+    opt = DecoupledSGDW(model.parameters(), lr=r.peak_lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    step = PlainStep(model, train.loss_function(r), opt, "fp32")
+    images, labels = loaded_batch(cpu, "fp32", 64, 40)
+    px = 32
+    ratios = []
+    for _ in range(rounds):
+        o = time_steps(lambda: train.train_step(t, images, labels, px), cpu, 0, block)["step_s"]
+        m = time_steps(lambda: step(resize_batch(images, px), labels), cpu, 0, block)["step_s"]
+        ratios.append(o / m)
+    return dict(step_ratio=round(statistics.median(ratios), 3), ratios=[round(x, 3) for x in ratios],
+                threads=torch.get_num_threads())
+
+
+def ddp(args) -> dict:
+    """One rank under torchrun: ours with DDP across all ranks at each side, cudnn.benchmark off and on; img/s of
+    all ranks together (rank 0 reports)."""
+    from resnet import distributed, train
+
+    dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for bench in (False, True):
+        torch.backends.cudnn.benchmark = bench
+        t, plan = ours(dev.device, args.precisions[0], args.batch, args.arch, world_size=dev.world_size)
+        images, labels = loaded_batch(dev.device, args.precisions[0], args.batch, plan.recipe.train_crop_px)
+        for px in args.sides:
+            timing = time_steps(lambda: train.train_step(t, images, labels, px), dev.device, args.warmup, args.steps)
+            rows.append(dict(cudnn_benchmark=bench, **_row("ours-ddp", args.precisions[0], False, px,
+                                                           args.batch * dev.world_size, timing)))
+    distributed.shutdown()
+    return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the JSON file to write (must not exist)")
+    p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=("fp16", "bf16", "fp32"))
+    p.add_argument("--sides", type=int, nargs="+", default=[88, 128, 176])
+    p.add_argument("--batch", type=int, default=256, help="per device")
+    p.add_argument("--arch", default="resnet50", help="the network of both loops (torchvision's name)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
+    mode.add_argument("--overhead", action="store_true", help="ours / plain with the same arithmetic, CPU")
+    mode.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank")
+    args = p.parse_args(argv)
+    if args.ddp:
+        result = ddp(args)
+        if result:
+            write_json(args.out, result)
+        return 0
+    if args.overhead:
+        write_json(args.out, overhead(args.steps))
+        return 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(row, flush=True)
+    for precision in args.precisions:
+        eager_rates(device, precision, args.batch, args.warmup, args.steps, args.arch, emit, args.sides)
+        if args.compile:
+            compiled_rates(device, precision, args.batch, args.warmup, args.steps, args.arch, emit)
+    write_json(args.out, dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", rows=rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
