@@ -15,17 +15,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "data" / "bench"
 NUM_CLASSES = 1000
-#: Distributions whose versions every benchmark records; DALI's name carries its CUDA major (nvidia-dali-cuda120).
+#: Distributions whose versions every benchmark records (and DALI's).
 VERSIONED = ("torch", "torchvision", "ffcv", "numpy", "mlperf-logging")
 
 
 def synthetic_dataset(cache: Path, classes=None, train_per_class=None, val_per_class=None, size_px=None,
                       ffcv: bool = True):
-    """(image folders, FFCV folder or None) of `mlperf-resnet synth` data with these settings (each by default
-    the `make benchmark` set's, resnet.data.synth.DEFAULTS; size_px=500 gives ImageNet's geometry) under
-    `cache`, named by the settings and made unless complete already. ffcv=False: the folders only."""
+    """(image folders, FFCV folder or None) of `mlperf-resnet synth` data under `cache` (by default the `make
+    benchmark` set's settings, resnet.data.synth.DEFAULTS; size_px=500: ImageNet's geometry), made once."""
     from resnet.data.synth import DEFAULTS, make_synthetic
-
     given = dict(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class, size_px=size_px)
     s = {k: v or DEFAULTS[k] for k, v in given.items()}
     name = f"c{s['classes']}-t{s['train_per_class']}-v{s['val_per_class']}-{s['size_px']}px"
@@ -34,15 +32,27 @@ def synthetic_dataset(cache: Path, classes=None, train_per_class=None, val_per_c
         make_synthetic(folders, seed=0, progress=False, **s)
     if ffcv and not (betons / "manifest.json").is_file():
         from resnet.data.prepare import prepare
-
         prepare(folders, betons, workers=2, log=open(os.devnull, "w"))
     return folders, betons if ffcv else None
+
+
+def config_environ(config: Path, keep=None) -> dict:
+    """The environment a config_<SYSTEM>.sh exports (started from os.environ, or only its `keep` variables)."""
+    env = {k: v for k, v in os.environ.items() if keep is None or k in keep}
+    out = subprocess.run(["bash", "-c", 'set -a; source "$1" >/dev/null; env -0', "_", str(config)], env=env,
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def mllog_events(path: Path) -> list[dict]:
+    """The MLPerf log's events, in order."""
+    return [json.loads(line.split(":::MLLOG", 1)[1]) for line in Path(path).read_text().splitlines()
+            if ":::MLLOG" in line]
 
 
 def installed(module: str) -> bool:
     """Whether `module` can be imported here, without importing it."""
     import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
@@ -55,41 +65,33 @@ def _git(*args):
 
 
 def _version(name):
+    """The installed version of a distribution, None when absent (DALI's name carries its CUDA major)."""
+    if name == "dali":
+        name = next((d.metadata["Name"] for d in metadata.distributions()
+                     if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
     try:
-        return metadata.version(name)
+        return metadata.version(name) if name else None
     except metadata.PackageNotFoundError:
         return None
 
 
-def _dali_version():
-    names = sorted({d.metadata["Name"] for d in metadata.distributions()
-                    if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")})
-    return _version(names[0]) if names else None
-
-
 def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return platform.processor() or None
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
 
 
 def _gpu_names():
-    """Names of the visible GPUs, [] without CUDA. Asks torch only when the caller imported it already (a bench
-    that runs on the CPU need not pay for the import), and creates no CUDA context."""
+    """The visible GPUs' names; asks torch only when the caller imported it already."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch is not None and torch.cuda.is_available() else []
 
 
 def run_metadata() -> dict:
     """What a benchmark number needs beside it to be compared later: the commit (and whether the tree had
     uncommitted changes), the library versions (None when absent), the machine and the date (UTC)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    versions = {name: _version(name) for name in VERSIONED}
-    versions["dali"] = _dali_version()
+    versions = {name: _version(name) for name in (*VERSIONED, "dali")}
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
                 versions=dict(python=platform.python_version(), **versions),
                 machine=dict(cpu=_cpu_model(), cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
@@ -112,51 +114,33 @@ def write_json(path: Path, result: dict) -> None:
 
 def dtype(precision: str):
     import torch
-
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-class PlainStep:
-    """The one plain training step: forward and loss under autocast, scaled backward, the optimiser's step,
-    zero_grad - nothing else (no LR schedule, EMA, resize or checks). Called as step(images, labels) -> loss.
+def plain_step(arch: str, device, precision: str, compile_model: bool = False):
+    """The one plain training step, step(images, labels) -> loss: torchvision's `arch` in channels-last, forward
+    and cross-entropy under autocast, scaled backward, torch.optim.SGD, zero_grad - nothing else (no LR
+    schedule, EMA, resize or checks)."""
+    import torch
+    import torchvision
+    model = torchvision.models.get_model(arch, num_classes=NUM_CLASSES).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+    net = torch.compile(model, dynamic=False) if compile_model else model
 
-    PlainStep.resnet50: torchvision's ResNet-50 with cross-entropy and torch.optim.SGD, NCHW or channels-last
-    (the fair baseline on a GPU). Any other model, loss and optimiser (the trainer's own arithmetic without its
-    loop, bench.steps --overhead) go through the constructor."""
-
-    def __init__(self, model, loss_fn, optimizer, precision: str, compile_model: bool = False):
-        import torch
-
-        self.model, self.loss_fn, self.optimizer, self.precision = model, loss_fn, optimizer, precision
-        self.device = next(model.parameters()).device
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.net = torch.compile(model, dynamic=False) if compile_model else model
-
-    @classmethod
-    def resnet50(cls, device, precision: str, channels_last: bool = True, compile_model: bool = False):
-        import torch
-        import torchvision
-
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = torchvision.models.resnet50(num_classes=NUM_CLASSES).to(device, memory_format=fmt)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
-        return cls(model, torch.nn.functional.cross_entropy, opt, precision, compile_model)
-
-    def __call__(self, images, labels):
-        import torch
-
-        with torch.autocast(self.device.type, dtype=dtype(self.precision), enabled=self.precision != "fp32"):
-            loss = self.loss_fn(self.net(images), labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+    def step(images, labels):
+        with torch.autocast(images.device.type, dtype=dtype(precision), enabled=precision != "fp32"):
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
         return loss.detach()
+    return step
 
 
 def sync(device) -> None:
     import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -1,17 +1,12 @@
-"""The loader benchmark: one timer (first batch, images, wall and CPU seconds) over every backend, per core, per
-rank, and the GPU's own JPEG decoder, on synthetic ImageNet-geometry JPEGs (long side 500 px, `mlperf-resnet
-synth`; FFCV reads the .beton files `prepare` makes of them) or on --data.
+"""The loader benchmark: one timer (first batch, images, wall and CPU seconds) for every backend, per core, per
+rank, and the GPU's JPEG decoder, on synthetic ImageNet-geometry JPEGs (500 px long side) or on --data.
 
-    python -m bench.loaders backends OUT.json [--workers 2] [--crop 176] [--batches 40]   # each backend, per epoch
-    python -m bench.loaders cores OUT.json             # CPU seconds per image, one decoding thread (per core)
+    python -m bench.loaders backends|cores OUT.json [--loaders ...] [--workers 2] [--crop 176] [--batches 20]
     torchrun --nproc_per_node=8 -m bench.loaders ranks OUT.json --data /data/imagenet --loader dali --workers 6
-                                                       # every rank loading at once: the slowest rank
-    python -m bench.loaders gpu-decode OUT.json        # torchvision.io.decode_jpeg on the GPU, batches of files
-    python -m bench.loaders sweep OUT.json --data /data/imagenet --ranks 8 --hw-loads 0.65 0.99 \\
-        --threads 4 6 8 --prefetch 2 5                # DALI: hardware-decoder share x threads x prefetch
-
-A backend that is not installed is reported as "not installed here". Settings a backend takes beyond these
-options go into resnet.data.loaders.LoaderSpec by name: `--spec hw_decoder_load=0.99`.
+    python -m bench.loaders gpu-decode OUT.json --device cuda
+    python -m bench.loaders sweep OUT.json --data /data/imagenet --ranks 8 --hw-loads 0.65 0.99 --threads 4 6 8 \
+        --prefetch 2 5                 # DALI: hardware-decoder share x threads x prefetch, one torchrun each
+A backend not installed says "not installed here"; `--spec FIELD=VALUE` sets any other LoaderSpec field.
 """
 import argparse
 import dataclasses
@@ -25,14 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, installed, synthetic_dataset, write_json
+import torch
+import torch.distributed as dist
+
+from bench.common import DEFAULT_CACHE, installed, synthetic_dataset, time_steps, write_json
+from resnet.data.loaders import LoaderSpec, make_loaders
 
 NEEDS = {"ffcv": "ffcv", "dali": "nvidia.dali", "torchvision": "torchvision"}   # backend: module it imports
 PREFETCH_FIELD = "prefetch_queue_depth"   # the LoaderSpec field DALI's prefetch depth is given by (issue 27 item 4)
 
 
-def cpu_seconds(children: bool = False) -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -55,8 +54,6 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
     for _ in range(batches):
         images += len(next(it)[0])
     if device is not None and device.type == "cuda":
-        import torch
-
         torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     return dict(first_batch_s=round(first, 3), images=images, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
@@ -65,8 +62,6 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
 
 def spec_for(args, **run):
     """The LoaderSpec of these options; --spec NAME=VALUE sets any other field (a clear error for a wrong name)."""
-    from resnet.data.loaders import LoaderSpec
-
     fields = {f.name: f for f in dataclasses.fields(LoaderSpec)}
     extra = {}
     for item in args.spec:
@@ -92,10 +87,6 @@ def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 
     when its library is missing."""
     if not installed(NEEDS[loader]):
         return dict(loader=loader, status="not installed here")
-    import torch
-
-    from resnet.data.loaders import make_loaders
-
     spec = spec_for(args, device=device, rank=rank, world_size=world,
                     train_precision=args.precision or ("fp16" if device.startswith("cuda") else "fp32"))
     train, val, _ = make_loaders(data_for(args, loader), spec, loader=loader)
@@ -112,9 +103,6 @@ def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 
 
 def ranks(args) -> dict | None:
     """Under torchrun: every rank measures at once (lined up by a barrier); rank 0 gets every rank's numbers."""
-    import torch
-    import torch.distributed as dist
-
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local}" if args.device == "cuda" else "cpu"
@@ -136,23 +124,15 @@ def ranks(args) -> dict | None:
 
 def gpu_decode(args) -> dict:
     """torchvision.io.decode_jpeg of batches of the JPEG files' bytes on the device (CUDA: nvJPEG), images/s."""
-    import torch
     from torchvision.io import decode_jpeg, read_file
-
     device = torch.device(args.device)
     files = sorted(data_for(args, "torchvision").glob("train/*/*.JPEG"))[:args.images]
     data = [read_file(str(f)) for f in files]
     batches = [data[i:i + args.batch_size] for i in range(0, len(data), args.batch_size)]
-    decode_jpeg(batches[0], device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for batch in batches:
-        out = decode_jpeg(batch, device=device)
-    sync()
-    wall = time.perf_counter() - t0
-    return dict(device=str(device), images=len(data), shape=list(out[0].shape), batch_size=args.batch_size,
-                img_s=round(len(data) / wall, 1))
+    shapes = []
+    wall = time_steps(lambda: shapes.append([decode_jpeg(b, device=device)[0].shape for b in batches]), device, 1, 1)
+    return dict(device=str(device), images=len(data), shape=list(shapes[-1][-1]), batch_size=args.batch_size,
+                img_s=round(len(data) / wall["step_s"], 1))
 
 
 def sweep(args) -> dict:
@@ -188,14 +168,10 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=400, help="synthetic training images (4 classes)")
     p.add_argument("--loader", choices=tuple(NEEDS), default="dali", help="ranks, sweep: the backend")
     p.add_argument("--loaders", nargs="+", choices=tuple(NEEDS), default=list(NEEDS), help="backends, cores")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (torchvision: processes) per rank")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--crop", type=int, default=176)
-    p.add_argument("--eval-crop", type=int, default=224)
-    p.add_argument("--eval-resize", type=int, default=232)
+    for flag, default in (("--workers", 2), ("--batch-size", 64), ("--crop", 176), ("--eval-crop", 224),
+                          ("--eval-resize", 232), ("--batches", 20), ("--warmup", 3)):   # workers: per rank
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--precision", help="training images' dtype (default fp16 on CUDA, else fp32)")
-    p.add_argument("--batches", type=int, default=20, help="timed batches")
-    p.add_argument("--warmup", type=int, default=3, help="untimed batches after the first")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--spec", action="append", default=[], metavar="FIELD=VALUE", help="any other LoaderSpec field")
     p.add_argument("--ranks", type=int, default=1, help="sweep: ranks loading at once")
@@ -205,26 +181,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def backends(args) -> dict:
+    """Each backend in this process; `cores`: one decoding thread each (torchvision: in this process), torch one."""
+    if args.mode == "cores":
+        torch.set_num_threads(1)
+    rows = []
+    for loader in args.loaders:
+        workers = args.workers if args.mode == "backends" else 0 if loader == "torchvision" else 1
+        rows.append(measure(argparse.Namespace(**{**vars(args), "workers": workers}), loader))
+        print(rows[-1], flush=True)
+    return dict(mode=args.mode, rows=rows)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.mode == "ranks":
-        result = ranks(args)
-    elif args.mode == "gpu-decode":
-        result = gpu_decode(args)
-    elif args.mode == "sweep":
-        result = sweep(args)
-    else:
-        if args.mode == "cores":     # one decoding thread per loader (torchvision: in this process), torch one
-            import torch
-
-            torch.set_num_threads(1)
-            args.workers = 0
-        rows = []
-        for loader in args.loaders:
-            workers = args.workers or (0 if loader == "torchvision" else 1)
-            rows.append(measure(argparse.Namespace(**{**vars(args), "workers": workers}), loader))
-            print(rows[-1], flush=True)
-        result = dict(mode=args.mode, rows=rows)
+    result = {"ranks": ranks, "gpu-decode": gpu_decode, "sweep": sweep}.get(args.mode, backends)(args)
     if result is not None:
         write_json(args.out, result)
     return 0

@@ -1,56 +1,44 @@
 """The CPU proxy benchmark: time to target of the Mild recipe against the Baseline (RECIPE.md section 11) and
-against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
-synthetic data set, the `resnet_cpu` network).
+against Mild without each of its methods in turn, on `make benchmark`'s data set and config_CPU.sh.
 
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]
 
-Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
-(VARIANTS below, printed at the start). Minutes are run_start -> run_stop read from the run's MLPerf log, the
-official score's clock; the final top-1 is the run's last evaluation. Runs go one at a time, seed by seed (every
-variant of the first seed, then of the next), so that a change in the machine's load falls on all variants
-alike. Writes OUT/proxy.json (every run, its evaluations, the table), OUT/proxy.png (top-1 against minutes,
-every run) and OUT/logs/<variant>-seed<N>.txt; OUT must not exist yet. --add-runs puts the runs of earlier
-proxy.json files (same config_CPU.sh flags, other seeds) into the table and the plot: more seeds without running
-the first ones again (`--seeds` with no seed only tabulates).
-
-The Baseline is section 11 at the proxy's geometry (ImageNet's sides / 4): crop 56 throughout (224), evaluation
-56 of 64 (224 of 256), cross-entropy with smoothing 0.1, no BlurPool, EMA or log-bias init, evaluation every 4
-epochs, and BASELINE_EPOCHS epochs; everything else (network, batch, optimiser, peak LR, warm-up, data) is
-config_CPU.sh's, so the Baseline is not weakened.
-
-The loader variants (not run by default) train Mild as it is with LOADER=dali (DALI's CPU pipeline reading the
-image folders of the same data set, --folders) and with DECODE_TO_SIDE=1 as well (`dali-side`): time to target
-next to `mild` (FFCV) says what the loader changes on this machine.
+Every run is a real `python -m resnet.train` process with config_CPU.sh's flags plus its variant's (VARIANTS),
+one at a time, every variant of a seed before the next seed (a change in the machine's load falls on all alike).
+Minutes are run_start -> run_stop from the run's MLPerf log; the final top-1 is its last evaluation. Writes
+OUT/proxy.json, OUT/proxy.png (top-1 against minutes) and OUT/logs/; OUT must not exist yet. --add-runs tabulates
+the runs of earlier proxy.json files (same flags, other seeds) with these. The Baseline is section 11 at the
+proxy's geometry (ImageNet's sides / 4) with config_CPU.sh's network, batch, optimiser, peak LR, warm-up and data.
+The loader variants (not run by default): Mild with LOADER=dali on the image folders (--folders), and with
+DECODE_TO_SIDE=1 as well (`dali-side`).
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, REPO, run_metadata, synthetic_dataset
+from bench.common import DEFAULT_CACHE, REPO, config_environ, mllog_events, run_metadata, synthetic_dataset
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
+BASELINE = ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4, "--train-crop-px", 56,
+            "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1, "--loss", "ce",
+            "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0]
 # Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
 VARIANTS = {
     "mild": [],
-    "baseline": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
-                 "--train-crop-px", 56, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
-                 "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+    "baseline": BASELINE,
     "no-blurpool": ["--blurpool", 0],
     "no-ema": ["--ema", 0],
     "ce-loss": ["--loss", "ce", "--label-smoothing", 0.1],          # the Baseline's loss instead of smoothed BCE
     "no-progressive-resizing": ["--resize-initial-scale", 1],       # 44 px crops from the first epoch
     "no-log-bias-init": ["--log-bias-init", 0],
     # Not run by default: the Baseline at Mild's final training crop (44) instead of ImageNet's 224 / 4.
-    "baseline-44": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
-                    "--train-crop-px", 44, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
-                    "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+    "baseline-44": [*BASELINE, "--train-crop-px", 44],
     # Not run by default: the loaders (the same Mild run, reading the image folders through DALI's CPU pipeline).
     "dali": ["--loader", "dali"],
     "dali-side": ["--loader", "dali", "--decode-to-side", 1],   # crops decoded straight to each epoch's side
@@ -67,11 +55,7 @@ def reads_folders(variant: str) -> bool:
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
     from resnet.launch import env_to_flags
-
-    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    out = subprocess.run(["bash", "-c", 'source "$0" >/dev/null && env -0', str(config)], env=clean,
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
-    environ = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    environ = config_environ(config, keep=("PATH", "HOME", "LANG", "TMPDIR"))
     words = env_to_flags(environ)
     i = words.index("--results-dir") if "--results-dir" in words else None
     return words if i is None else words[:i] + words[i + 2:]
@@ -79,8 +63,7 @@ def config_flags(config: Path = CONFIG) -> list[str]:
 
 def read_log(path: Path) -> dict:
     """run_start -> run_stop minutes, status, and every evaluation (minutes since run_start, epoch, top-1)."""
-    events = [json.loads(line.split(":::MLLOG", 1)[1]) for line in path.read_text().splitlines()
-              if line.startswith(":::MLLOG")]
+    events = mllog_events(path)
     start = next(e["time_ms"] for e in events if e["key"] == "run_start")
     stop = next((e for e in events if e["key"] == "run_stop"), None)
     evals = [dict(minutes=(e["time_ms"] - start) / 60000, epoch=e["metadata"]["epoch_num"], top1=e["value"])
@@ -149,10 +132,8 @@ def print_table(table: dict, target: float) -> None:
 
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = plt.get_cmap("tab10")
     for i, v in enumerate(variants):
@@ -227,9 +208,7 @@ def main(argv=None) -> int:
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
                   folders=str(data["folders"]), seeds=seeds,
                   added_from=[str(path) for path in args.add_runs],
-                  target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
-                  machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
-                  total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+                  target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
     (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")

@@ -1,25 +1,20 @@
 """The step benchmark: the trainer's own `resnet.train.train_step` ("ours") against the one plain step
-(bench.common.PlainStep: torchvision's network, cross-entropy, SGD, channels-last), on random device tensors as the
-loader yields them (ours: the full crop in the training dtype, resized by the step; plain: the side itself).
+(bench.common.plain_step) on random device tensors as the loader yields them, pipelined images/s of one device.
 
     python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256] [--compile]
-    python -m bench.steps OUT.json --overhead        # CPU: ours / the same arithmetic in a plain step
     torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
-
-Every rate is images/s of one device, timed pipelined (bench.common.time_steps). `--compile` times both compiled
-at the sides given, after the trainer's own `warm_up` compiled every side before "run_start" (its seconds are the
-warm-up's cost) and counts the graphs compiled after it (the trainer needs zero). The first GPU session
-(bench.first_session) calls these functions one part at a time.
 """
 import argparse
-import statistics
 import sys
 import time
 import warnings
 
 import torch
 
-from bench.common import NUM_CLASSES, PlainStep, dtype, sync, time_steps, write_json
+from bench.common import NUM_CLASSES, dtype, plain_step, sync, time_steps, write_json
+from resnet import distributed, train
+from resnet.data.loaders import LoaderSpec
+from resnet.recipe import Plan, amp_dtype, get_recipe
 
 IMAGENET = dict(train_samples=1_281_167, eval_samples=50_000)
 
@@ -29,9 +24,6 @@ def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size:
     """(Training, Plan) of the Mild recipe at this precision, per-device batch and network, with ImageNet's
     counts (so the EMA runs every 20 steps as it will); `fields` replace more of the recipe's (epochs: fewer
     sides; the crops: a smoke run's toy sizes)."""
-    from resnet import train
-    from resnet.recipe import Plan, get_recipe
-
     recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
                                         **fields)
     plan = Plan(recipe, NUM_CLASSES, world_size=world_size, **IMAGENET)
@@ -45,44 +37,37 @@ def loaded_batch(device, precision: str, batch: int, px: int):
     return images.contiguous(memory_format=torch.channels_last), torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
 
-def plain(device, precision: str, arch: str, compile_model: bool = False) -> PlainStep:
-    import torchvision
-
-    model = torchvision.models.get_model(arch, num_classes=NUM_CLASSES).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
-    return PlainStep(model, torch.nn.functional.cross_entropy, opt, precision, compile_model)
-
-
 def _row(loop, precision, compiled, px, batch, timing) -> dict:
     return dict(loop=loop, precision=precision, compiled=compiled, px=px,
                 img_s=round(batch / timing["step_s"], 1), **timing)
 
 
-def eager_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit, sides=None,
-                **fields) -> None:
-    """emit() a row per loop and side (default: every side of the schedule): ours from the full crop, the plain
-    step at the side."""
-    from resnet import train
-
-    t, plan = ours(device, precision, batch, arch, **fields)
-    full = plan.recipe.train_crop_px
-    sides = sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
-    images, labels = loaded_batch(device, precision, batch, full)
+def both(t, plan, step, sides, precision, compiled: bool, batch, warmup, steps, emit,
+         between=lambda: None) -> None:
+    """emit() a row per loop and side: ours from the full crop, between(), then the plain step at the side."""
+    device = next(t.model.parameters()).device
+    images, labels = loaded_batch(device, precision, batch, plan.recipe.train_crop_px)
     for px in sides:
-        emit(_row("ours", precision, False, px, batch,
+        emit(_row("ours", precision, compiled, px, batch,
                   time_steps(lambda: train.train_step(t, images, labels, px), device, warmup, steps)))
-    del t
-    step = plain(device, precision, arch)
+    between()
     for px in sides:
         x, y = loaded_batch(device, precision, batch, px)
-        emit(_row("plain", precision, False, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+        emit(_row("plain", precision, compiled, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+
+
+def eager_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit, sides=None,
+                **fields) -> None:
+    """Both loops eager at `sides` (default: every side of the schedule)."""
+    t, plan = ours(device, precision, batch, arch, **fields)
+    sides = sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
+    both(t, plan, plain_step(arch, device, precision), sides, precision, False, batch, warmup, steps,
+         emit)
 
 
 def counting_backend(name: str):
     """A torch.compile backend that counts the graphs it compiles (.frames) and hands them to `name`."""
-    from torch._dynamo.backends.registry import lookup_backend
-
-    inner = lookup_backend(name)
+    inner = torch._dynamo.lookup_backend(name)
 
     def backend(gm, example_inputs):
         backend.frames += 1
@@ -92,13 +77,9 @@ def counting_backend(name: str):
 
 
 def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit,
-                   backend: str = "inductor", **fields) -> None:
-    """The trainer's warm_up on a schedule of `epochs` epochs (its sides compiled before "run_start"): its
-    seconds and graphs, then ours compiled at each side and the graphs compiled after the warm-up (must be 0),
-    then the plain step compiled at the same sides."""
-    from resnet import train
-    from resnet.data.loaders import LoaderSpec
-
+                   backend: str = "inductor", sides=None, **fields) -> None:
+    """The trainer's warm_up on a 2-epoch schedule (its 2 sides compiled before "run_start"; `sides` unused): its
+    seconds and graphs, then both compiled at those sides and the graphs compiled after the warm-up (must be 0)."""
     torch._dynamo.reset()
     counter = counting_backend(backend)
     t, plan = ours(device, precision, batch, arch, compile_backend=counter, **{"epochs": 2, "warmup_epochs": 1,
@@ -109,31 +90,20 @@ def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, 
     sync(device)
     emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counter.frames))
     before = counter.frames
-    images, labels = loaded_batch(device, precision, batch, plan.recipe.train_crop_px)
-    for px in sides:
-        emit(_row("ours", precision, True, px, batch,
-                  time_steps(lambda: train.train_step(t, images, labels, px), device, warmup, steps)))
-    emit(dict(part="recompiles_after_warm_up", graphs=counter.frames - before))
-    del t
-    torch._dynamo.reset()
-    step = plain(device, precision, arch, compile_model=backend == "inductor")
-    for px in sides:
-        x, y = loaded_batch(device, precision, batch, px)
-        emit(_row("plain", precision, True, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+    step = plain_step(arch, device, precision, compile_model=backend == "inductor")
+    both(t, plan, step, sides, precision, True, batch, warmup, steps, emit,
+         lambda: emit(dict(part="recompiles_after_warm_up", graphs=counter.frames - before)))
 
 
 def host_syncs(device, precision: str, batch: int, arch: str, **fields) -> dict:
     """Host synchronisations per step that torch.cuda.set_sync_debug_mode reports, over as many steps as one
     EMA period (so the EMA update is among them), for ours and the plain step."""
-    from resnet import train
-
     t, plan = ours(device, precision, batch, arch, **fields)
     px = plan.recipe.train_crop_px
     images, labels = loaded_batch(device, precision, batch, px)
-    step = plain(device, precision, arch)
-    x, y = loaded_batch(device, precision, batch, px)
+    step = plain_step(arch, device, precision)
     counts = {}
-    for loop, fn in (("ours", lambda: train.train_step(t, images, labels, px)), ("plain", lambda: step(x, y))):
+    for loop, fn in (("ours", lambda: train.train_step(t, images, labels, px)), ("plain", lambda: step(images, labels))):
         fn()
         sync(device)
         torch.cuda.set_sync_debug_mode("warn")
@@ -151,9 +121,6 @@ def host_syncs(device, precision: str, batch: int, arch: str, **fields) -> dict:
 def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
     """Seconds of one EMA update of Training `t`, and images/s of the evaluation forward at the recipe's
     evaluation crop (224) in its evaluation precision (fp32), eval mode, no grad."""
-    from resnet import train
-    from resnet.recipe import amp_dtype
-
     r = plan.recipe
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
     images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
@@ -166,36 +133,9 @@ def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
                 eval_img_s=round(batch / ev["step_s"], 1))
 
 
-def overhead(rounds: int, block: int = 10) -> dict:
-    """On the CPU: `train_step` (scheduler, EMA, autocast/scaler wrappers, resize) against the plain step doing
-    the same arithmetic (the model, loss and optimiser of the recipe), alternating blocks of `block` steps."""
-    from resnet import train
-    from resnet.algorithms import DecoupledSGDW, resize_batch
-    from resnet.model import build_model
-
-    cpu = torch.device("cpu")
-    t, plan = ours(cpu, "fp32", 64, "resnet18")
-    r = plan.recipe
-    t.ema_every_steps = 20
-    model = build_model(r, NUM_CLASSES)
-    opt = DecoupledSGDW(model.parameters(), lr=r.peak_lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    step = PlainStep(model, train.loss_function(r), opt, "fp32")
-    images, labels = loaded_batch(cpu, "fp32", 64, 40)
-    px = 32
-    ratios = []
-    for _ in range(rounds):
-        o = time_steps(lambda: train.train_step(t, images, labels, px), cpu, 0, block)["step_s"]
-        m = time_steps(lambda: step(resize_batch(images, px), labels), cpu, 0, block)["step_s"]
-        ratios.append(o / m)
-    return dict(step_ratio=round(statistics.median(ratios), 3), ratios=[round(x, 3) for x in ratios],
-                threads=torch.get_num_threads())
-
-
 def ddp(args) -> dict:
     """One rank under torchrun: ours with DDP across all ranks at each side, cudnn.benchmark off and on; img/s of
     all ranks together (rank 0 reports)."""
-    from resnet import distributed, train
-
     dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for bench in (False, True):
@@ -221,28 +161,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
-    mode.add_argument("--overhead", action="store_true", help="ours / plain with the same arithmetic, CPU")
     mode.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank")
     args = p.parse_args(argv)
     if args.ddp:
         result = ddp(args)
-        if result:
-            write_json(args.out, result)
-        return 0
-    if args.overhead:
-        write_json(args.out, overhead(args.steps))
-        return 0
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
-
-    def emit(row):
-        rows.append(row)
-        print(row, flush=True)
-    for precision in args.precisions:
-        eager_rates(device, precision, args.batch, args.warmup, args.steps, args.arch, emit, args.sides)
-        if args.compile:
-            compiled_rates(device, precision, args.batch, args.warmup, args.steps, args.arch, emit)
-    write_json(args.out, dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", rows=rows))
+    else:
+        device, rows = torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
+        for precision in args.precisions:
+            for rates in (eager_rates, compiled_rates) if args.compile else (eager_rates,):
+                rates(device, precision, args.batch, args.warmup, args.steps, args.arch,
+                      lambda row: rows.append(row) or print(row, flush=True), sides=args.sides)
+        result = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", rows=rows)
+    if result:
+        write_json(args.out, result)
     return 0
 
 
