@@ -19,13 +19,11 @@ NUM_CLASSES = 1000
 VERSIONED = ("torch", "torchvision", "ffcv", "numpy", "mlperf-logging")
 
 
-def synthetic_dataset(cache: Path, classes=None, train_per_class=None, val_per_class=None, size_px=None,
-                      ffcv: bool = True):
+def synthetic_dataset(cache: Path, ffcv: bool = True, **settings):
     """(image folders, FFCV folder or None) of `mlperf-resnet synth` data under `cache` (by default the `make
     benchmark` set's settings, resnet.data.synth.DEFAULTS; size_px=500: ImageNet's geometry), made once."""
     from resnet.data.synth import DEFAULTS, make_synthetic
-    given = dict(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class, size_px=size_px)
-    s = {k: v or DEFAULTS[k] for k, v in given.items()}
+    s = {**DEFAULTS, **settings}
     name = f"c{s['classes']}-t{s['train_per_class']}-v{s['val_per_class']}-{s['size_px']}px"
     folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"
     if not (folders / "synth.json").is_file():
@@ -75,14 +73,8 @@ def _version(name):
         return None
 
 
-def _cpu_model():
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-
-
 def _gpu_names():
-    """The visible GPUs' names; asks torch only when the caller imported it already."""
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")   # only when the caller imported it already
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch is not None and torch.cuda.is_available() else []
 
@@ -94,15 +86,15 @@ def run_metadata() -> dict:
     versions = {name: _version(name) for name in (*VERSIONED, "dali")}
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
                 versions=dict(python=platform.python_version(), **versions),
-                machine=dict(cpu=_cpu_model(), cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
+                machine=dict(cpu=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                       if line.startswith("model name")), None), cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
                              gpus=_gpu_names(), system=platform.platform(),
                              load_average=[round(x, 2) for x in os.getloadavg()]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 def write_json(path: Path, result: dict) -> None:
-    """`result` with run_metadata() as JSON at `path`, which must not exist (results are never overwritten);
-    written whole or not at all."""
+    """`result` and run_metadata() as JSON at `path`, written whole, never over an existing file."""
     path = Path(path)
     if path.exists():
         raise SystemExit(f"error: {path} already exists; choose a new file (results are never overwritten)")
@@ -139,6 +131,21 @@ def plain_step(arch: str, device, precision: str, compile_model: bool = False):
     return step
 
 
+def figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
+    """A PNG at `path` of what draw(ax) plots, titled, gridded, with a legend (matplotlib without a display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    draw(ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def sync(device) -> None:
     import torch
     if device.type == "cuda":
@@ -146,8 +153,8 @@ def sync(device) -> None:
 
 
 def time_steps(step, device, warmup: int, steps: int) -> dict:
-    """Seconds per call of `step()` over `steps` calls after `warmup` untimed ones, pipelined: the device is
-    synchronised at the two ends only, as the trainer never waits for a step."""
+    """Seconds per call of `step()` over `steps` calls after `warmup`, synchronised at the two ends only (the
+    trainer never waits for a step)."""
     started = time.perf_counter()
     for _ in range(warmup):
         step()

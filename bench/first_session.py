@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench import loaders, projection, steps
-from bench.common import REPO, installed, synthetic_dataset, write_json
+from bench.common import REPO, figure, installed, synthetic_dataset, write_json
 from compliance.check import check_log
 
 SMOKE = os.environ.get("SMOKE") == "1"
@@ -39,21 +39,18 @@ def size(name):
     return SIZES[name][SMOKE]
 
 
-def crops() -> dict:
-    """The recipe's crops (SMOKE: toy ones)."""
+def crops() -> dict:   # the recipe's (SMOKE: toy ones)
     return dict(train_crop_px=size("crop"), eval_crop_px=size("eval_crop"), eval_resize_px=size("eval_resize"))
 
 
 def device():
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA
-        return torch.device("cuda")
-    return torch.device("cpu")
+    torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def data(work: Path, loader: str = "torchvision") -> Path:
-    """The session's image folders (FFCV: its .beton folder), made once under `work`."""
-    made = synthetic_dataset(work, size("classes"), size("train"), size("val"), 500, installed("ffcv") and not SMOKE)
+def data(work: Path, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under work
+    made = synthetic_dataset(work, installed("ffcv") and not SMOKE, classes=size("classes"),
+                             train_per_class=size("train"), val_per_class=size("val"), size_px=500)
     return made[loader == "ffcv"]
 
 
@@ -131,8 +128,7 @@ PARTS = {name[5:]: fn for name, fn in globals().items() if name.startswith("part
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:
-    """The part in a child process with `budget` seconds; each RESULT line is a row, said as it comes and kept
-    when the part is cut."""
+    """The part in a child process within `budget` s; each RESULT line a row, said as it comes, kept if cut."""
     started, rows, lines = time.perf_counter(), [], []
     proc = subprocess.Popen([sys.executable, "-m", "bench.first_session", "--part", name, str(work)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -161,24 +157,17 @@ def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict
 
 
 def plot(session: dict, path: Path) -> None:
-    """images/s against the side: ours and plain, fp16 and bf16, eager (lines) and compiled (points)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """images/s against the side: ours and plain, per precision, eager (lines) and compiled (points)."""
     series = {}
     for r in (r for name in ("eager", "compiled") for r in session["parts"][name]["rows"] if "loop" in r):
         series.setdefault((r["loop"], r["precision"], r["compiled"]), []).append((r["px"], r["img_s"]))
-    for (loop, precision, compiled), points in sorted(series.items()):
-        ax.plot(*zip(*sorted(points)), marker="o" if compiled else ".", ls="none" if compiled else "-",
-                label=f"{loop} {precision}{' compiled' if compiled else ''}")
-    ax.set(xlabel="training side, px", ylabel="images/s (one device)", title=f"one training step on "
-           f"{session['device']} (bench.first_session)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    def draw(ax):
+        for (loop, precision, compiled), points in sorted(series.items()):
+            ax.plot(*zip(*sorted(points)), marker="o" if compiled else ".", ls="none" if compiled else "-",
+                    label=f"{loop} {precision}{' compiled' if compiled else ''}")
+    figure(path, f"one training step on {session['device']} (bench.first_session)", "training side, px",
+           "images/s (one device)", draw)
 
 
 def project(session: dict) -> str:
@@ -224,7 +213,7 @@ def main(argv=None) -> int:
         say(f"{result['status'].upper()}: {part} ({result['seconds']} s): {result['detail']}")
     try:
         say(project(session))
-    except Exception as e:   # a projection without its rates is said so; the files are still written
+    except (Exception, SystemExit) as e:   # a projection without its rates says so; the files are still written
         say(f"projection: not possible: {type(e).__name__}: {e}")
     plot(session, args.out / "session.png")
     write_json(args.out / "session.json", session)

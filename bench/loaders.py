@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bench.common import DEFAULT_CACHE, installed, synthetic_dataset, time_steps, write_json
+from bench.common import DEFAULT_CACHE, installed, sync, synthetic_dataset, time_steps, write_json
 from resnet.data.loaders import LoaderSpec, make_loaders
 
 NEEDS = {"ffcv": "ffcv", "dali": "nvidia.dali", "torchvision": "torchvision"}   # backend: module it imports
@@ -42,8 +42,8 @@ def forever(loader):
 
 
 def timed(loader, warmup: int, batches: int, device=None) -> dict:
-    """The one timer: seconds to the first batch, then `batches` batches after `warmup` more (across epochs as
-    needed): images, wall seconds, this process's CPU seconds (all its threads)."""
+    """The one timer: seconds to the first batch, then images, wall and this process's CPU seconds of `batches`
+    batches after `warmup` more, across epochs as needed."""
     it = forever(loader)
     t0 = time.perf_counter()
     next(it)
@@ -53,8 +53,8 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
     images, cpu, wall = 0, cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         images += len(next(it)[0])
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device is not None:
+        sync(device)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     return dict(first_batch_s=round(first, 3), images=images, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
                 img_s=round(images / wall, 1), cpu_s_per_image=cpu / images if images else None)
@@ -78,13 +78,13 @@ def spec_for(args, **run):
 def data_for(args, loader: str) -> Path:
     if args.data:
         return Path(args.data)
-    folders, betons = synthetic_dataset(args.cache, 4, args.images // 4, 8, 500, ffcv=loader == "ffcv")
+    folders, betons = synthetic_dataset(args.cache, loader == "ffcv", classes=4, train_per_class=args.images // 4,
+                                        val_per_class=8, size_px=500)
     return betons if loader == "ffcv" else folders
 
 
 def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 1) -> dict:
-    """One backend: the training loader timed, then its validation loader's first batch; 'not installed here'
-    when its library is missing."""
+    """One backend's training loader timed, its validation loader's first batch (or 'not installed here')."""
     if not installed(NEEDS[loader]):
         return dict(loader=loader, status="not installed here")
     spec = spec_for(args, device=device, rank=rank, world_size=world,
@@ -136,18 +136,18 @@ def gpu_decode(args) -> dict:
 
 
 def sweep(args) -> dict:
-    """DALI on `--ranks` ranks for every (hardware-decoder share, threads, prefetch depth): the `ranks`
-    measurement under torchrun, one combination at a time."""
+    """`ranks` under torchrun for every (hardware-decoder share, threads, prefetch depth) in turn."""
     rows = []
     for load, threads, prefetch in itertools.product(args.hw_loads, args.threads, args.prefetch or [None]):
-        spec = ["--spec", f"hw_decoder_load={load}"] + (["--spec", f"{PREFETCH_FIELD}={prefetch}"] if prefetch else [])
+        fields = [*args.spec, f"hw_decoder_load={load}", *([f"{PREFETCH_FIELD}={prefetch}"] if prefetch else [])]
         with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
             out = Path(tmp) / "r.json"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}",
                    "-m", "bench.loaders", "ranks", str(out), "--loader", args.loader, "--workers", str(threads),
                    "--device", args.device, "--batch-size", str(args.batch_size), "--crop", str(args.crop),
                    "--batches", str(args.batches), "--warmup", str(args.warmup), "--cache", str(args.cache),
-                   "--images", str(args.images), *spec, *(["--data", args.data] if args.data else [])]
+                   "--images", str(args.images), *(x for f in fields for x in ("--spec", f)),
+                   *(["--data", args.data] if args.data else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             r = json.loads(out.read_text()) if out.is_file() else dict(status=f"failed: {proc.stderr[-300:]}")
         row = dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],

@@ -27,8 +27,8 @@ IMAGENET = dict(train_images=1_281_167, val_images=50_000, classes=1000)
 
 
 def log_times(path: Path) -> dict:
-    """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1, as both MosaicML
-    and we number them), evaluation seconds {epoch: s} and the epoch at which run_stop said success (or None)."""
+    """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1), evaluation seconds
+    {epoch: s} and the epoch at which run_stop said success (or None)."""
     started, epochs, evals, eval_started, success = {}, {}, {}, {}, None
     for e in mllog_events(path):
         key, n = e["key"], (e.get("metadata") or {}).get("epoch_num")
@@ -46,8 +46,7 @@ def log_times(path: Path) -> dict:
 
 
 def peer_times(folder: Path = MOSAICML_LOGS) -> dict:
-    """Median over a folder's result logs of each epoch's seconds and of the evaluation seconds, and the epoch
-    at which the runs passed (the most common one)."""
+    """Median epoch and evaluation seconds over a folder's result logs, and their most common epoch of success."""
     logs = [log_times(p) for p in sorted(folder.glob("result_*.txt"))]
     if not logs:
         raise FileNotFoundError(f"{folder}: no result_*.txt logs")
@@ -67,8 +66,8 @@ def allreduce_s(params: int, gpus: int, bus_gb_s: float) -> float:
 
 def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int,
             peer: dict | None = None) -> dict:
-    """Rows per epoch 1..through_epoch and the total minutes. rates: model_img_s {px: per device} for every side
-    the schedule uses; loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
+    """Rows per epoch 1..through_epoch and the total minutes from rates: model_img_s {px: per device},
+    loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
     recipe, n, batch = plan.recipe, plan.steps_per_epoch, plan.per_device_batch
     exposed = (1 - overlap) * allreduce_s(params, plan.world_size, bus_gb_s)
     eval_images = -(-plan.eval_samples // plan.world_size)
@@ -122,8 +121,7 @@ def interpolate(rates: dict, sides: list) -> dict:
 
 
 def config_plan(config: Path, counts: dict, gpus: int | None):
-    """(train args, Plan) of a config_<SYSTEM>.sh as the trainer reads it, for these image and class counts and
-    `gpus` devices (default: the config's world size)."""
+    """(train args, Plan) of a config as the trainer reads it, for these counts and `gpus` (default: the config's)."""
     environ = config_environ(config)
     world = gpus or world_size_from_env(environ)
     parser = argparse.ArgumentParser()
@@ -135,12 +133,11 @@ def config_plan(config: Path, counts: dict, gpus: int | None):
 
 
 def measure_here(args, plan, sides, smoke: bool) -> dict:
-    """The rates of the config on this machine (the CPU proxy's validation): ours at 3 sides (the others
-    interpolated), the config's loader, the evaluation forward and one EMA update."""
+    """The config's rates here: ours at 3 sides (the others interpolated), its loader, evaluation and EMA."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t = train.build_training(plan, device)
     batch, r = plan.per_device_batch, plan.recipe
-    images, labels = steps.loaded_batch(device, r.precision, batch, r.train_crop_px)
+    images, labels = steps.loaded_batch(device, r.precision, batch, r.train_crop_px, plan.num_classes)
     n = (2, 4) if smoke else (5, 20)
     model = {px: batch / time_steps(lambda: train.train_step(t, images, labels, px), device, *n)["step_s"]
              for px in sorted({sides[0], sides[len(sides) // 2], sides[-1]})}
@@ -154,12 +151,12 @@ def measure_here(args, plan, sides, smoke: bool) -> dict:
 
 
 def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int | None) -> tuple[dict, list]:
-    """(rates, assumptions) from a first-session JSON: ours eager in `precision` (sides not reached are
-    interpolated), the torchvision loader on that machine's cores scaled to `cores_per_gpu`, EMA and evaluation."""
+    """(rates, assumptions) of a first session: ours eager (interpolated between sides), torchvision's loader
+    scaled to `cores_per_gpu`, the EMA and the evaluation."""
     parts = session["parts"]
     eager = [r for r in parts["eager"]["rows"] if r.get("loop") == "ours" and not r["compiled"]]
     if not eager:
-        raise ValueError("the session measured no eager step of ours: nothing to project")
+        raise SystemExit("projection: error: the session measured no eager step of ours: nothing to project")
     precision = precision if any(r["precision"] == precision for r in eager) else eager[0]["precision"]
     model = {r["px"]: r["img_s"] for r in eager if r["precision"] == precision}
     loader = next(r for r in parts["loader"]["rows"] if r["loader"] == "torchvision")
@@ -185,9 +182,8 @@ def parse_args(argv=None):
     p.add_argument("--bus-gb-s", type=float, default=400.0, help="all-reduce bus bandwidth, GB/s (assumed; "
                    "default 400: NVLink 4 nccl-tests busbw order)")
     p.add_argument("--overlap", type=float, default=0.8, help="share of the all-reduce hidden by backward")
-    p.add_argument("--train-images", type=int, default=IMAGENET["train_images"])
-    p.add_argument("--val-images", type=int, default=IMAGENET["val_images"])
-    p.add_argument("--classes", type=int, default=IMAGENET["classes"])
+    for name, default in IMAGENET.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     p.add_argument("--through-epoch", type=int, help="default: MosaicML's runs' epoch of success (27)")
     p.add_argument("--smoke", action="store_true", help="--config: few steps (a test's budget)")
     p.add_argument("--out", type=Path, help="also write the projection as JSON (must not exist)")
@@ -195,12 +191,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        print(report(args)["text"], flush=True)
-    except ValueError as e:
-        print(f"projection: error: {e}", file=sys.stderr)
-        return 2
+    print(report(parse_args(argv))["text"], flush=True)
     return 0
 
 

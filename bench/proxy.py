@@ -1,17 +1,9 @@
-"""The CPU proxy benchmark: time to target of the Mild recipe against the Baseline (RECIPE.md section 11) and
-against Mild without each of its methods in turn, on `make benchmark`'s data set and config_CPU.sh.
+"""The CPU proxy benchmark (BENCHMARKS.md): time to target of Mild against the Baseline (RECIPE.md section 11, at
+the proxy's geometry) and against Mild without each of its methods, each a real `python -m resnet.train` run
+with config_CPU.sh's flags plus its variant's (VARIANTS), every variant of a seed before the next seed.
 
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
-                          [--add-runs JSON ...]
-
-Every run is a real `python -m resnet.train` process with config_CPU.sh's flags plus its variant's (VARIANTS),
-one at a time, every variant of a seed before the next seed (a change in the machine's load falls on all alike).
-Minutes are run_start -> run_stop from the run's MLPerf log; the final top-1 is its last evaluation. Writes
-OUT/proxy.json, OUT/proxy.png (top-1 against minutes) and OUT/logs/; OUT must not exist yet. --add-runs tabulates
-the runs of earlier proxy.json files (same flags, other seeds) with these. The Baseline is section 11 at the
-proxy's geometry (ImageNet's sides / 4) with config_CPU.sh's network, batch, optimiser, peak LR, warm-up and data.
-The loader variants (not run by default): Mild with LOADER=dali on the image folders (--folders), and with
-DECODE_TO_SIDE=1 as well (`dali-side`).
+                          [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
 """
 import argparse
 import json
@@ -21,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, REPO, config_environ, mllog_events, run_metadata, synthetic_dataset
+from bench.common import DEFAULT_CACHE, REPO, config_environ, figure, mllog_events, run_metadata, synthetic_dataset
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
@@ -37,10 +29,8 @@ VARIANTS = {
     "ce-loss": ["--loss", "ce", "--label-smoothing", 0.1],          # the Baseline's loss instead of smoothed BCE
     "no-progressive-resizing": ["--resize-initial-scale", 1],       # 44 px crops from the first epoch
     "no-log-bias-init": ["--log-bias-init", 0],
-    # Not run by default: the Baseline at Mild's final training crop (44) instead of ImageNet's 224 / 4.
-    "baseline-44": [*BASELINE, "--train-crop-px", 44],
-    # Not run by default: the loaders (the same Mild run, reading the image folders through DALI's CPU pipeline).
-    "dali": ["--loader", "dali"],
+    "baseline-44": [*BASELINE, "--train-crop-px", 44],     # not by default (nor below): the Baseline at crop 44
+    "dali": ["--loader", "dali"],                            # the same Mild run on DALI's CPU pipeline
     "dali-side": ["--loader", "dali", "--decode-to-side", 1],   # crops decoded straight to each epoch's side
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side")]
@@ -110,16 +100,13 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
     mild = table.get("mild", {}).get("minutes", {}).get("mean")
     for v, row in table.items():
         mean = row["minutes"]["mean"]
-        # Only a variant that reached the target in every run has a time to target to compare.
         row["time_vs_mild"] = mean / mild if mild and mean and row["reached"] == row["runs"] else None
     return table
 
 
-def fmt(s: dict, digits: int = 2) -> str:
-    return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
-
-
 def print_table(table: dict, target: float) -> None:
+    def fmt(s, digits=2):
+        return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
     print(f"\n{'variant':<24} {'reached':>7} {'minutes to ' + str(target):>18} {'epochs':>12} "
           f"{'final top-1':>16} {'time vs Mild':>12}")
     for v, row in table.items():
@@ -131,25 +118,15 @@ def print_table(table: dict, target: float) -> None:
 
 
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    colours = plt.get_cmap("tab10")
-    for i, v in enumerate(variants):
-        for j, r in enumerate(x for x in runs if x["variant"] == v):
-            ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
-                    color=colours(i % 10), lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
-                    label=v if j == 0 else None)
-    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
-    ax.set_xlabel("minutes since run_start")
-    ax.set_ylabel("top-1 (validation)")
-    ax.set_title("CPU proxy: top-1 against time, every seed (bench.proxy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def draw(ax):
+        for i, v in enumerate(variants):
+            for j, r in enumerate(x for x in runs if x["variant"] == v):
+                ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
+                        color=f"C{i % 10}", lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
+                        label=v if j == 0 else None)
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
+    figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
+           "top-1 (validation)", draw)
 
 
 def main(argv=None) -> int:

@@ -21,9 +21,8 @@ IMAGENET = dict(train_samples=1_281_167, eval_samples=50_000)
 
 def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
          **fields):
-    """(Training, Plan) of the Mild recipe at this precision, per-device batch and network, with ImageNet's
-    counts (so the EMA runs every 20 steps as it will); `fields` replace more of the recipe's (epochs: fewer
-    sides; the crops: a smoke run's toy sizes)."""
+    """(Training, Plan) of the Mild recipe with these settings and `fields`, on ImageNet's counts (so the EMA
+    runs every 20 steps as it will)."""
     recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
                                         **fields)
     plan = Plan(recipe, NUM_CLASSES, world_size=world_size, **IMAGENET)
@@ -31,10 +30,10 @@ def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size:
     return t, plan
 
 
-def loaded_batch(device, precision: str, batch: int, px: int):
+def loaded_batch(device, precision: str, batch: int, px: int, classes: int = NUM_CLASSES):
     """Random images as a loader yields them (this dtype, channels-last) and labels."""
     images = torch.randn(batch, 3, px, px, device=device).to(dtype(precision))
-    return images.contiguous(memory_format=torch.channels_last), torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    return images.contiguous(memory_format=torch.channels_last), torch.randint(0, classes, (batch,), device=device)
 
 
 def _row(loop, precision, compiled, px, batch, timing) -> dict:
@@ -67,19 +66,17 @@ def eager_rates(device, precision: str, batch: int, warmup: int, steps: int, arc
 
 def counting_backend(name: str):
     """A torch.compile backend that counts the graphs it compiles (.frames) and hands them to `name`."""
-    inner = torch._dynamo.lookup_backend(name)
-
     def backend(gm, example_inputs):
         backend.frames += 1
-        return inner(gm, example_inputs)
+        return torch._dynamo.lookup_backend(name)(gm, example_inputs)
     backend.frames = 0
     return backend
 
 
 def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit,
                    backend: str = "inductor", sides=None, **fields) -> None:
-    """The trainer's warm_up on a 2-epoch schedule (its 2 sides compiled before "run_start"; `sides` unused): its
-    seconds and graphs, then both compiled at those sides and the graphs compiled after the warm-up (must be 0)."""
+    """The trainer's warm_up of a 2-epoch schedule (seconds, graphs), both compiled at its 2 sides (`sides`
+    unused), and the graphs compiled after the warm-up (the trainer needs 0)."""
     torch._dynamo.reset()
     counter = counting_backend(backend)
     t, plan = ours(device, precision, batch, arch, compile_backend=counter, **{"epochs": 2, "warmup_epochs": 1,
@@ -96,31 +93,26 @@ def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, 
 
 
 def host_syncs(device, precision: str, batch: int, arch: str, **fields) -> dict:
-    """Host synchronisations per step that torch.cuda.set_sync_debug_mode reports, over as many steps as one
-    EMA period (so the EMA update is among them), for ours and the plain step."""
+    """Host syncs per step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
     t, plan = ours(device, precision, batch, arch, **fields)
     px = plan.recipe.train_crop_px
     images, labels = loaded_batch(device, precision, batch, px)
-    step = plain_step(arch, device, precision)
-    counts = {}
-    for loop, fn in (("ours", lambda: train.train_step(t, images, labels, px)), ("plain", lambda: step(images, labels))):
-        fn()
-        sync(device)
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as seen:
-                warnings.simplefilter("always")
-                for _ in range(t.ema_every_steps):
-                    fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        counts[loop] = len([w for w in seen if "synchroniz" in str(w.message)]) / t.ema_every_steps
-    return dict(px=px, steps=t.ema_every_steps, syncs_per_step=counts)
+    train.train_step(t, images, labels, px)
+    sync(device)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(t.ema_every_steps):
+                train.train_step(t, images, labels, px)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
+    return dict(px=px, steps=t.ema_every_steps, syncs_per_step=len(syncs) / t.ema_every_steps, first=syncs[:3])
 
 
 def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
-    """Seconds of one EMA update of Training `t`, and images/s of the evaluation forward at the recipe's
-    evaluation crop (224) in its evaluation precision (fp32), eval mode, no grad."""
+    """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
     r = plan.recipe
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
     images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
@@ -134,8 +126,7 @@ def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
 
 
 def ddp(args) -> dict:
-    """One rank under torchrun: ours with DDP across all ranks at each side, cudnn.benchmark off and on; img/s of
-    all ranks together (rank 0 reports)."""
+    """One rank under torchrun: ours with DDP at each side, cudnn.benchmark off and on; img/s of all ranks."""
     dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for bench in (False, True):
@@ -159,9 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="resnet50", help="the network of both loops (torchvision's name)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
-    mode.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank")
+    p.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
+    p.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank, no more")
     args = p.parse_args(argv)
     if args.ddp:
         result = ddp(args)
