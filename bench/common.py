@@ -3,6 +3,7 @@ records about where and with what it ran (`run_metadata`), the one plain trainin
 `resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
 overwrites a result."""
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -50,7 +51,6 @@ def mllog_events(path: Path) -> list[dict]:
 
 def installed(module: str) -> bool:
     """Whether `module` can be imported here, without importing it."""
-    import importlib.util
     return importlib.util.find_spec(module) is not None
 
 
@@ -87,8 +87,8 @@ def run_metadata() -> dict:
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
                 versions=dict(python=platform.python_version(), **versions),
                 machine=dict(cpu=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                       if line.startswith("model name")), None), cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
-                             gpus=_gpu_names(), system=platform.platform(),
+                                       if line.startswith("model name")), None), cores=os.cpu_count(),
+                             cores_usable=len(os.sched_getaffinity(0)), gpus=_gpu_names(), system=platform.platform(),
                              load_average=[round(x, 2) for x in os.getloadavg()]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 

@@ -123,8 +123,7 @@ def part_train(work, emit):
         raise RuntimeError(f"the compliance checker failed {log.name}: {'; '.join(problems[:3])}")
 
 
-CUDA_ONLY = ("cuda_tests", "syncs")
-PARTS = {name[5:]: fn for name, fn in globals().items() if name.startswith("part_")}
+CUDA_ONLY, PARTS = ("cuda_tests", "syncs"), {name[5:]: fn for name, fn in globals().items() if name.startswith("part_")}
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:

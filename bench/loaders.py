@@ -35,29 +35,32 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def forever(loader):
+def forever(loader):   # (first of an epoch?, batch) ...
     for epoch in itertools.count():
         loader.set_epoch(epoch)
-        yield from loader
+        yield from ((i == 0, batch) for i, batch in enumerate(loader))
 
 
 def timed(loader, warmup: int, batches: int, device=None) -> dict:
-    """The one timer: seconds to the first batch, then images, wall and this process's CPU seconds of `batches`
-    batches after `warmup` more, across epochs as needed."""
+    """The one timer: seconds to the first batch (once), then images, wall and this process's CPU seconds of
+    `batches` batches after `warmup` more, and the slowest first batch of a later epoch (paid every epoch)."""
     it = forever(loader)
     t0 = time.perf_counter()
     next(it)
     first = time.perf_counter() - t0
     for _ in range(warmup):
         next(it)
-    images, cpu, wall = 0, cpu_seconds(), time.perf_counter()
+    images, cpu, wall, restarts = 0, cpu_seconds(), time.perf_counter(), [0.0]
     for _ in range(batches):
-        images += len(next(it)[0])
+        t, (new, (x, _y)) = time.perf_counter(), next(it)
+        images += len(x)
+        restarts += [time.perf_counter() - t] if new else []
     if device is not None:
         sync(device)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return dict(first_batch_s=round(first, 3), images=images, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
-                img_s=round(images / wall, 1), cpu_s_per_image=cpu / images if images else None)
+    return dict(first_batch_s=round(first, 3), epoch_start_s=round(max(restarts), 3), images=images,
+                wall_s=round(wall, 3), cpu_s=round(cpu, 3), img_s=round(images / wall, 1),
+                cpu_s_per_image=cpu / images if images else None)
 
 
 def spec_for(args, **run):
@@ -103,8 +106,7 @@ def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 
 
 def ranks(args) -> dict | None:
     """Under torchrun: every rank measures at once (lined up by a barrier); rank 0 gets every rank's numbers."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     device = f"cuda:{local}" if args.device == "cuda" else "cpu"
     if args.device == "cuda":
         torch.cuda.set_device(local)
@@ -122,8 +124,7 @@ def ranks(args) -> dict | None:
                 val_first_batch_s=max(r["val_first_batch_s"] for r in every), spec=args.spec)
 
 
-def gpu_decode(args) -> dict:
-    """torchvision.io.decode_jpeg of batches of the JPEG files' bytes on the device (CUDA: nvJPEG), images/s."""
+def gpu_decode(args) -> dict:   # torchvision.io.decode_jpeg of batches of the files on the device (CUDA: nvJPEG)
     from torchvision.io import decode_jpeg, read_file
     device = torch.device(args.device)
     files = sorted(data_for(args, "torchvision").glob("train/*/*.JPEG"))[:args.images]

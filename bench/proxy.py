@@ -82,10 +82,8 @@ def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) ->
 
 
 def spread(values: list[float]) -> dict:
-    if not values:
-        return dict(mean=None, sd=None, min=None, max=None)
     return dict(mean=statistics.mean(values), sd=statistics.stdev(values) if len(values) > 1 else 0.0,
-                min=min(values), max=max(values))
+                min=min(values), max=max(values)) if values else dict(mean=None, sd=None, min=None, max=None)
 
 
 def summarise(runs: list[dict], variants: list[str]) -> dict:
@@ -183,9 +181,9 @@ def main(argv=None) -> int:
     print_table(table, target)
     seeds = sorted({r["seed"] for r in runs})
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
-                  folders=str(data["folders"]), seeds=seeds,
-                  added_from=[str(path) for path in args.add_runs],
-                  target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+                  folders=str(data["folders"]), seeds=seeds, added_from=[str(path) for path in args.add_runs],
+                  target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
+                  total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
     (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")

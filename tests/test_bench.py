@@ -45,6 +45,7 @@ def test_first_session_smoke_runs_every_part_on_the_cpu(first_session):
     assert parts["ema_eval"]["rows"][0]["ema_update_s"] > 0 and parts["ema_eval"]["rows"][0]["eval_img_s"] > 0
     loaders = {r["loader"]: r for r in parts["loader"]["rows"]}
     assert loaders["torchvision"]["img_s"] > 0 and loaders["torchvision"]["val_first_batch_s"] > 0
+    assert 0 < loaders["torchvision"]["epoch_start_s"]     # 2 epochs timed: a later epoch's first batch
     assert parts["gpu_decode"]["rows"][0]["shape"][1:] in ([375, 500], [500, 375]) or \
         max(parts["gpu_decode"]["rows"][0]["shape"][1:]) == 500
     assert parts["train"]["rows"][0]["checker"] == "PASS" and (out / "result_0.txt").stat().st_size > 1000
@@ -131,7 +132,7 @@ def test_projection_names_the_slower_side_and_adds_what_recurs():
     plan = Plan(MILD, 1000, 1_281_167, 50_000, 8)
     sides = [MILD.resolution_px(e) for e in range(27)]
     rates = dict(model_img_s={px: 20000 * (88 / px) ** 2 for px in sides}, loader_img_s=5000.0, loader_start_s=2.0,
-                 val_start_s=1.0, eval_img_s=12500.0, ema_update_s=0.01)
+                 first_start_s=5.0, val_start_s=1.0, eval_img_s=12500.0, ema_update_s=0.01)
     result = project(plan, rates, 27, overlap=0.5, bus_gb_s=100.0, params=25_000_000)
     rows = result["rows"]
     assert (result["steps_per_epoch"], result["ema_every_steps"]) == (625, 20)
@@ -140,12 +141,14 @@ def test_projection_names_the_slower_side_and_adds_what_recurs():
     assert rows[0]["bound"] == "loader" and rows[-1]["bound"] == "model"        # 88 px: 20k > 5k img/s
     assert rows[0]["loader_s"] == pytest.approx(625 * 256 / 5000, abs=0.01)
     assert rows[0]["ema_s"] == pytest.approx(31 * 0.01, abs=1e-3)
-    assert rows[0]["minutes"] == pytest.approx((625 * 256 / 5000 + 2.0) / 60, abs=1e-3)
+    assert rows[0]["minutes"] == pytest.approx((625 * 256 / 5000 + 5.0) / 60, abs=1e-3)   # the first start, once
+    assert rows[1]["minutes"] == pytest.approx((625 * 256 / 5000 + 2.0) / 60, abs=1e-3)   # then every epoch's
     assert rows[2]["eval_s"] == pytest.approx(6250 / 12500 + 1.0) and rows[3]["eval_s"] == 0
     assert rows[-1]["model_s"] == pytest.approx(625 * (256 / rates["model_img_s"][176] + exposed) + 0.31, abs=0.01)
     rates = interpolate({88: 4000.0, 176: 1000.0}, [88, 128, 176])
     assert rates[88] == pytest.approx(4000) and rates[176] == pytest.approx(1000) and 1000 < rates[128] < 4000
-    assert 1 / rates[128] == pytest.approx(1 / 4000 + (128 ** 2 - 88 ** 2) / (176 ** 2 - 88 ** 2) * (1 / 1000 - 1 / 4000))
+    w = (128 ** 2 - 88 ** 2) / (176 ** 2 - 88 ** 2)
+    assert 1 / rates[128] == pytest.approx((1 - w) / 4000 + w / 1000)
 
 
 def test_run_metadata_names_the_commit_versions_and_machine():
@@ -186,7 +189,8 @@ def test_loader_benchmark_says_what_is_not_installed_and_refuses_unknown_fields(
     args = loaders.parse_args(["ranks", str(tmp_path / "x.json"), "--spec", "no_such_field=1"])
     with pytest.raises(SystemExit, match="LoaderSpec has no field 'no_such_field'"):
         loaders.spec_for(args)
-    assert loaders.spec_for(loaders.parse_args(["ranks", "x", "--spec", "hw_decoder_load=0.99"])).hw_decoder_load == 0.99
+    spec = loaders.spec_for(loaders.parse_args(["ranks", "x", "--spec", "hw_decoder_load=0.99"]))
+    assert spec.hw_decoder_load == 0.99
 
 
 def test_dali_sweep_runs_every_combination(synth_tree, tmp_path):
