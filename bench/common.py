@@ -1,48 +1,57 @@
-"""Helpers the benchmarks share: the synthetic data set they run on (made once into a cache folder) and the facts
-every benchmark's JSON records about where and with what it ran (`run_metadata`)."""
+"""What the benchmarks share: the synthetic data sets (made once into a cache folder), the facts every result
+records about where and with what it ran (`run_metadata`), the one plain training step the trainer's own
+`resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
+overwrites a result."""
 import datetime
+import importlib.util
+import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "data" / "bench"
+NUM_CLASSES = 1000
+#: Distributions whose versions every benchmark records (and DALI's).
+VERSIONED = ("torch", "torchvision", "ffcv", "numpy", "mlperf-logging")
 
 
-def synthetic_dataset(cache: Path, classes=None, train_per_class=None, val_per_class=None, size_px=None):
-    """(image folders, FFCV folder) of `mlperf-resnet synth` data with these settings (each by default the
-    `make benchmark` set's, resnet.data.synth.DEFAULTS) under `cache`, named by the settings and made unless
-    complete already."""
-    from resnet.data.prepare import prepare
+def synthetic_dataset(cache: Path, ffcv: bool = True, **settings):
+    """(image folders, FFCV folder or None) of `mlperf-resnet synth` data under `cache` (by default the `make
+    benchmark` set's settings, resnet.data.synth.DEFAULTS; size_px=500: ImageNet's geometry), made once."""
     from resnet.data.synth import DEFAULTS, make_synthetic
-
-    classes = classes or DEFAULTS["classes"]
-    train_per_class = train_per_class or DEFAULTS["train_per_class"]
-    val_per_class = val_per_class or DEFAULTS["val_per_class"]
-    size_px = size_px or DEFAULTS["size_px"]
-
-    name = f"c{classes}-t{train_per_class}-v{val_per_class}-{size_px}px"
+    s = {**DEFAULTS, **settings}
+    name = f"c{s['classes']}-t{s['train_per_class']}-v{s['val_per_class']}-{s['size_px']}px"
     folders, betons = cache / f"synth-{name}", cache / f"ffcv-{name}"
     if not (folders / "synth.json").is_file():
-        make_synthetic(folders, classes, train_per_class, val_per_class, size_px, seed=0)
-    if not (betons / "manifest.json").is_file():
+        make_synthetic(folders, seed=0, progress=False, **s)
+    if ffcv and not (betons / "manifest.json").is_file():
+        from resnet.data.prepare import prepare
         prepare(folders, betons, workers=2, log=open(os.devnull, "w"))
-    return folders, betons
+    return folders, betons if ffcv else None
 
 
-def synthetic_ffcv(cache: Path, **settings) -> Path:
-    return synthetic_dataset(cache, **settings)[1]
+def config_environ(config: Path, keep=None) -> dict:
+    """The environment a config_<SYSTEM>.sh exports (started from os.environ, or only its `keep` variables)."""
+    env = {k: v for k, v in os.environ.items() if keep is None or k in keep}
+    out = subprocess.run(["bash", "-c", 'set -a; source "$1" >/dev/null; env -0', "_", str(config)], env=env,
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
-def train_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "resnet.train", *map(str, args)]
+def mllog_events(path: Path) -> list[dict]:
+    """The MLPerf log's events, in order."""
+    return [json.loads(line.split(":::MLLOG", 1)[1]) for line in Path(path).read_text().splitlines()
+            if ":::MLLOG" in line]
 
 
-#: Distributions whose versions every benchmark records; DALI's name carries its CUDA major (nvidia-dali-cuda120).
-VERSIONED = ("torch", "torchvision", "ffcv", "numpy")
+def installed(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _git(*args):
@@ -54,43 +63,104 @@ def _git(*args):
 
 
 def _version(name):
+    """The installed version of a distribution, None when absent (DALI's name carries its CUDA major)."""
+    if name == "dali":
+        name = next((d.metadata["Name"] for d in metadata.distributions()
+                     if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
     try:
-        return metadata.version(name)
+        return metadata.version(name) if name else None
     except metadata.PackageNotFoundError:
         return None
 
 
-def _dali_version():
-    names = sorted({d.metadata["Name"] for d in metadata.distributions()
-                    if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")})
-    return _version(names[0]) if names else None
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return platform.processor() or None
-
-
 def _gpu_names():
-    """Names of the visible GPUs, [] without CUDA. Asks torch only when the caller imported it already (a bench
-    that runs on the CPU need not pay for the import), and creates no CUDA context."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    torch = sys.modules.get("torch")   # only when the caller imported it already
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch is not None and torch.cuda.is_available() else []
 
 
 def run_metadata() -> dict:
     """What a benchmark number needs beside it to be compared later: the commit (and whether the tree had
     uncommitted changes), the library versions (None when absent), the machine and the date (UTC)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    versions = {name: _version(name) for name in VERSIONED}
-    versions["dali"] = _dali_version()
+    versions = {name: _version(name) for name in (*VERSIONED, "dali")}
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
                 versions=dict(python=platform.python_version(), **versions),
-                machine=dict(cpu=_cpu_model(), cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
-                             gpus=_gpu_names(), system=platform.platform()),
+                machine=dict(cpu=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                       if line.startswith("model name")), None), cores=os.cpu_count(),
+                             cores_usable=len(os.sched_getaffinity(0)), gpus=_gpu_names(), system=platform.platform(),
+                             load_average=[round(x, 2) for x in os.getloadavg()]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def write_json(path: Path, result: dict) -> None:
+    """`result` and run_metadata() as JSON at `path`, written whole, never over an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise SystemExit(f"error: {path} already exists; choose a new file (results are never overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def dtype(precision: str):
+    import torch
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def plain_step(arch: str, device, precision: str, compile_model: bool = False):
+    """The one plain training step, step(images, labels) -> loss: torchvision's `arch` in channels-last, forward
+    and cross-entropy under autocast, scaled backward, torch.optim.SGD, zero_grad - nothing else (no LR
+    schedule, EMA, resize or checks)."""
+    import torch
+    import torchvision
+    model = torchvision.models.get_model(arch, num_classes=NUM_CLASSES).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+    net = torch.compile(model, dynamic=False) if compile_model else model
+
+    def step(images, labels):
+        with torch.autocast(images.device.type, dtype=dtype(precision), enabled=precision != "fp32"):
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
+
+
+def figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
+    """A PNG at `path` of what draw(ax) plots, titled, gridded, with a legend (matplotlib without a display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    draw(ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device, warmup: int, steps: int) -> dict:
+    """Seconds per call of `step()` over `steps` calls after `warmup`, synchronised at the two ends only (the
+    trainer never waits for a step)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return dict(step_s=(time.perf_counter() - t0) / steps, warmup_s=round(t0 - started, 2), timed_steps=steps)

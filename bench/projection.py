@@ -1,291 +1,235 @@
-"""The projection `gpu_check.py --project` prints: minutes per epoch and the time to train of a config, from rates
-measured on this machine, next to MosaicML's per-epoch times read from their submitted logs.
+"""The projection: minutes to train for N devices of the model measured, from rates measured on one of them,
+saying what it measured and what it assumed (the formula: BENCHMARKS.md, "The first GPU session").
 
-An epoch of side px costs (images per rank) / min(model rate at px, loader rate) per rank: the loader runs ahead
-of the model in its own threads, so the slower of the two bounds the epoch, and the bound is named per epoch. An
-evaluation costs (validation images per rank) / (fp32 evaluation rate). The first batch of each loader pays
-FFCV's pipeline compilation inside the timed region (the loaders are built before run_start, but compile on
-their first iteration): counted once as start-up. The trainer's own per-step extras beyond `train_step` (its
-checks, the progress line) are not: bench/trainer_overhead.py measures those.
+    python -m bench.projection --session OUT/session.json [--gpus 8] [--bus-gb-s 400] [--overlap 0.8]
+    python -m bench.projection --config config_CPU.sh --train-images 1280 --val-images 960 --classes 16
+                                                    # measure here (the CPU proxy's validation)
+Counts are flags (default ImageNet's), never a subset's: they give the trainer's steps per epoch and EMA cadence.
 """
+import argparse
 import json
 import statistics
-from dataclasses import asdict, dataclass
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import torch
+
+from bench import loaders, steps
+from bench.common import REPO, config_environ, mllog_events, time_steps, write_json
+from resnet import train
+from resnet.launch import env_to_flags, world_size_from_env
+from resnet.model import build_model
+from resnet.recipe import Plan, get_recipe
+from resnet.settings import add_train_arguments, read, recipe_from_args
+
 MOSAICML_LOGS = REPO / "tests" / "data" / "peer_logs" / "v2.0" / "MosaicML" / "8xA100_80GB-methods"
-
-
-def _events(path: Path) -> list:
-    return [json.loads(line.split(":::MLLOG", 1)[1]) for line in path.read_text().splitlines()
-            if ":::MLLOG" in line]
+IMAGENET = dict(train_images=1_281_167, val_images=50_000, classes=1000)
 
 
 def log_times(path: Path) -> dict:
-    """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1, as both MosaicML
-    and we number them), evaluation seconds {epoch: s} and the epoch at which run_stop said success (or None)."""
+    """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1), evaluation seconds
+    {epoch: s} and the epoch at which run_stop said success (or None)."""
     started, epochs, evals, eval_started, success = {}, {}, {}, {}, None
-    for e in _events(path):
-        key, meta = e["key"], e.get("metadata") or {}
+    for e in mllog_events(path):
+        key, n = e["key"], (e.get("metadata") or {}).get("epoch_num")
         if key == "epoch_start":
-            started[meta["epoch_num"]] = e["time_ms"]
-        elif key == "epoch_stop" and meta["epoch_num"] - 1 in started:
-            epochs[meta["epoch_num"]] = (e["time_ms"] - started[meta["epoch_num"] - 1]) / 1000
+            started[n] = e["time_ms"]
+        elif key == "epoch_stop" and n - 1 in started:
+            epochs[n] = (e["time_ms"] - started[n - 1]) / 1000
         elif key == "eval_start":
-            eval_started[meta["epoch_num"]] = e["time_ms"]
-        elif key == "eval_stop" and meta["epoch_num"] in eval_started:
-            evals[meta["epoch_num"]] = (e["time_ms"] - eval_started[meta["epoch_num"]]) / 1000
-        elif key == "run_stop" and meta.get("status") == "success":
+            eval_started[n] = e["time_ms"]
+        elif key == "eval_stop" and n in eval_started:
+            evals[n] = (e["time_ms"] - eval_started[n]) / 1000
+        elif key == "run_stop" and e["metadata"].get("status") == "success":
             success = max(evals) if evals else max(epochs, default=None)
     return dict(epochs=epochs, evals=evals, success_epoch=success)
 
 
 def peer_times(folder: Path = MOSAICML_LOGS) -> dict:
-    """Median over a folder's result logs of each epoch's seconds and of the evaluation seconds, and the epoch
-    at which the runs passed (the most common one)."""
+    """Median epoch and evaluation seconds over a folder's result logs, and their most common epoch of success."""
     logs = [log_times(p) for p in sorted(folder.glob("result_*.txt"))]
     if not logs:
         raise FileNotFoundError(f"{folder}: no result_*.txt logs")
-    numbers = sorted({n for log in logs for n in log["epochs"]})
     passed = [log["success_epoch"] for log in logs if log["success_epoch"]]
-    return dict(epoch_s={n: statistics.median(log["epochs"][n] for log in logs if n in log["epochs"])
-                         for n in numbers},
-                eval_s={n: statistics.median(log["evals"][n] for log in logs if n in log["evals"])
-                        for n in sorted({n for log in logs for n in log["evals"]})},
+
+    def median(key):
+        return {n: statistics.median(log[key][n] for log in logs if n in log[key])
+                for n in sorted({n for log in logs for n in log[key]})}
+    return dict(epoch_s=median("epochs"), eval_s=median("evals"),
                 success_epoch=statistics.mode(passed) if passed else None, logs=len(logs))
 
 
-@dataclass
-class EpochRow:
-    epoch: int                 # completed epochs after it (1-based, as the MLPerf log)
-    px: int
-    model_img_s: float         # per rank
-    loader_img_s: float        # per rank
-    bound: str                 # "model" or "loader"
-    eval_s: float
-    minutes: float
-    peer_minutes: float | None
+def allreduce_s(params: int, gpus: int, bus_gb_s: float) -> float:
+    """One ring all-reduce of the fp32 gradients: 2 (N-1)/N x bytes / bus bandwidth (0 on one device)."""
+    return 2 * (gpus - 1) / gpus * params * 4 / (bus_gb_s * 1e9)
 
 
-def project(recipe, images_per_rank: int, eval_images_per_rank: int, model_rate: dict, loader_rate: float,
-            eval_rate: float, through_epoch: int, startup_s: float, peer: dict | None = None) -> dict:
-    """Rows per epoch 1..through_epoch and the total minutes. model_rate: {px: images/s per rank} for every
-    side the schedule uses; loader_rate and eval_rate: images/s per rank."""
+def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int,
+            peer: dict | None = None) -> dict:
+    """Rows per epoch 1..through_epoch and the total minutes from rates: model_img_s {px: per device},
+    loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
+    recipe, n, batch = plan.recipe, plan.steps_per_epoch, plan.per_device_batch
+    exposed = (1 - overlap) * allreduce_s(params, plan.world_size, bus_gb_s)
+    eval_images = -(-plan.eval_samples // plan.world_size)
     rows = []
     for e in range(through_epoch):
         px = recipe.resolution_px(e)
-        rate = min(model_rate[px], loader_rate)
-        eval_s = eval_images_per_rank / eval_rate if recipe.evaluates_after(e) else 0.0
+        ema_s = (n // plan.ema_every_steps if recipe.ema else 0) * rates["ema_update_s"]
+        model_s = n * (batch / rates["model_img_s"][px] + exposed) + ema_s
+        loader_s = n * batch / rates["loader_img_s"]
+        evaluates = recipe.evaluates_after(e)
+        eval_s = eval_images / rates["eval_img_s"] + rates["val_start_s"] if evaluates else 0.0
         peer_s = (peer or {}).get("epoch_s", {}).get(e + 1)
-        if peer_s is not None and recipe.evaluates_after(e):
+        if peer_s is not None and evaluates:
             peer_s += peer["eval_s"].get(e + 1, 0.0)
-        rows.append(EpochRow(e + 1, px, round(model_rate[px], 1), round(loader_rate, 1),
-                             "model" if model_rate[px] <= loader_rate else "loader", round(eval_s, 2),
-                             round((images_per_rank / rate + eval_s) / 60, 4),
-                             None if peer_s is None else round(peer_s / 60, 4)))
-    total = startup_s / 60 + sum(r.minutes for r in rows)
-    peer_total = sum(r.peer_minutes for r in rows) if peer and all(r.peer_minutes is not None for r in rows) \
-        else None
-    return dict(rows=[asdict(r) for r in rows], startup_s=round(startup_s, 2), through_epoch=through_epoch,
-                total_minutes=round(total, 3), peer_total_minutes=None if peer_total is None else round(peer_total, 3))
+        rows.append(dict(epoch=e + 1, px=px, model_s=round(model_s, 2), loader_s=round(loader_s, 2),
+                         bound="model" if model_s >= loader_s else "loader", ema_s=round(ema_s, 2),
+                         eval_s=round(eval_s, 2),
+                         minutes=round((max(model_s, loader_s) + rates["first_start_s" if e == 0 else
+                                                                       "loader_start_s"] + eval_s) / 60, 4),
+                         peer_minutes=None if peer_s is None else round(peer_s / 60, 4)))
+    peer_total = sum(r["peer_minutes"] for r in rows) if peer and all(r["peer_minutes"] for r in rows) else None
+    return dict(rows=rows, through_epoch=through_epoch, steps_per_epoch=n, ema_every_steps=plan.ema_every_steps,
+                allreduce_exposed_ms=round(exposed * 1e3, 3), total_minutes=round(sum(r["minutes"] for r in rows), 3),
+                peer_total_minutes=None if peer_total is None else round(peer_total, 3))
 
 
-HEADER = f"{'epoch':>5} {'px':>4} {'model img/s':>12} {'loader img/s':>13} {'bound':>6} {'eval s':>7} " \
-         f"{'minutes':>8} {'MosaicML min':>13}"
+HEADER = (f"{'epoch':>5} {'px':>4} {'model s':>8} {'loader s':>9} {'bound':>6} {'EMA s':>6} {'eval s':>7} "
+          f"{'minutes':>8} {'MosaicML 8xA100 min':>20}")
 
 
-def table(projection: dict, title: str) -> str:
-    """The projection as text: one line per epoch, then the total (parse_table reads it back)."""
-    out = [f"projection: {title}", HEADER]
-    for r in projection["rows"]:
+def table(p: dict, title: str, assumed: list[str]) -> str:
+    """The projection as text: its title, what it assumed, one line per epoch, the total ."""
+    out = [f"projection: {title}", *(f"  assumed: {a}" for a in assumed), HEADER]
+    for r in p["rows"]:
         peer = "-" if r["peer_minutes"] is None else f"{r['peer_minutes']:.3f}"
-        out.append(f"{r['epoch']:5d} {r['px']:4d} {r['model_img_s']:12.1f} {r['loader_img_s']:13.1f} "
-                   f"{r['bound']:>6} {r['eval_s']:7.2f} {r['minutes']:8.3f} {peer:>13}")
-    peer_total = projection["peer_total_minutes"]
-    out.append(f"projected time to train through epoch {projection['through_epoch']}: "
-               f"{projection['total_minutes']:.2f} min (start-up {projection['startup_s']:.1f} s)"
-               + ("" if peer_total is None else f"; MosaicML's epochs and evaluations: {peer_total:.2f} min"))
+        out.append(f"{r['epoch']:5d} {r['px']:4d} {r['model_s']:8.2f} {r['loader_s']:9.2f} {r['bound']:>6} "
+                   f"{r['ema_s']:6.2f} {r['eval_s']:7.2f} {r['minutes']:8.3f} {peer:>20}")
+    peer = p["peer_total_minutes"]
+    out.append(f"projected time to train through epoch {p['through_epoch']}: {p['total_minutes']:.2f} min"
+               + ("" if peer is None else f" (MosaicML's published 8x A100 epochs and evaluations, another GPU "
+                                          f"model: {peer:.2f} min)"))
     return "\n".join(out)
-
-
-def parse_table(text: str) -> dict:
-    """The rows and the total back from `table`'s text (what a test or a later session reads)."""
-    import re
-
-    rows = []
-    for line in text.splitlines():
-        m = re.fullmatch(r"\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(model|loader)\s+([\d.]+)\s+([\d.]+)\s+(\S+)",
-                         line)
-        if m:
-            rows.append(dict(epoch=int(m[1]), px=int(m[2]), model_img_s=float(m[3]), loader_img_s=float(m[4]),
-                             bound=m[5], eval_s=float(m[6]), minutes=float(m[7]),
-                             peer_minutes=None if m[8] == "-" else float(m[8])))
-    total = re.search(r"projected time to train through epoch (\d+): ([\d.]+) min", text)
-    return dict(rows=rows, through_epoch=int(total[1]) if total else None,
-                total_minutes=float(total[2]) if total else None)
-
-
-# ------------------------------------------------------------------------------------------------- measuring
-
-
-def config_environ(config: Path, overrides: dict | None = None) -> dict:
-    """The environment a config_<SYSTEM>.sh exports, as run_and_time.sh sees it after sourcing it."""
-    import os
-    import subprocess
-
-    env = {**os.environ, **(overrides or {})}
-    out = subprocess.run(["bash", "-c", 'set -a; source "$1" >/dev/null; env -0', "_", str(config)], env=env,
-                         capture_output=True, text=True, check=True, cwd=REPO)
-    return dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
-
-
-def config_run(environ: dict):
-    """(train args, recipe, ranks per node, world size) exactly as the trainer would read this environment."""
-    import argparse
-
-    from resnet.launch import env_to_flags, world_size_from_env
-    from resnet.settings import add_train_arguments, read, recipe_from_args
-
-    world = world_size_from_env(environ)
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    args = parser.parse_args(env_to_flags(environ))
-    read(args)
-    return args, recipe_from_args(args, world), int(environ.get("DGXNGPU") or 1), world
-
-
-def model_rates(recipe, batch: int, num_classes: int, device, sides, warmup: int, steps: int,
-                most: int | None = None) -> dict:
-    """{px: images/s} of the trainer's own train_step at each side, on inputs as the loader yields them (the
-    full crop in the training dtype, channels-last), pipelined: synchronised only at the two ends. With `most`,
-    only that many sides are timed and the others interpolated."""
-    import time
-
-    import torch
-
-    from resnet import train
-    from resnet.recipe import Plan, torch_dtype
-
-    plan = Plan(recipe, num_classes, train_samples=batch * 64, eval_samples=batch, world_size=1)
-    t = train.build_training(plan, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    images = torch.randn(batch, 3, recipe.train_crop_px, recipe.train_crop_px, device=device)
-    images = images.to(torch_dtype(recipe.precision)).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, num_classes, (batch,), device=device)
-    rates, sides = {}, sorted(set(sides))
-    for px in measured_sides(sides, most):
-        for _ in range(warmup):
-            train.train_step(t, images, labels, px)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            train.train_step(t, images, labels, px)
-        sync()
-        rates[px] = batch * steps / (time.perf_counter() - t0)
-    return interpolate(rates, sides)
-
-
-def measured_sides(sides: list, most: int | None) -> list:
-    """At most `most` of the sorted sides, spread evenly and always the first and last (None: all)."""
-    if not most or len(sides) <= most:
-        return sides
-    return sorted({sides[round(i * (len(sides) - 1) / (most - 1))] for i in range(most)})
 
 
 def interpolate(rates: dict, sides: list) -> dict:
     """{px: images/s} at every side from those measured: seconds per image linear in px^2 (the work of a
-    convolutional network grows with the area) between the two nearest measured sides."""
+    convolutional network grows with the area) between the nearest measured sides, constant beyond them."""
+    import numpy as np
     known = sorted(rates)
-    out = {}
-    for px in sides:
-        lo = max([k for k in known if k <= px], default=known[0])
-        hi = min([k for k in known if k >= px], default=known[-1])
-        if lo == hi:
-            out[px] = rates[lo]
-            continue
-        w = (px * px - lo * lo) / (hi * hi - lo * lo)
-        out[px] = 1 / ((1 - w) / rates[lo] + w / rates[hi])
-    return out
+    s = np.interp([px * px for px in sides], [k * k for k in known], [1 / rates[k] for k in known])
+    return {px: float(1 / v) for px, v in zip(sides, s)}
 
 
-def eval_rate(recipe, batch: int, num_classes: int, device, warmup: int, steps: int) -> float:
-    """images/s of the evaluation forward pass (EVAL_PRECISION, no grad) at the evaluation crop."""
-    import time
-
-    import torch
-
-    from resnet.model import build_model
-    from resnet.recipe import amp_dtype
-
-    model = build_model(recipe, num_classes).to(device).eval()
-    dtype = amp_dtype(recipe.eval_precision)
-    images = torch.randn(batch, 3, recipe.eval_crop_px, recipe.eval_crop_px, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for i in range(warmup + steps):
-            if i == warmup:
-                sync()
-                t0 = time.perf_counter()
-            model(images)
-        sync()
-    return batch * steps / (time.perf_counter() - t0)
+def config_plan(config: Path, counts: dict, gpus: int | None):
+    """(train args, Plan) of a config as the trainer reads it, for these counts and `gpus` (default: the config's)."""
+    environ = config_environ(config)
+    world = gpus or world_size_from_env(environ)
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(env_to_flags(environ))
+    read(args)
+    recipe = recipe_from_args(args, world)
+    return args, Plan(recipe, counts["classes"], counts["train_images"], counts["val_images"], world)
 
 
-def loader_rates(data: str, loader: str, ranks: int, device: str, args, batches: int, warmup: int) -> dict:
-    """bench/loader_ranks.py under torchrun with `ranks` processes loading at once: the slowest rank's images/s
-    and each loader's first-batch seconds (FFCV compiles its pipeline then)."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="projection-") as tmp:
-        out = Path(tmp) / "loader.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               str(REPO / "bench" / "loader_ranks.py"), "--data", data, "--loader", loader,
-               "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--crop", str(args.train_crop_px),
-               "--eval-crop", str(args.eval_crop_px), "--eval-resize", str(args.eval_resize_px),
-               "--precision", args.precision, "--batches", str(batches), "--warmup", str(warmup),
-               "--device", device, "--out", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if proc.returncode:
-            raise RuntimeError(f"loader_ranks.py exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
-        return json.loads(out.read_text())
+def measure_here(args, plan, sides, smoke: bool) -> dict:
+    """The config's rates here: ours at 3 sides (the others interpolated), its loader, evaluation and EMA."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t = train.build_training(plan, device)
+    batch, r = plan.per_device_batch, plan.recipe
+    images, labels = steps.loaded_batch(device, r.precision, batch, r.train_crop_px, plan.num_classes)
+    n = (2, 4) if smoke else (5, 20)
+    model = {px: batch / time_steps(lambda: train.train_step(t, images, labels, px), device, *n)["step_s"]
+             for px in sorted({sides[0], sides[len(sides) // 2], sides[-1]})}
+    ns = argparse.Namespace(data=args.data, batch_size=batch, crop=r.train_crop_px, eval_crop=r.eval_crop_px,
+                            eval_resize=r.eval_resize_px, workers=args.workers, spec=[], precision=r.precision,
+                            warmup=2, batches=10 if smoke else 40)
+    loader = loaders.measure(ns, args.loader, str(device))
+    return dict(device=str(device), model_img_s=interpolate(model, sides), loader_img_s=loader["img_s"],
+                loader_start_s=loader["epoch_start_s"], val_start_s=loader["val_first_batch_s"],
+                first_start_s=loader["first_batch_s"],
+                **steps.ema_and_eval(t, plan, device, batch, *n))
 
 
-def project_config(config: Path, device, smoke: bool, through_epoch: int | None, datadir: str | None = None) -> dict:
-    """Measure this machine's rates for `config` and project its time to train (see the module docstring).
-    smoke: few steps and batches (a test's budget); the numbers are then rough."""
-    import torch
+def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int | None) -> tuple[dict, list]:
+    """(rates, assumptions) of a first session: ours eager (interpolated between sides), torchvision's loader
+    scaled to `cores_per_gpu`, the EMA and the evaluation."""
+    parts = session["parts"]
+    eager = [r for r in parts["eager"]["rows"] if r.get("loop") == "ours" and not r["compiled"]]
+    if not eager:
+        raise SystemExit("projection: error: the session measured no eager step of ours: nothing to project")
+    precision = precision if any(r["precision"] == precision for r in eager) else eager[0]["precision"]
+    model = {r["px"]: r["img_s"] for r in eager if r["precision"] == precision}
+    loader = next(r for r in parts["loader"]["rows"] if r["loader"] == "torchvision")
+    ema = parts["ema_eval"]["rows"][0]
+    cores = session["cores"]
+    scale = (cores_per_gpu or cores) / cores
+    rates = dict(precision=precision, model_img_s=interpolate(model, sides), loader_img_s=loader["img_s"] * scale,
+                 loader_start_s=loader["epoch_start_s"], val_start_s=loader["val_first_batch_s"],
+                first_start_s=loader["first_batch_s"],
+                 eval_img_s=ema["eval_img_s"], ema_update_s=ema["ema_update_s"])
+    return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides "
+                   "(the rest interpolated in px^2)",
+                   f"loader: torchvision with {loader['workers']} workers on {cores} cores, "
+                   f"x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
 
-    environ = config_environ(config, {"DATADIR": datadir} if datadir else None)
-    args, recipe, ranks, world = config_run(environ)
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--session", type=Path, help="a first session's session.json: project its GPU")
+    src.add_argument("--config", type=Path, help="measure this config_<SYSTEM>.sh here and project it")
+    p.add_argument("--gpus", type=int, help="devices of the model measured (default 8; --config: the config's)")
+    p.add_argument("--cores-per-gpu", type=int, help="--session: CPU cores per GPU there (default: as measured)")
+    p.add_argument("--bus-gb-s", type=float, default=400.0, help="all-reduce bus bandwidth, GB/s (assumed; "
+                   "default 400: NVLink 4 nccl-tests busbw order)")
+    p.add_argument("--overlap", type=float, default=0.8, help="share of the all-reduce hidden by backward")
+    for name, default in IMAGENET.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    p.add_argument("--through-epoch", type=int, help="default: MosaicML's runs' epoch of success (27)")
+    p.add_argument("--smoke", action="store_true", help="--config: few steps (a test's budget)")
+    p.add_argument("--out", type=Path, help="also write the projection as JSON (must not exist)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    print(report(parse_args(argv))["text"], flush=True)
+    return 0
+
+
+def report(args, session: dict | None = None) -> dict:
+    """The projection `main` prints (and writes with --out): rates measured or read, the plan, the table."""
     peer = peer_times()
-    through = through_epoch or peer["success_epoch"]
-    data = args.data
-    if not (Path(data) / "manifest.json").is_file() and args.loader == "ffcv":
-        if not smoke:
-            raise FileNotFoundError(f"DATADIR={data}: no FFCV data set there; run `mlperf-resnet prepare` (or "
-                                    "`make data` for the CPU proxy) first")
-        from bench.common import DEFAULT_CACHE, synthetic_ffcv
+    through = args.through_epoch or peer["success_epoch"]
+    if session or args.session:
+        session = session or json.loads(args.session.read_text())
+        recipe = get_recipe("mild")
+        plan = Plan(recipe, args.classes, args.train_images, args.val_images, args.gpus or 8)
+        sides = [recipe.resolution_px(e) for e in range(through)]
+        rates, assumed = session_rates(session, recipe.precision, sides, args.cores_per_gpu)
+        name = session["device"]
+    else:
+        train_args, plan = config_plan(args.config, vars(args), args.gpus)
+        sides = [plan.recipe.resolution_px(e) for e in range(through)]
+        rates = measure_here(train_args, plan, sides, args.smoke)
+        assumed, name = [f"model: ours at 3 sides here (the rest interpolated), {args.config.name}"], rates["device"]
+    params = sum(p.numel() for p in build_model(plan.recipe, plan.num_classes).parameters())
+    assumed += [f"all-reduce: {params * 4 / 1e6:.0f} MB of fp32 gradients a step at {args.bus_gb_s:g} GB/s bus "
+                f"bandwidth, {args.overlap:.0%} hidden by backward", "loader and model overlap fully "
+                "(the slower bounds each epoch); loader start paid every epoch (the first's once) and every evaluation",
+                f"{args.train_images} training / {args.val_images} validation images, {args.classes} classes: "
+                f"{plan.steps_per_epoch} steps an epoch, the EMA every {plan.ema_every_steps}"]
+    result = project(plan, rates, through, args.overlap, args.bus_gb_s, params,
+                     peer if plan.recipe.arch == "resnet50" else None)
+    precision = rates.get("precision", plan.recipe.precision)
+    title = f"{plan.world_size}x {name}, batch {plan.per_device_batch} each, {precision}"
+    result.update(title=title, assumed=assumed, rates={k: v for k, v in rates.items() if k != "model_img_s"},
+                  text=table(result, title, assumed))
+    if args.out:
+        write_json(args.out, result)
+    return result
 
-        data = str(synthetic_ffcv(DEFAULT_CACHE))   # make benchmark's set: the CPU proxy's data
-    manifest = json.loads((Path(data) / "manifest.json").read_text()) if args.loader == "ffcv" else None
-    ranks_here = min(ranks, torch.cuda.device_count()) if device.type == "cuda" else ranks
-    warmup, steps, batches = (2, 4, 10) if smoke else (10, 30, 200)
-    loader = loader_rates(data, args.loader, ranks_here, device.type, args, batches, warmup)
-    classes = manifest["num_classes"] if manifest else 1000
-    train_n = manifest["train_samples"] if manifest else 1_281_167
-    eval_n = manifest["eval_samples"] if manifest else 50_000
-    sides = [recipe.resolution_px(e) for e in range(through)]
-    model = model_rates(recipe, args.batch_size, classes, device, sides, warmup, steps, 3 if smoke else None)
-    evals = eval_rate(recipe, args.batch_size, classes, device, warmup, steps)
-    result = project(recipe, train_n // world // args.batch_size * args.batch_size, -(-eval_n // world),
-                     model, loader["slowest_rank_img_s"], evals, through,
-                     loader["train_first_batch_s"] + loader["val_first_batch_s"], peer)
-    title = (f"{config.name}, {world} rank(s) x batch {args.batch_size} ({ranks_here} loading at once here), "
-             f"{args.loader} loader with {args.workers} workers, {recipe.precision} on {device.type}, "
-             f"{train_n} training images")
-    return dict(config=config.name, title=title, loader=loader, eval_img_s=round(evals, 1),
-                model_img_s={px: round(r, 1) for px, r in model.items()}, **result)
+
+if __name__ == "__main__":
+    sys.exit(main())

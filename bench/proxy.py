@@ -1,60 +1,36 @@
-"""The CPU proxy benchmark: time to target of the Mild recipe against the Baseline (RECIPE.md section 11) and
-against Mild without each of its methods in turn, on the embedded default (`config_CPU.sh`, `make benchmark`'s
-synthetic data set, the `resnet_cpu` network).
+"""The CPU proxy benchmark (BENCHMARKS.md): time to target of Mild against the Baseline (RECIPE.md section 11, at
+the proxy's geometry) and against Mild without each of its methods, each a real `python -m resnet.train` run
+with config_CPU.sh's flags plus its variant's (VARIANTS), every variant of a seed before the next seed.
 
-    python bench/proxy.py OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
-                          [--add-runs JSON ...]
-
-Every run is a real `python -m resnet.train` process with config_CPU.sh's settings plus its variant's flags
-(VARIANTS below, printed at the start). Minutes are run_start -> run_stop read from the run's MLPerf log, the
-official score's clock; the final top-1 is the run's last evaluation. Runs go one at a time, seed by seed (every
-variant of the first seed, then of the next), so that a change in the machine's load falls on all variants
-alike. Writes OUT/proxy.json (every run, its evaluations, the table), OUT/proxy.png (top-1 against minutes,
-every run) and OUT/logs/<variant>-seed<N>.txt; OUT must not exist yet. --add-runs puts the runs of earlier
-proxy.json files (same config_CPU.sh flags, other seeds) into the table and the plot: more seeds without running
-the first ones again (`--seeds` with no seed only tabulates).
-
-The Baseline is section 11 at the proxy's geometry (ImageNet's sides / 4): crop 56 throughout (224), evaluation
-56 of 64 (224 of 256), cross-entropy with smoothing 0.1, no BlurPool, EMA or log-bias init, evaluation every 4
-epochs, and BASELINE_EPOCHS epochs; everything else (network, batch, optimiser, peak LR, warm-up, data) is
-config_CPU.sh's, so the Baseline is not weakened.
-
-The loader variants (not run by default) train Mild as it is with LOADER=dali (DALI's CPU pipeline reading the
-image folders of the same data set, --folders) and with DECODE_TO_SIDE=1 as well (`dali-side`): time to target
-next to `mild` (FFCV) says what the loader changes on this machine.
+    python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
+                          [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.common import DEFAULT_CACHE, run_metadata, synthetic_dataset  # noqa: E402
+from bench.common import DEFAULT_CACHE, REPO, config_environ, figure, mllog_events, run_metadata, synthetic_dataset
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
+BASELINE = ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4, "--train-crop-px", 56,
+            "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1, "--loss", "ce",
+            "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0]
 # Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
 VARIANTS = {
     "mild": [],
-    "baseline": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
-                 "--train-crop-px", 56, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
-                 "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
+    "baseline": BASELINE,
     "no-blurpool": ["--blurpool", 0],
     "no-ema": ["--ema", 0],
     "ce-loss": ["--loss", "ce", "--label-smoothing", 0.1],          # the Baseline's loss instead of smoothed BCE
     "no-progressive-resizing": ["--resize-initial-scale", 1],       # 44 px crops from the first epoch
     "no-log-bias-init": ["--log-bias-init", 0],
-    # Not run by default: the Baseline at Mild's final training crop (44) instead of ImageNet's 224 / 4.
-    "baseline-44": ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4,
-                    "--train-crop-px", 44, "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1,
-                    "--loss", "ce", "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0],
-    # Not run by default: the loaders (the same Mild run, reading the image folders through DALI's CPU pipeline).
-    "dali": ["--loader", "dali"],
+    "baseline-44": [*BASELINE, "--train-crop-px", 44],     # not by default (nor below): the Baseline at crop 44
+    "dali": ["--loader", "dali"],                            # the same Mild run on DALI's CPU pipeline
     "dali-side": ["--loader", "dali", "--decode-to-side", 1],   # crops decoded straight to each epoch's side
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side")]
@@ -69,11 +45,7 @@ def reads_folders(variant: str) -> bool:
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
     from resnet.launch import env_to_flags
-
-    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    out = subprocess.run(["bash", "-c", 'source "$0" >/dev/null && env -0', str(config)], env=clean,
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
-    environ = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    environ = config_environ(config, keep=("PATH", "HOME", "LANG", "TMPDIR"))
     words = env_to_flags(environ)
     i = words.index("--results-dir") if "--results-dir" in words else None
     return words if i is None else words[:i] + words[i + 2:]
@@ -81,8 +53,7 @@ def config_flags(config: Path = CONFIG) -> list[str]:
 
 def read_log(path: Path) -> dict:
     """run_start -> run_stop minutes, status, and every evaluation (minutes since run_start, epoch, top-1)."""
-    events = [json.loads(line.split(":::MLLOG", 1)[1]) for line in path.read_text().splitlines()
-              if line.startswith(":::MLLOG")]
+    events = mllog_events(path)
     start = next(e["time_ms"] for e in events if e["key"] == "run_start")
     stop = next((e for e in events if e["key"] == "run_stop"), None)
     evals = [dict(minutes=(e["time_ms"] - start) / 60000, epoch=e["metadata"]["epoch_num"], top1=e["value"])
@@ -111,10 +82,8 @@ def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) ->
 
 
 def spread(values: list[float]) -> dict:
-    if not values:
-        return dict(mean=None, sd=None, min=None, max=None)
     return dict(mean=statistics.mean(values), sd=statistics.stdev(values) if len(values) > 1 else 0.0,
-                min=min(values), max=max(values))
+                min=min(values), max=max(values)) if values else dict(mean=None, sd=None, min=None, max=None)
 
 
 def summarise(runs: list[dict], variants: list[str]) -> dict:
@@ -129,16 +98,13 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
     mild = table.get("mild", {}).get("minutes", {}).get("mean")
     for v, row in table.items():
         mean = row["minutes"]["mean"]
-        # Only a variant that reached the target in every run has a time to target to compare.
         row["time_vs_mild"] = mean / mild if mild and mean and row["reached"] == row["runs"] else None
     return table
 
 
-def fmt(s: dict, digits: int = 2) -> str:
-    return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
-
-
 def print_table(table: dict, target: float) -> None:
+    def fmt(s, digits=2):
+        return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
     print(f"\n{'variant':<24} {'reached':>7} {'minutes to ' + str(target):>18} {'epochs':>12} "
           f"{'final top-1':>16} {'time vs Mild':>12}")
     for v, row in table.items():
@@ -150,27 +116,15 @@ def print_table(table: dict, target: float) -> None:
 
 
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    colours = plt.get_cmap("tab10")
-    for i, v in enumerate(variants):
-        for j, r in enumerate(x for x in runs if x["variant"] == v):
-            ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
-                    color=colours(i % 10), lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
-                    label=v if j == 0 else None)
-    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
-    ax.set_xlabel("minutes since run_start")
-    ax.set_ylabel("top-1 (validation)")
-    ax.set_title("CPU proxy: top-1 against time, every seed (bench/proxy.py)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def draw(ax):
+        for i, v in enumerate(variants):
+            for j, r in enumerate(x for x in runs if x["variant"] == v):
+                ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
+                        color=f"C{i % 10}", lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
+                        label=v if j == 0 else None)
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
+    figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
+           "top-1 (validation)", draw)
 
 
 def main(argv=None) -> int:
@@ -227,10 +181,8 @@ def main(argv=None) -> int:
     print_table(table, target)
     seeds = sorted({r["seed"] for r in runs})
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
-                  folders=str(data["folders"]), seeds=seeds,
-                  added_from=[str(path) for path in args.add_runs],
+                  folders=str(data["folders"]), seeds=seeds, added_from=[str(path) for path in args.add_runs],
                   target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
-                  machine=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg()),
                   total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
     (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
     plot(runs, args.variants, target, args.out / "proxy.png")

@@ -1,4 +1,4 @@
-"""bench/proxy.py --add-runs: earlier runs join the table and the plot only when they used today's config_CPU.sh
+"""bench.proxy --add-runs: earlier runs join the table and the plot only when they used today's config_CPU.sh
 flags and other seeds. (The runs themselves take minutes each: `make benchmark`'s tests cover the trainer.)"""
 import json
 import subprocess
@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 
 def _proxy_json(path, seeds, minutes, flags=None):
-    """A proxy.json as bench/proxy.py writes it: Mild and the Baseline, one run per seed."""
+    """A proxy.json as bench.proxy writes it: Mild and the Baseline, one run per seed."""
     runs = [dict(variant=v, seed=seed, status="success", minutes=m * scale, exit_code=0, epoch_at_stop=18,
                  final_top1=0.8, evals=[dict(minutes=m * scale / 2, epoch=9, top1=0.5),
                                         dict(minutes=m * scale, epoch=18, top1=0.8)])
@@ -23,7 +23,7 @@ def _proxy_json(path, seeds, minutes, flags=None):
 
 
 def _proxy(*args):
-    return subprocess.run([sys.executable, "bench/proxy.py", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench.proxy", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
