@@ -43,7 +43,7 @@ export PRECISION=fp16           # autocast + gradient scaler
 # FFCV decoding threads per GPU: 8, as MosaicML submitted (the only setting measured to give 23.8 min; see
 # docs/FIDELITY.md). A DGX A100 has 2x 64-core EPYC 7742 = 16 cores per GPU; with BIND_CPU=1 each rank is bound
 # to its GPU's socket (64 cores for 4 ranks), so the 8 threads and the training process never starve; more
-# threads only after bench/loader_ranks.py shows the 88-130 px epochs loader-bound on the real data.
+# threads only after python -m bench.loaders ranks shows the 88-130 px epochs loader-bound on the real data.
 export NUM_WORKERS=8
 export TRAIN_CROP_PX=176        # the loader's crop; progressive resizing shrinks it to 88 px early on
 export EVAL_CROP_PX=224

@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bench.common import DEFAULT_CACHE, installed, sync, synthetic_dataset, time_steps, write_json
-from resnet.data.loaders import LoaderSpec, make_loaders
+from bench.common import DEFAULT_CACHE, sync, synthetic_dataset, time_steps, write_json
+from resnet.data.loaders import BACKENDS, LoaderSpec, declared, make_loaders
 
-NEEDS = {"ffcv": "ffcv", "dali": "nvidia.dali", "torchvision": "torchvision"}   # backend: module it imports
-PREFETCH_FIELD = "prefetch_queue_depth"   # the LoaderSpec field DALI's prefetch depth is given by (issue 27 item 4)
+PREFETCH_FIELD = "dali_prefetch"   # the LoaderSpec field of DALI's prefetch depth (DALI_PREFETCH_QUEUE)
 
 
 def cpu_seconds() -> float:
@@ -81,14 +80,15 @@ def spec_for(args, **run):
 def data_for(args, loader: str) -> Path:
     if args.data:
         return Path(args.data)
-    folders, betons = synthetic_dataset(args.cache, loader == "ffcv", classes=4, train_per_class=args.images // 4,
+    beton = declared(loader).reads == "beton"
+    folders, betons = synthetic_dataset(args.cache, beton, classes=4, train_per_class=args.images // 4,
                                         val_per_class=8, size_px=500)
-    return betons if loader == "ffcv" else folders
+    return betons if beton else folders
 
 
 def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 1) -> dict:
     """One backend's training loader timed, its validation loader's first batch (or 'not installed here')."""
-    if not installed(NEEDS[loader]):
+    if declared(loader).missing():
         return dict(loader=loader, status="not installed here")
     spec = spec_for(args, device=device, rank=rank, world_size=world,
                     train_precision=args.precision or ("fp16" if device.startswith("cuda") else "fp32"))
@@ -167,8 +167,8 @@ def parse_args(argv=None):
     p.add_argument("--data", help="image folders (FFCV: its .beton folder); default: synthetic, made once")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the synthetic set is made")
     p.add_argument("--images", type=int, default=400, help="synthetic training images (4 classes)")
-    p.add_argument("--loader", choices=tuple(NEEDS), default="dali", help="ranks, sweep: the backend")
-    p.add_argument("--loaders", nargs="+", choices=tuple(NEEDS), default=list(NEEDS), help="backends, cores")
+    p.add_argument("--loader", choices=tuple(BACKENDS), default="dali", help="ranks, sweep: the backend")
+    p.add_argument("--loaders", nargs="+", choices=tuple(BACKENDS), default=list(BACKENDS), help="backends, cores")
     for flag, default in (("--workers", 2), ("--batch-size", 64), ("--crop", 176), ("--eval-crop", 224),
                           ("--eval-resize", 232), ("--batches", 20), ("--warmup", 3)):   # workers: per rank
         p.add_argument(flag, type=int, default=default)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench.common import DEFAULT_CACHE, REPO, config_environ, figure, mllog_events, run_metadata, synthetic_dataset
+from resnet.data.loaders import declared
 
 CONFIG = REPO / "config_CPU.sh"
 BASELINE_EPOCHS = 20
@@ -37,9 +38,9 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dal
 
 
 def reads_folders(variant: str) -> bool:
-    """Whether the variant's loader reads image folders (DALI) rather than the FFCV files."""
+    """Whether the variant's loader reads image folders (DALI, torchvision) rather than the FFCV files."""
     flags = list(map(str, VARIANTS[variant]))
-    return "--loader" in flags and flags[flags.index("--loader") + 1] != "ffcv"
+    return declared(flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv").reads == "folders"
 
 
 def config_flags(config: Path = CONFIG) -> list[str]:
