@@ -181,10 +181,12 @@ def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data, tmp_path):
 
 def test_loader_benchmark_says_what_is_not_installed_and_refuses_unknown_fields(monkeypatch, tmp_path):
     import argparse
+    import dataclasses
 
     from bench import loaders
+    from resnet.data import dali_loader
 
-    monkeypatch.setitem(loaders.NEEDS, "dali", "no_such_module_here")
+    monkeypatch.setattr(dali_loader, "BACKEND", dataclasses.replace(dali_loader.BACKEND, needs="no_such_module_here"))
     assert loaders.measure(argparse.Namespace(), "dali") == dict(loader="dali", status="not installed here")
     args = loaders.parse_args(["ranks", str(tmp_path / "x.json"), "--spec", "no_such_field=1"])
     with pytest.raises(SystemExit, match="LoaderSpec has no field 'no_such_field'"):
