@@ -52,13 +52,16 @@ class LoaderSpec:
     eval_precision: str = "fp32"
     train_sides: tuple = ()          # decode straight to epoch e's side train_sides[e] (DALI); (): train_crop_px
     hw_decoder_load: float = 0.65    # DALI on a GPU: share of the JPEGs sent to the hardware decoder (A100, H100)
+    randaugment: tuple = ()          # (depth, severity) of RandAugment on training images (Hot); (): none
 
     @classmethod
     def from_recipe(cls, recipe, *, decode_to_side: bool = False, **run) -> "LoaderSpec":
         sides = tuple(recipe.resolution_px(e) for e in range(recipe.epochs)) if decode_to_side else ()
         return cls(train_crop_px=recipe.train_crop_px, crop_scale_min=recipe.crop_scale_min,
                    eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px,
-                   train_precision=recipe.precision, eval_precision=recipe.eval_precision, train_sides=sides, **run)
+                   train_precision=recipe.precision, eval_precision=recipe.eval_precision, train_sides=sides,
+                   randaugment=(recipe.randaugment_depth, recipe.randaugment_severity) if recipe.randaugment_depth
+                   else (), **run)
 
     def train_side(self, epoch: int) -> int:
         """The side training images of `epoch` (0-based) come out at."""
@@ -94,6 +97,9 @@ class LoaderSpec:
         if self.train_sides and (loader != "dali" or min(self.train_sides) < 1):
             raise SettingError("DECODE_TO_SIDE=1: only the DALI loader decodes to each epoch's side; set LOADER=dali "
                                "or DECODE_TO_SIDE=0")
+        if self.randaugment and loader == "ffcv":
+            raise SettingError("LOADER=ffcv: the recipe's RandAugment needs the decoded images, which FFCV's pipeline "
+                               "does not expose here; set LOADER=torchvision or LOADER=dali")
         if not 0 <= self.hw_decoder_load <= 1:
             raise SettingError(f"DALI_HW_DECODER_LOAD {self.hw_decoder_load}: must be in [0, 1]")
 
