@@ -242,14 +242,15 @@ def test_dali_randaugment_on_the_cpu_backend(tmp_path):
     assert int(out.stdout.split()[-1]) >= 8          # most of 16 images changed (identity is 1 of 14 operations)
 
 
-HOT_TINY = [*TINY[2:], "--recipe", "hot", "--loader", "torchvision", "--workers", "0", "--epochs", "3",
-            "--eval-every-epochs", "3", "--target-accuracy", "1.0"]
+HOT_TINY = [*TINY[2:], "--arch", "resnet_cpu", "--recipe", "hot", "--loader", "torchvision", "--workers", "0",
+            "--epochs", "2", "--eval-every-epochs", "2", "--target-accuracy", "1.0"]
 
 
 @pytest.mark.parametrize("recipe", ["medium", "hot"])
 def test_a_tiny_medium_or_hot_run_logs_compliantly(synth_tree, tmp_path, recipe):
     log = tmp_path / "result_0.txt"
-    args = [*TINY[2:], "--recipe", recipe, "--loader", "torchvision", "--workers", "0", "--epochs", "2",
+    args = [*TINY[2:], "--arch", "resnet_cpu", "--recipe", recipe, "--loader", "torchvision", "--workers", "0",
+            "--epochs", "2",
             "--eval-every-epochs", "1", "--target-accuracy", "1.0", "--seed", "3"]
     out = cli("train", *args, "--data", synth_tree, "--log-file", log, check=False)
     assert out.returncode == 2, out.stderr[-3000:]
@@ -283,3 +284,15 @@ def test_a_stopped_hot_run_resumes_to_the_uninterrupted_weights(synth_tree, tmp_
     assert out.returncode == 2, out.stderr[-3000:]
     a, b = final_weights(tmp_path / "straight"), final_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hot_on_ffcv_is_refused_in_one_line_before_the_log_is_claimed(ffcv_data, tmp_path):
+    from resnet.launch import env_to_flags
+
+    assert env_to_flags({"RECIPE": "hot", "DATADIR": "/d"})[:2] == ["--recipe", "hot"]   # the launchers pass it on
+    out = cli("train", *TINY[2:], "--recipe", "hot", "--data", ffcv_data, "--log-file", tmp_path / "r.txt",
+              check=False)
+    assert out.returncode == 1 and not (tmp_path / "r.txt").exists()
+    assert out.stderr.strip().splitlines()[-1] == (
+        "mlperf-resnet: error: LOADER=ffcv: the recipe's RandAugment needs the decoded images, which FFCV's pipeline "
+        "does not expose here; set LOADER=torchvision or LOADER=dali")
