@@ -26,13 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from resnet import checkpoint, distributed, errors
-from resnet.algorithms import (DecoupledSGDW, colout_batch, ema_model, label_smoothed_bce, mixup_batch, resize_batch,
-                               sam_step)
+from resnet import checkpoint, distributed, errors, methods
+from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
 from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends SIGHUP
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
@@ -94,11 +92,11 @@ class Training:
     ema_every_steps: int
     step_fn: Callable             # (t, images, labels, side_px) -> loss, detached on the device: one step
     step: int = 0
-    batch_methods: tuple = ()     # (images, targets) -> (images, targets), after the resize: ColOut, MixUp
+    batch_methods: tuple = ()     # (images, targets) -> (images, targets) after the resize (section 12: ColOut, MixUp)
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, side_px: int):
-        """A batch as the forward pass takes it: (images shrunk to this epoch's side, then the recipe's per-batch
-        methods (RECIPE section 12: ColOut, MixUp), targets: the labels, or MixUp's soft targets)."""
+        """A batch as the forward pass takes it: (images shrunk to this epoch's side, targets), then the recipe's
+        per-batch methods (the targets become MixUp's soft ones)."""
         images, targets = resize_batch(images, side_px), labels
         for method in self.batch_methods:
             images, targets = method(images, targets)
@@ -151,82 +149,16 @@ def build_training(plan: Plan, device: torch.device, compile_model: bool = False
                     scheduler=scheduler,
                     scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)),
                     loss_fn=loss_function(recipe), amp_dtype=amp_dtype(recipe.precision),
-                    ema_every_steps=plan.ema_every_steps, step_fn=choose_step(recipe),
-                    batch_methods=batch_methods(recipe, plan.num_classes))
-
-
-def batch_methods(recipe, num_classes: int) -> tuple:
-    """The recipe's per-batch methods, in the order of mosaicml/examples' Hot (after the resize): ColOut, MixUp."""
-    methods = []
-    if recipe.colout_fraction:
-        p = recipe.colout_fraction
-        methods.append(lambda images, targets: (colout_batch(images, p, p), targets))
-    if recipe.mixup_alpha:
-        methods.append(functools.partial(mixup_batch, num_classes=num_classes, alpha=recipe.mixup_alpha))
-    return tuple(methods)
-
-
-def choose_step(recipe) -> Callable:
-    """The recipe's step, chosen once: SAM's (every k-th step two passes) or the plain one; with random per-batch
-    methods (MixUp, ColOut, stochastic depth), each step draws from its own seed (`seeded_step`)."""
-    step = (functools.partial(sam_train_step, rho=recipe.sam_rho, every=recipe.sam_every_steps,
-                              epsilon=recipe.sam_epsilon) if recipe.sam_rho else train_step)
-    random = recipe.mixup_alpha or recipe.colout_fraction or recipe.stochastic_depth_rate
-    return functools.partial(seeded_step, step, torch.initial_seed(), _rank()) if random else step
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def seeded_step(step_fn: Callable, seed: int, rank: int, t: Training, images, labels, side_px):
-    """`step_fn` with torch's RNGs (CPU and this device) seeded from (run seed, rank, step) alone and put back
-    after: MixUp's, ColOut's and stochastic depth's draws differ between ranks (as Composer's per-rank seeds) and a
-    resumed run, wherever it stopped, draws what the uninterrupted run drew. Seeding is host-side: no sync."""
-    devices = [images.device.index or 0] if images.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        torch.manual_seed(int(np.random.SeedSequence([seed, rank, t.step]).generate_state(1, np.uint64)[0] >> 1))
-        return step_fn(t, images, labels, side_px)
-
-
-def finish_step(t: Training) -> None:
-    """After the backward pass(es): SGDW step through the gradient scaler, LR step, EMA every k steps."""
-    t.scaler.step(t.optimizer)
-    t.scaler.update()
-    t.optimizer.zero_grad(set_to_none=True)
-    t.scheduler.step()
-    t.step += 1
-    if t.ema is not None and t.step % t.ema_every_steps == 0:
-        t.ema.update_parameters(t.model)
-
-
-def sam_train_step(t: Training, images, labels, side_px: int, *, rho: float, every: int, epsilon: float):
-    """SAM's step (RECIPE section 12): at every `every`-th step (Composer: global step + 1 a multiple of it), the
-    two passes of `sam_step` on one prepared batch, the first without DDP's all-reduce; the plain step otherwise.
-    Returns the loss at w, detached on the device."""
-    if (t.step + 1) % every:
-        return train_step(t, images, labels, side_px)
-    images, targets = t.prepare(images, labels, side_px)
-
-    def closure():
-        loss = t.forward_loss(images, targets)
-        t.scaler.scale(loss).backward()
-        return loss
-
-    scale = t.scaler._get_scale_async if t.scaler.is_enabled() else None   # the scale the first pass used
-    loss = sam_step(t.model.parameters(), closure, rho, epsilon, grad_scale=scale,
-                    first_pass=getattr(t.net, "no_sync", contextlib.nullcontext))
-    finish_step(t)
-    return loss.detach()
+                    ema_every_steps=plan.ema_every_steps, step_fn=methods.choose_step(recipe, train_step),
+                    batch_methods=methods.batch_methods(recipe, plan.num_classes))
 
 
 def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
-    """One step of the recipe: shrink the batch to this epoch's side (and the per-batch methods), forward under
-    autocast, loss, scaled backward, SGDW step, LR step, EMA every k steps. Returns the loss, detached and left on
-    the device."""
+    """One step of the recipe: `prepare` the batch, forward under autocast, loss, scaled backward, then SGDW step,
+    LR step, EMA every k steps (`methods.finish_step`). Returns the loss, detached and left on the device."""
     loss = t.forward_loss(*t.prepare(images, labels, side_px))
     t.scaler.scale(loss).backward()
-    finish_step(t)
+    methods.finish_step(t)
     return loss.detach()
 
 

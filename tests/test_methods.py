@@ -250,8 +250,7 @@ HOT_TINY = [*TINY[2:], "--arch", "resnet_cpu", "--recipe", "hot", "--loader", "t
 def test_a_tiny_medium_or_hot_run_logs_compliantly(synth_tree, tmp_path, recipe):
     log = tmp_path / "result_0.txt"
     args = [*TINY[2:], "--arch", "resnet_cpu", "--recipe", recipe, "--loader", "torchvision", "--workers", "0",
-            "--epochs", "2",
-            "--eval-every-epochs", "1", "--target-accuracy", "1.0", "--seed", "3"]
+            "--epochs", "2", "--eval-every-epochs", "1", "--target-accuracy", "1.0", "--seed", "3"]
     out = cli("train", *args, "--data", synth_tree, "--log-file", log, check=False)
     assert out.returncode == 2, out.stderr[-3000:]
     fields = next(e for e in events(log) if e["key"] == "recipe_fields")["value"]
