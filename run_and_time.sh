@@ -125,7 +125,8 @@ for m in ("torch", "mlperf_logging", *sys.argv[1:]):
         found = False
     if not found:
         sys.exit(f"no module named {m!r}" + (f"; {install[m]}" if m in install else ""))'
-case "${LOADER:-ffcv}" in ffcv) loader_module=ffcv ;; dali) loader_module=nvidia.dali ;; *) loader_module=torchvision ;; esac
+loader_module=$("$PYTHON" -c 'import sys, resnet.data.loaders as l; print(l.declared(sys.argv[1]).needs)' \
+    "${LOADER:-ffcv}" 2>/dev/null) || loader_module=torch   # an unknown LOADER: check-env names it below
 if ! problem=$("$PYTHON" -c "$probe" "$loader_module" 2>&1 && "$PYTHON" -c 'import resnet.launch, compliance' 2>&1); then
     die "PYTHON=$PYTHON cannot run the benchmark (${problem##*$'\n'}); set PYTHON to the environment's python" \
         "(pip install -e . there) or activate it"

@@ -4,13 +4,13 @@ recipe, the world size, the data set): a resume with anything different is refus
 import dataclasses
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from resnet import errors
 from resnet.errors import CheckpointError
 
 
@@ -157,8 +157,7 @@ def save(path: Path, state: dict) -> bool:
         return True
     except (OSError, RuntimeError) as e:   # torch's zip writer reports a short write as a RuntimeError
         why = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:120]
-        print(f"mlperf-resnet: warning: checkpoint {path} not written ({why}); the previous one is "
-              "kept and training goes on", file=sys.stderr, flush=True)
+        errors.warn(f"checkpoint {path} not written ({why}); the previous one is kept and training goes on")
         return False
     finally:
         tmp.unlink(missing_ok=True)

@@ -3,9 +3,11 @@
 Library code (recipe, model, data, checkpoint, settings) raises an `Error` whose text reads
 '<where>: <problem>; <fix>'. Only the command layer (`resnet.cli`, or a command module run on its own
 through `main`) prints it as the single line `mlperf-resnet: error: <text>` and exits non-zero, so the
-library can be used from someone else's code without ending their process.
+library can be used from someone else's code without ending their process. A problem that does not stop
+anything is one console line from `warn`: `mlperf-resnet: warning: <text>`.
 """
 import argparse
+import contextlib
 import sys
 
 
@@ -29,6 +31,13 @@ class CheckpointError(Error):
 
 def report(error: BaseException) -> None:
     print(f"mlperf-resnet: error: {error}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """The one console warning line. A console that went away (its pipe closed) must not end a run that is still
+    training: a line it cannot take is dropped."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"mlperf-resnet: warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(command, argv=None, errors=(Error,)) -> int:

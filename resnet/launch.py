@@ -99,7 +99,7 @@ def flags(environ, out=None) -> int:
     warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
                                    here=environ.get("DRY_RUN", "0") != "1")
     for line in warnings:
-        print(f"mlperf-resnet: warning: {line}", file=sys.stderr)
+        errors.warn(line)
     out = out or sys.stdout.buffer
     out.write(b"".join(os.fsencode(w) + b"\0" for w in words))
     out.flush()

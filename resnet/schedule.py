@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                            f"ImageNet's {IMAGENET_TRAIN}; give --steps-per-epoch or a smaller batch")
     rows, ema = plan_rows(recipe, steps), ema_facts(recipe, steps)
     for warning in settings.ema_warnings(recipe):
-        print(f"mlperf-resnet: warning: {warning}", file=sys.stderr)
+        errors.warn(warning)
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, steps_per_epoch=steps, peak_lr=recipe.peak_lr,
                               weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,

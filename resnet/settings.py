@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from compliance import ComplianceError, check_plain_name
-from resnet.data.loaders import LOADERS
+from resnet.data.loaders import LOADERS, data_hint, declared
 from resnet.errors import SettingError
 from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
 
@@ -323,12 +323,9 @@ def _validate_data(args) -> None:
     data = Path(args.data)
     if not data.is_dir():
         fail(name, f"{data} does not exist", "prepare the data set first (mlperf-resnet prepare)")
-    wanted = ("train.beton", "val.beton") if args.loader == "ffcv" else ("train", "val")
-    for split in wanted:
+    for split in declared(args.loader).layout.paths:
         if not (data / split).exists():
-            fail(name, f"{data / split} is missing", "for LOADER=ffcv run mlperf-resnet prepare SRC OUT and point "
-                 f"DATADIR at OUT; LOADER={'dali' if args.loader == 'ffcv' else args.loader} reads a folder with "
-                 "train/<class>/ and val/<class>/")
+            fail(name, f"{data / split} is missing", data_hint(args.loader))
 
 
 def _validate_output(args) -> None:

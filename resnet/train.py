@@ -391,7 +391,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     for warning in validate_train_args(args) or []:
         if os.environ.get("RANK", "0") == "0":
-            progress(f"mlperf-resnet: warning: {warning}")
+            errors.warn(warning)
     return train(args)
 
 

@@ -25,6 +25,7 @@ GPU_CONFIGS = [c for c in CONFIGS if c.name != "config_CPU.sh"]
 
 def config_problems(path: Path) -> list[str]:
     """Everything inconsistent in one config file (empty when it is fine)."""
+    from resnet.data.loaders import LOADERS, declared
     from resnet.model import ARCHS
     from resnet.recipe import RECIPES
 
@@ -49,8 +50,13 @@ def config_problems(path: Path) -> list[str]:
         problems.append(f"global batch {global_batch}, the Mild A100 submission used 2048")
     if env["PRECISION"] not in ("fp16", "bf16", "fp32"):
         problems.append(f"PRECISION={env['PRECISION']}")
-    if env["LOADER"] not in ("ffcv", "torchvision", "dali"):
+    if env["LOADER"] not in LOADERS:
         problems.append(f"LOADER={env['LOADER']}")
+    elif ints["NUM_WORKERS"] < declared(env["LOADER"]).min_workers:
+        problems.append(f"NUM_WORKERS={ints['NUM_WORKERS']}: LOADER={env['LOADER']} needs at least "
+                        f"{declared(env['LOADER']).min_workers}")
+    elif env.get("DECODE_TO_SIDE") == "1" and not declared(env["LOADER"]).decode_to_side:
+        problems.append(f"DECODE_TO_SIDE=1: LOADER={env['LOADER']} does not decode to each epoch's side")
     if env["RECIPE"] not in RECIPES or env["ARCH"] not in ARCHS:
         problems.append(f"RECIPE={env['RECIPE']} / ARCH={env['ARCH']} unknown")
         return problems

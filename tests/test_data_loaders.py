@@ -1,6 +1,8 @@
-"""The loader seam on CPU, for every backend in LOADERS: batch format, labels, epoch order, 2-rank sharding, the crop
-scale; FFCV/torchvision parity; every data problem found when the loaders are built; an FFCV loader-thread failure
-reaching the consumer. DALI's own behaviour (exact evaluation for any world size, bad JPEGs) is in test_data_dali.py."""
+"""The loader seam on CPU, for every backend in LOADERS and a toy one registered here (one module and one line in
+BACKENDS): batch format, labels, epoch order, 2-rank sharding, the crop scale; what backends declare, answered
+without their libraries; FFCV/torchvision parity; every data problem found when the loaders are built; an FFCV
+loader-thread failure reaching the consumer. DALI's own behaviour (exact evaluation for any world size, bad JPEGs)
+is in test_data_dali.py."""
 import json
 import os
 import shutil
@@ -8,15 +10,16 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from resnet.data.folders import scan_dataset
-from resnet.data.loaders import (IMAGENET_MEAN, IMAGENET_STD, LOADERS, LoaderSpec, make_loaders, normalize_nhwc,
-                                  shard_order)
+from resnet.data.folders import read_dataset, read_image, scan_dataset
+from resnet.data.loaders import (BACKENDS, IMAGENET_MEAN, IMAGENET_STD, LOADERS, Backend, Batches, LoaderSpec,
+                                  declared, make_loaders, normalize_nhwc, shard_order)
 from resnet.errors import DataError, SettingError
 from resnet.data.prepare import prepare
 from resnet.data.synth import make_synthetic
@@ -26,14 +29,60 @@ pytest.importorskip("ffcv")
 
 CLASSES = 20  # one train and one val image per class: a label names its sample
 BATCH, WORLD, CROP, RESIZE = 3, 2, 32, 40
-KINDS = LOADERS
+KINDS = (*LOADERS, "toy")
 SHAPE = dict(train_crop_px=CROP, crop_scale_min=0.08, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1)
 
 
+FORMS = {"beton": "ffcv", "folders": "folders"}   # where the `data` fixture keeps each layout
+
+
 def build(root, kind, **overrides):
-    """make_loaders on the right form of the test set: .beton files for FFCV, image folders for the others."""
+    """make_loaders on the form of the test set the backend declares it reads."""
     spec = LoaderSpec(**{"batch_size": BATCH, **SHAPE, **overrides})
-    return make_loaders(root / ("ffcv" if kind == "ffcv" else "folders"), spec, loader=kind)
+    return make_loaders(root / FORMS[declared(kind).reads], spec, loader=kind)
+
+
+def _toy_build(data_dir, spec):
+    """A fourth backend: every image decoded into memory once, crops cut from tensors by torchvision's v2 ops."""
+    from torchvision.transforms import v2
+
+    train_samples, val_samples, info = read_dataset(data_dir, spec, read_image)
+    train_tf = v2.Compose([v2.RandomResizedCrop(spec.train_crop_px, scale=(spec.crop_scale_min, 1.0),
+                                                ratio=(3 / 4, 4 / 3)), v2.RandomHorizontalFlip()])
+    val_tf = v2.Compose([v2.Resize(spec.eval_resize_px), v2.CenterCrop(spec.eval_crop_px)])
+
+    def loader(samples, transform, dtype, shuffle):
+        images = [v2.functional.pil_to_tensor(read_image(path)) for path, _ in samples]
+        shard = len(shard_order(len(samples), spec.rank, spec.world_size, spec.seed, 0, shuffle))
+        num_batches = shard // spec.batch_size if shuffle else -(-shard // spec.batch_size)
+
+        def iterate(epoch):
+            order = shard_order(len(samples), spec.rank, spec.world_size, spec.seed, epoch, shuffle).tolist()
+            with torch.random.fork_rng():
+                torch.manual_seed(hash((spec.seed, epoch, spec.rank)))
+                crops = [transform(images[i]) for i in order[:num_batches * spec.batch_size]]
+            for first in range(0, len(crops), spec.batch_size):
+                batch = torch.stack(crops[first: first + spec.batch_size]).permute(0, 2, 3, 1)
+                out = normalize_nhwc(batch, torch.empty(batch.shape, dtype=dtype)).permute(0, 3, 1, 2)
+                yield out, torch.tensor([samples[i][1] for i in order[first: first + len(batch)]])
+
+        return Batches(iterate, num_batches, spec.batch_size, min(shard, num_batches * spec.batch_size))
+
+    return (loader(train_samples, train_tf, spec.dtype(True), True),
+            loader(val_samples, val_tf, spec.dtype(False), False), info)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_backend():
+    """The toy backend registered as any backend is: its module, and one line in BACKENDS."""
+    module = types.ModuleType("toy_loader")
+    module.BACKEND = Backend(reads="folders", needs="torchvision", library="torchvision", install="pip install "
+                             "torchvision", workers="unused: decoding happens at build", min_workers=0)
+    module.build = _toy_build
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "toy_loader", module)
+        patch.setitem(BACKENDS, "toy", "toy_loader")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +318,7 @@ def test_folder_problems_are_found_when_the_loaders_are_built(synth_tree, tmp_pa
 
 def test_bad_arguments_are_setting_errors(data):
     for loader, overrides, message in (
-            ("nonsense", {}, f"LOADER=nonsense: unknown loader; use one of {', '.join(LOADERS)}"),
+            ("nonsense", {}, f"LOADER=nonsense: unknown loader; use one of {', '.join(BACKENDS)}"),
             ("torchvision", {"crop_scale_min": 0.0}, "crop_scale_min 0.0: must be in (0, 1]"),
             ("torchvision", {"crop_scale_min": float("nan")}, "crop_scale_min nan"),
             ("torchvision", {"rank": 2, "world_size": 2}, "rank 2: outside world_size 2"),
@@ -281,6 +330,43 @@ def test_bad_arguments_are_setting_errors(data):
         assert str(err.value).startswith(message), err.value
     with pytest.raises(TypeError, match="crop_scale_min"):  # no recipe values hidden in defaults
         LoaderSpec(batch_size=2, train_crop_px=CROP, eval_crop_px=CROP, eval_resize_px=RESIZE, workers=1)
+
+
+def test_backends_declare_themselves_and_the_seam_answers_without_their_libraries():
+    """What each backend reads, needs and allows, asked of the seam in a fresh process: no heavy library is
+    imported, and each declaration is complete (a layout the seam knows, an installable library, a hint)."""
+    from resnet.data.loaders import LAYOUTS
+
+    code = ("import json, sys\n"
+            "from resnet.data.loaders import LOADERS, data_hint, declared\n"
+            "facts = {n: [declared(n).reads, declared(n).needs, declared(n).missing(), data_hint(n)]\n"
+            "         for n in LOADERS}\n"
+            "heavy = [m for m in ('torch', 'numpy', 'PIL', 'ffcv', 'nvidia.dali', 'numba', 'cv2', 'torchvision')\n"
+            "         if m in sys.modules]\n"
+            "print(json.dumps([facts, heavy]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    facts, heavy = json.loads(out.stdout)
+    assert heavy == [] and sorted(facts) == sorted(LOADERS), out.stderr
+    for name, (reads, needs, missing, hint) in facts.items():
+        backend = declared(name)
+        assert reads in LAYOUTS and missing is None and backend.install.startswith("pip install")
+        assert hint.startswith(f"LOADER={name} reads {LAYOUTS[reads].what}: {LAYOUTS[reads].how}")
+        assert backend.workers and backend.min_workers in (0, 1)
+    assert [n for n in LOADERS if declared(n).decode_to_side] == ["dali"]
+
+
+def test_a_backend_whose_library_is_missing_says_how_to_install_it(data, monkeypatch):
+    import dataclasses
+
+    toy = sys.modules["toy_loader"]
+    monkeypatch.setattr(toy, "BACKEND", dataclasses.replace(toy.BACKEND, needs="toy_codec.fast", library="ToyCodec",
+                                                            install="pip install toy-codec"))
+    assert declared("toy").missing() == "no module named 'toy_codec.fast'; pip install toy-codec"
+    with pytest.raises(SettingError) as err:
+        build(data, "toy")
+    assert str(err.value) == "LOADER=toy: ToyCodec is not installed; pip install toy-codec"
+    with pytest.raises(SettingError, match="^workers -1: must be an integer >= 0"):   # the toy's declared minimum
+        build(data, "toy", workers=-1)
 
 
 @pytest.mark.parametrize("kind", KINDS)

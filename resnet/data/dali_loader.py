@@ -18,22 +18,17 @@ convert such a set to 8-bit JPEG first if the two must agree. Bad files: the fir
 mid-run ends the epoch with one DataError naming it (found by decoding the failed batch's files one by one).
 """
 import os
-from pathlib import Path
 
-from resnet.data.folders import dataset_digest, scan_dataset
-from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Batches, DataInfo, check_train_size, shard_order
-from resnet.errors import DataError, SettingError
+from resnet.data.folders import read_dataset
+from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Backend, Batches, shard_order
+from resnet.errors import DataError
 
+BACKEND = Backend(reads="folders", needs="nvidia.dali", library="NVIDIA DALI",
+                  install="pip install nvidia-dali-cuda120 (CPU machines and CUDA 12), or use the NGC PyTorch "
+                          "container, which ships it",
+                  workers="DALI CPU threads per rank (file reading; decoding too without a GPU)", min_workers=1,
+                  decode_to_side=True)
 PREFETCH = 2  # batches prepared ahead (the submitted system's FFCV setting)
-INSTALL = ("LOADER=dali: NVIDIA DALI is not installed; pip install nvidia-dali-cuda120 (CPU machines and CUDA 12), "
-           "or use the NGC PyTorch container, which ships it")
-
-
-def ensure_installed():
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        raise SettingError(INSTALL) from None
 
 
 def _pipeline(spec, files, *, train, epoch):
@@ -163,11 +158,7 @@ def _loader(spec, samples, *, train):
 
 
 def build(data_dir, spec):
-    classes, train_samples, val_samples, _ = scan_dataset(data_dir)
-    check_train_size(Path(data_dir) / "train", len(train_samples), spec)
-    for path, _ in (train_samples[0], val_samples[0]):  # one image per split: unreadable files show up now
-        check_decodes(path)
+    train_samples, val_samples, info = read_dataset(data_dir, spec, check_decodes)
     train = _loader(spec, train_samples, train=True)
     val = _loader(spec, val_samples, train=False)
-    digest = dataset_digest(data_dir, classes, train_samples, val_samples)
-    return train, val, DataInfo(tuple(classes), len(train_samples), len(val_samples), digest)
+    return train, val, info

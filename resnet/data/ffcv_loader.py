@@ -9,8 +9,12 @@ fused into the decoding stage) made the loader ~40% faster; it needs cupy on CUD
 from pathlib import Path
 
 from resnet.data import beton
-from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Batches, DataInfo, check_train_size
+from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Backend, Batches, DataInfo, check_train_size
 from resnet.errors import DataError
+
+BACKEND = Backend(reads="beton", needs="ffcv", library="FFCV",
+                  install="pip install -e '.[ffcv]' (ffcv==1.0.2, numba, OpenCV; README: Data)",
+                  workers="FFCV decoding threads per rank", min_workers=1, decode_to_side=False)
 
 BATCHES_AHEAD = 2  # batches prepared ahead (the submitted system's setting)
 

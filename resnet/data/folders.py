@@ -92,6 +92,19 @@ def scan_dataset(root):
     return classes, train, val, skipped_train + skipped_val
 
 
+def read_dataset(root, spec, check_image):
+    """The folder backends' preamble: scan root/train and root/val, check that the training set gives every rank
+    a full batch, open the first image of each split with `check_image(path)` (the backend's own decoder, raising
+    DataError: unreadable files show up before training), digest. Returns (train samples, val samples, DataInfo)."""
+    from resnet.data.loaders import DataInfo, check_train_size
+
+    classes, train, val, _ = scan_dataset(root)
+    check_train_size(Path(root) / "train", len(train), spec)
+    for path, _ in (train[0], val[0]):
+        check_image(path)
+    return train, val, DataInfo(tuple(classes), len(train), len(val), dataset_digest(root, classes, train, val))
+
+
 def _to_8bit(im, path):
     """Grayscale 8-bit ("L") version of a 16-bit, 32-bit integer or float image, scaled by the range its
     type defines: PIL's own convert() clips these to 0-255, which stores 16-bit photographs as white and

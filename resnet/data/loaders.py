@@ -3,7 +3,7 @@
     spec = LoaderSpec.from_recipe(recipe, batch_size=256, workers=8, device="cuda:0", rank=0, world_size=8, seed=1)
     train, val, info = make_loaders("/data/imagenet", spec, loader="dali")
 
-Backends (`BACKENDS`, one module each, picked by name):
+Backends (`BACKENDS`: name -> module, one module each, picked by name):
 - ffcv:        the .beton files `prepare` wrote (the submitted loader; CPU JPEG decoding in FFCV's threads);
 - dali:        the ImageNet folders directly, NVIDIA DALI decoding on the GPU (CPU operators without one);
 - torchvision: the ImageNet folders directly, PIL in DataLoader processes (no extra dependency; slow).
@@ -15,10 +15,13 @@ epoch from (seed, epoch) alone, drop_last, equal disjoint shards per rank (`shar
 eval_crop_px of the image resized to eval_resize_px on its short side (FFCV: the equivalent crop ratio), fp32 as
 the spec says, in file order, every image exactly once over all ranks for any world size, no padding.
 
-A backend module has `build(data_dir, spec) -> (Batches, Batches, DataInfo)`, and raises DataError for every
-data problem it can find before training (so a trainer that builds its loaders before it claims a result log
-never leaves a stub log for bad data) and, mid-run, one DataError naming the file. Heavy imports happen inside the
-backends: importing this module is cheap.
+A backend module declares at its top `BACKEND = Backend(...)`: what it reads (a key of `LAYOUTS`), the library it
+needs (import name, and one line saying how to install it) and its constraints (whether it decodes to each epoch's
+side, what `workers` means for it). Importing a backend module imports no heavy library, so the seam answers for it
+(`declared(name)`) without FFCV, DALI or torch; a fourth backend is one module plus one line in `BACKENDS`.
+It has `build(data_dir, spec) -> (Batches, Batches, DataInfo)`, and raises DataError for every data problem it can
+find before training (so a trainer that builds its loaders before it claims a result log never leaves a stub log
+for bad data) and, mid-run, one DataError naming the file. Heavy imports happen inside `build`.
 """
 import dataclasses
 import functools
@@ -36,6 +39,63 @@ LOADERS = tuple(BACKENDS)
 
 
 @dataclass(frozen=True)
+class Layout:
+    """A form of the data set on disk: the paths DATADIR must hold, and how to get them."""
+    paths: tuple
+    what: str
+    how: str
+
+
+LAYOUTS = {"beton": Layout(("train.beton", "val.beton"), "the .beton files of `mlperf-resnet prepare`",
+                           "run mlperf-resnet prepare SRC OUT and point DATADIR at OUT"),
+           "folders": Layout(("train", "val"), "ImageNet-layout folders",
+                             "point DATADIR at a folder with train/<class>/ and val/<class>/")}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a backend module declares about itself (its `BACKEND`)."""
+    reads: str                       # a key of LAYOUTS
+    needs: str                       # the import name of the library it reads with
+    library: str                     # that library's name for people
+    install: str                     # one line: how to install it
+    workers: str                     # what LoaderSpec.workers counts for this backend
+    min_workers: int = 1
+    decode_to_side: bool = False     # can decode straight to each epoch's side (LoaderSpec.train_sides)
+    randaugment: bool = False        # applies RandAugment to decoded training images (LoaderSpec.randaugment)
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.reads]
+
+    def missing(self) -> str | None:
+        """One line saying that the library is not installed and how to install it; None when it is (its
+        presence only: nothing is imported)."""
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(self.needs) is not None
+        except (ImportError, ValueError):   # a parent package that is not there, or not a package
+            found = False
+        return None if found else f"no module named {self.needs!r}; {self.install}"
+
+
+def declared(loader: str) -> Backend:
+    """The declaration of the backend `loader` (its module is imported; its library is not)."""
+    if loader not in BACKENDS:
+        raise SettingError(f"LOADER={loader}: unknown loader; use one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[loader]).BACKEND
+
+
+def data_hint(loader: str) -> str:
+    """How to give `loader` its data, and which loaders read the other layouts (the fix for a missing path)."""
+    reads = {name: declared(name).reads for name in BACKENDS}
+    others = [f"LOADER={'/'.join(n for n in BACKENDS if reads[n] == key)} reads {LAYOUTS[key].what}"
+              for key in dict.fromkeys(reads.values()) if key != reads[loader]]
+    return "; ".join([f"LOADER={loader} reads {LAYOUTS[reads[loader]].what}: {LAYOUTS[reads[loader]].how}", *others])
+
+
+@dataclass(frozen=True)
 class LoaderSpec:
     """What every backend is asked for (crops from the Recipe; the rest from the run)."""
     batch_size: int                  # per device
@@ -43,7 +103,7 @@ class LoaderSpec:
     crop_scale_min: float            # its smallest area fraction (ImageNet: 0.08)
     eval_crop_px: int                # validation centre crop ...
     eval_resize_px: int              # ... of the image resized to this short side
-    workers: int = 1                 # decoding threads (FFCV, DALI) or DataLoader processes (torchvision) per rank
+    workers: int = 1                 # per rank, as the backend declares (Backend.workers)
     device: str = "cpu"              # where batches land: "cpu", "cuda:3"
     rank: int = 0
     world_size: int = 1
@@ -79,11 +139,12 @@ class LoaderSpec:
         return torch_dtype(self.train_precision if train else self.eval_precision)
 
     def check(self, loader: str) -> None:
-        """Raise SettingError for a value no backend can use."""
+        """Raise SettingError for a value the backend `loader` cannot use."""
+        backend = declared(loader)
         if not 0 <= self.rank < self.world_size:
             raise SettingError(f"rank {self.rank}: outside world_size {self.world_size}; give 0 <= rank < world_size")
         for name in ("batch_size", "train_crop_px", "eval_crop_px", "eval_resize_px", "workers"):
-            value, low = getattr(self, name), 0 if name == "workers" and loader == "torchvision" else 1
+            value, low = getattr(self, name), backend.min_workers if name == "workers" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SettingError(f"{name} {value}: must be an integer >= {low}")
         if self.eval_resize_px < self.eval_crop_px:
@@ -94,12 +155,14 @@ class LoaderSpec:
         for name in ("train_precision", "eval_precision"):
             if getattr(self, name) not in PRECISIONS:
                 raise SettingError(f"{name} {getattr(self, name)!r}: use one of {', '.join(PRECISIONS)}")
-        if self.train_sides and (loader != "dali" or min(self.train_sides) < 1):
-            raise SettingError("DECODE_TO_SIDE=1: only the DALI loader decodes to each epoch's side; set LOADER=dali "
-                               "or DECODE_TO_SIDE=0")
-        if self.randaugment and loader == "ffcv":
-            raise SettingError("LOADER=ffcv: the recipe's RandAugment needs the decoded images, which FFCV's pipeline "
-                               "does not expose here; set LOADER=torchvision or LOADER=dali")
+        if self.train_sides and (not backend.decode_to_side or min(self.train_sides) < 1):
+            able = [name for name in BACKENDS if declared(name).decode_to_side]
+            raise SettingError(f"DECODE_TO_SIDE=1: only the {'/'.join(n.upper() for n in able)} loader decodes to "
+                               f"each epoch's side; set LOADER={'/'.join(able)} or DECODE_TO_SIDE=0")
+        if self.randaugment and not backend.randaugment:
+            able = [name for name in BACKENDS if declared(name).randaugment]
+            raise SettingError(f"LOADER={loader}: the recipe's RandAugment needs a loader that augments the decoded "
+                               f"images; set LOADER={' or LOADER='.join(able)}")
         if not 0 <= self.hw_decoder_load <= 1:
             raise SettingError(f"DALI_HW_DECODER_LOAD {self.hw_decoder_load}: must be in [0, 1]")
 
@@ -194,9 +257,16 @@ def normalize_nhwc(images, out):
 
 
 def backend(loader: str):
-    """The backend module of a loader name; SettingError for an unknown name or a library that is not installed."""
-    if loader not in BACKENDS:
-        raise SettingError(f"LOADER={loader}: unknown loader; use one of {', '.join(LOADERS)}")
+    """The backend module of a loader name, its library imported; SettingError for an unknown name or a library
+    that is not installed. A module's own `ensure_installed()`, if it has one, checks more (a version)."""
+    declaration = declared(loader)
+    try:
+        importlib.import_module(declaration.needs)
+    except ModuleNotFoundError as e:
+        if not (declaration.needs + ".").startswith(f"{e.name}."):   # the library is there, one of its needs is not
+            raise
+        raise SettingError(f"LOADER={loader}: {declaration.library} is not installed; {declaration.install}") \
+            from None
     module = importlib.import_module(BACKENDS[loader])
     if hasattr(module, "ensure_installed"):
         module.ensure_installed()

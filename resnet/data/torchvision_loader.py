@@ -1,12 +1,15 @@
 """The torchvision backend (LOADER=torchvision): the ImageNet folders read by PIL in DataLoader processes. No
 dependency beyond torchvision and the slowest backend (BENCHMARKS.md); the reference the other two are tested
 against. See resnet/data/loaders.py for the contract."""
-from pathlib import Path
-
-from resnet.data.folders import dataset_digest, read_image, scan_dataset
-from resnet.data.loaders import Batches, DataInfo, check_train_size, normalize_nhwc, shard_order
+from resnet.data.folders import read_dataset, read_image
+from resnet.data.loaders import Backend, Batches, normalize_nhwc, shard_order
 from resnet.data.workers import loader_worker_init
 from resnet.errors import DataError
+
+BACKEND = Backend(reads="folders", needs="torchvision", library="torchvision",
+                  install="pip install torchvision (the release made for the installed torch)",
+                  workers="DataLoader processes per rank (0: decode in the training process)", min_workers=0,
+                  decode_to_side=False, randaugment=True)
 
 
 class _Files:
@@ -80,10 +83,7 @@ def build(data_dir, spec):
     from torch.utils.data import DataLoader
     from torchvision import transforms as T
 
-    classes, train_samples, val_samples, _ = scan_dataset(data_dir)
-    check_train_size(Path(data_dir) / "train", len(train_samples), spec)
-    for path, _ in (train_samples[0], val_samples[0]):  # one image per split: unreadable files show up now
-        read_image(path)
+    train_samples, val_samples, info = read_dataset(data_dir, spec, read_image)
     device = spec.torch_device
     train_tf = train_transform(spec)
     val_tf = T.Compose([T.Resize(spec.eval_resize_px), T.CenterCrop(spec.eval_crop_px), T.PILToTensor()])
@@ -108,5 +108,4 @@ def build(data_dir, spec):
 
     train = loader(train_samples, train_tf, spec.dtype(train=True), shuffle=True)
     val = loader(val_samples, val_tf, spec.dtype(train=False), shuffle=False)
-    digest = dataset_digest(data_dir, classes, train_samples, val_samples)
-    return train, val, DataInfo(tuple(classes), len(train_samples), len(val_samples), digest)
+    return train, val, info
