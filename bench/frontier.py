@@ -8,7 +8,8 @@ Budgets are multiples of the proxy's Mild (config_CPU.sh: 28 epochs); each recip
 Mild from mosaicml/examples (Baseline 90, Mild 36, Medium 135, Hot 270), so budget 1 trains Baseline 70, Mild 28,
 Medium 105 and Hot 210 epochs. Every run is a real `python -m resnet.train` with config_CPU.sh's settings, the
 torchvision loader on the image folders for every recipe (Hot's RandAugment needs decoded images; one loader keeps
-the minutes comparable), TARGET_ACCURACY=1 (the whole budget is trained) and one evaluation, after the last epoch.
+the minutes comparable), TARGET_ACCURACY=1 (the whole budget is trained), one evaluation, after the last epoch,
+and the recipes' 8 warm-up epochs (at most half of a run shorter than 16 epochs).
 Minutes are run_start -> run_stop of the run's MLPerf log. Runs go seed by seed, budget by budget, so that a
 change in the machine's load falls on all recipes alike. Writes OUT/frontier.json (every run, the table, the
 frontier), OUT/frontier.png and OUT/logs/; OUT must not exist yet. Not part of `make test`: the default grid is
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 CONFIG = REPO / "config_CPU.sh"
 PROXY_MILD_EPOCHS = 28
+WARMUP_EPOCHS = 8      # every recipe's, not scaled with the budget (as Composer); capped at half of a short run
 # Epochs relative to Mild's, from mosaicml/examples' recipe budgets (Mild 36 epochs on ImageNet).
 EPOCH_RATIO = {"baseline": 90 / 36, "mild": 1.0, "medium": 135 / 36, "hot": 270 / 36}
 # The Baseline at the proxy's geometry, as bench/proxy.py runs it (ImageNet's sides / 4: crops 56, eval 56 of 64).
@@ -77,6 +79,7 @@ def one_run(recipe: str, budget: float, seed: int, base: list[str], folders: Pat
     log = logs / f"{recipe}-x{budget:g}-seed{seed}.txt"
     cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, RECIPE_FLAGS[recipe]), "--loader", "torchvision",
            "--data", str(folders), "--epochs", str(epochs), "--eval-every-epochs", str(epochs),
+           "--warmup-epochs", str(min(WARMUP_EPOCHS, epochs / 2)),
            "--target-accuracy", "1.0", "--seed", str(seed), "--log-file", str(log)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
