@@ -295,3 +295,18 @@ def test_hot_on_ffcv_is_refused_in_one_line_before_the_log_is_claimed(ffcv_data,
     assert out.stderr.strip().splitlines()[-1] == (
         "mlperf-resnet: error: LOADER=ffcv: the recipe's RandAugment needs a loader that augments the decoded images; "
         "set LOADER=torchvision")
+
+
+def test_sam_under_ddp_keeps_the_replicas_identical(synth_tree, tmp_path):
+    """Each device climbs its own e(w) (the first pass is not all-reduced); coming back must give every replica the
+    same w again (a subtraction would not: (w + e) - e is not w in floating point). Two gloo processes, Hot."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "resnet.train", *HOT_TINY, "--batch-size", "8", "--device", "cpu",
+                          "--data", str(synth_tree), "--seed", "3", "--log-file", str(tmp_path / "r.txt")],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert "replicas diverged" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.count("replicas: identical across 2 ranks") == 2, out.stderr[-3000:]
+    assert run_stop(tmp_path / "r.txt")["metadata"]["status"] == "aborted"      # target 1.0: the epochs ran out

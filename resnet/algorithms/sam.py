@@ -10,10 +10,10 @@ import torch
 def sam_ascent(params, rho: float, epsilon: float = 1e-12, grad_scale=None) -> tuple[list, list]:
     """Add e(w) = rho * g / (||g|| + epsilon) to every parameter with a gradient g (||g||: the 2-norm over all of
     them), g = grad / grad_scale (the loss scale a GradScaler put on the gradients, or a function returning it;
-    None: 1). Returns (parameters,
-    their e(w)) for `sam_descent`. A non-finite gradient (an fp16 overflow) gives e(w) = 0: the second pass then
-    runs at w, decided on the device."""
+    None: 1). Returns (those parameters, a copy of their w) for `sam_descent`. A non-finite gradient (an fp16
+    overflow) gives e(w) = 0: the second pass then runs at w, decided on the device."""
     params = [p for p in params if p.grad is not None]
+    saved = [p.detach().clone() for p in params]
     grads = [p.grad.float() for p in params]
     if callable(grad_scale):
         grad_scale = grad_scale()
@@ -24,13 +24,14 @@ def sam_ascent(params, rho: float, epsilon: float = 1e-12, grad_scale=None) -> t
     factor = rho / (norm + epsilon)
     steps = [torch.where(finite, g * factor, 0.0).to(p.dtype) for g, p in zip(grads, params)]
     torch._foreach_add_(params, steps)
-    return params, steps
+    return params, saved
 
 
 @torch.no_grad()
-def sam_descent(params: list, steps: list) -> None:
-    """Back from w + e(w) to w."""
-    torch._foreach_sub_(params, steps)
+def sam_descent(params: list, saved: list) -> None:
+    """Back from w + e(w) to w, exactly: a copy, not a subtraction ((w + e) - e is not w in floating point, and
+    under DDP each device climbed its own e: subtracting would leave the replicas apart)."""
+    torch._foreach_copy_(params, saved)
 
 
 def sam_step(params, closure, rho: float, epsilon: float = 1e-12, grad_scale=None,
@@ -43,9 +44,9 @@ def sam_step(params, closure, rho: float, epsilon: float = 1e-12, grad_scale=Non
     params = list(params)
     with first_pass():
         loss = closure()
-    moved, steps = sam_ascent(params, rho, epsilon, grad_scale)
+    moved, saved = sam_ascent(params, rho, epsilon, grad_scale)
     for p in params:
         p.grad = None
     closure()
-    sam_descent(moved, steps)
+    sam_descent(moved, saved)
     return loss
