@@ -257,16 +257,12 @@ def normalize_nhwc(images, out):
 
 
 def backend(loader: str):
-    """The backend module of a loader name, its library imported; SettingError for an unknown name or a library
-    that is not installed. A module's own `ensure_installed()`, if it has one, checks more (a version)."""
+    """The backend module of a loader name; SettingError for an unknown name or a library that is not installed
+    (its presence only: the backend imports it in `build`, its own way). A module's own `ensure_installed()`, if
+    it has one, checks more (a version)."""
     declaration = declared(loader)
-    try:
-        importlib.import_module(declaration.needs)
-    except ModuleNotFoundError as e:
-        if not (declaration.needs + ".").startswith(f"{e.name}."):   # the library is there, one of its needs is not
-            raise
-        raise SettingError(f"LOADER={loader}: {declaration.library} is not installed; {declaration.install}") \
-            from None
+    if declaration.missing():
+        raise SettingError(f"LOADER={loader}: {declaration.library} is not installed; {declaration.install}")
     module = importlib.import_module(BACKENDS[loader])
     if hasattr(module, "ensure_installed"):
         module.ensure_installed()
