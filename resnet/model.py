@@ -9,7 +9,8 @@ import math
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import StochasticDepth
 
 from resnet.algorithms.blurpool import apply_blurpool
 from resnet.errors import SettingError
@@ -64,6 +65,19 @@ def initialise(model: nn.Module, num_classes: int, log_bias_init: bool) -> None:
             nn.init.constant_(m.bias, -math.log(num_classes))
 
 
+def apply_stochastic_depth(model: nn.Module, drop_rate: float) -> nn.Module:
+    """Stochastic depth per sample on every residual branch of a torchvision ResNet (RECIPE section 12), in place:
+    block i of L (in order, from 1) drops its branch for each sample with probability drop_rate * i / L (linear
+    over depth: the last block drops at drop_rate), leaving the shortcut. torchvision's StochasticDepth("row")
+    follows the branch's last BatchNorm; it scales a kept branch by 1 / keep while training and is the identity
+    in eval (Composer scaled by keep in eval instead: the same network up to that factor). Returns the model."""
+    blocks = [m for m in model.modules() if isinstance(m, (Bottleneck, BasicBlock))]
+    for i, block in enumerate(blocks, start=1):
+        last = "bn3" if isinstance(block, Bottleneck) else "bn2"
+        setattr(block, last, nn.Sequential(getattr(block, last), StochasticDepth(drop_rate * i / len(blocks), "row")))
+    return model
+
+
 def build_model(recipe, num_classes: int) -> nn.Module:
     if recipe.arch not in ARCHS:
         raise SettingError(f"ARCH={recipe.arch}: not a network this project builds; "
@@ -74,6 +88,8 @@ def build_model(recipe, num_classes: int) -> nn.Module:
     initialise(model, num_classes, recipe.log_bias_init)
     if recipe.blurpool:
         apply_blurpool(model)
+    if recipe.stochastic_depth_rate:
+        apply_stochastic_depth(model, recipe.stochastic_depth_rate)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

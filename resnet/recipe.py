@@ -97,6 +97,15 @@ class Recipe:
     global_batch_size: int = 2048
     eval_every_epochs: int = 3             # after every k completed epochs, and after the last
     target_accuracy: float = SUBMISSION_TARGET_ACCURACY   # top-1 strictly above this stops the run
+    # 12. the methods Medium and Hot add (all off in Mild and the Baseline)
+    mixup_alpha: float = 0.0               # MixUp: lambda = min(b, 1 - b), b ~ Beta(alpha, alpha); 0: off
+    sam_rho: float = 0.0                   # SAM: ascent radius; 0: off
+    sam_every_steps: int = 1               # SAM's two passes at every k-th step, the plain step otherwise
+    sam_epsilon: float = 1e-12             # added to the gradient norm
+    colout_fraction: float = 0.0           # ColOut: fraction of the rows and of the columns dropped; 0: off
+    randaugment_depth: int = 0             # RandAugment: operations per training image; 0: off
+    randaugment_severity: int = 10         # the largest magnitude, of 10; each image draws one in [0, severity]
+    stochastic_depth_rate: float = 0.0     # drop rate of the last residual block (linear over depth); 0: off
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -147,7 +156,33 @@ BASELINE = Recipe(
     eval_every_epochs=4,
 )
 
-RECIPES = {r.name: r for r in (MILD, BASELINE)}
+# Section 12: MosaicML's longer recipes on Mild's base (Composer v0.11 recipe YAMLs; epochs of mosaicml/examples).
+MEDIUM = MILD.replace(
+    name="medium",
+    epochs=135,
+    label_smoothing=0.1,
+    mixup_alpha=0.2,
+    sam_rho=0.5,
+    sam_every_steps=10,
+)
+
+HOT = MILD.replace(
+    name="hot",
+    epochs=270,
+    weight_decay=3e-4,
+    label_smoothing=0.13,
+    resize_initial_scale=0.6,
+    resize_delay=0.2,
+    mixup_alpha=0.25,
+    sam_rho=0.5,
+    sam_every_steps=5,
+    colout_fraction=0.05,
+    randaugment_depth=1,
+    randaugment_severity=10,
+    stochastic_depth_rate=0.1,
+)
+
+RECIPES = {r.name: r for r in (MILD, BASELINE, MEDIUM, HOT)}
 
 
 def get_recipe(name: str) -> Recipe:

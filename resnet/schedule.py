@@ -41,6 +41,18 @@ def ema_facts(recipe, steps_per_epoch: int) -> dict | None:
                 half_life_images=plan.ema_half_life_steps * recipe.global_batch_size, decay=plan.ema_decay)
 
 
+def methods_line(recipe) -> str:
+    """The section-12 methods the recipe turns on (Medium, Hot), in one line."""
+    parts = [f"MixUp alpha {recipe.mixup_alpha:g}" if recipe.mixup_alpha else "",
+             f"SAM rho {recipe.sam_rho:g} every {recipe.sam_every_steps} steps" if recipe.sam_rho else "",
+             f"ColOut {recipe.colout_fraction:g} of rows and columns" if recipe.colout_fraction else "",
+             f"RandAugment depth {recipe.randaugment_depth}, severity {recipe.randaugment_severity}"
+             if recipe.randaugment_depth else "",
+             f"stochastic depth {recipe.stochastic_depth_rate:g} (linear over depth)"
+             if recipe.stochastic_depth_rate else ""]
+    return ", ".join(p for p in parts if p) or "none"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     settings.add_arguments(p, ROWS)
     p.add_argument("--steps-per-epoch", type=int,
@@ -63,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
         errors.warn(warning)
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, steps_per_epoch=steps, peak_lr=recipe.peak_lr,
-                              epoch_numbering="completed epochs", ema=ema, epochs=rows)))
+                              weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                              methods=methods_line(recipe), epoch_numbering="completed epochs", ema=ema,
+                              epochs=rows)))
         return 0
     evals = [r["epoch"] for r in rows if r["eval"]]
-    print(f"recipe {recipe.name}: {recipe.epochs} epochs x {steps} steps, peak lr {recipe.peak_lr:g}, "
+    print(f"recipe {recipe.name}: weight decay {recipe.weight_decay:g}, label smoothing {recipe.label_smoothing:g}; "
+          f"methods beyond Mild's: {methods_line(recipe)}")
+    print(f"{recipe.epochs} epochs x {steps} steps, peak lr {recipe.peak_lr:g}, "
           f"eval {recipe.eval_crop_px}px (resize {recipe.eval_resize_px}) in {recipe.eval_precision}, "
           f"target > {recipe.target_accuracy}")
     print(f"evaluations after {', '.join(map(str, evals))} completed epochs (every {recipe.eval_every_epochs}, "

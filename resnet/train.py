@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet import checkpoint, distributed, errors
+from resnet import checkpoint, distributed, errors, methods
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
 from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends SIGHUP
@@ -92,10 +92,15 @@ class Training:
     ema_every_steps: int
     step_fn: Callable             # (t, images, labels, side_px) -> loss, detached on the device: one step
     step: int = 0
+    batch_methods: tuple = ()     # (images, targets) -> (images, targets) after the resize (section 12: ColOut, MixUp)
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, side_px: int):
-        """A batch as the forward pass takes it: (images shrunk to this epoch's side, targets)."""
-        return resize_batch(images, side_px), labels
+        """A batch as the forward pass takes it: (images shrunk to this epoch's side, targets), then the recipe's
+        per-batch methods (the targets become MixUp's soft ones)."""
+        images, targets = resize_batch(images, side_px), labels
+        for method in self.batch_methods:
+            images, targets = method(images, targets)
+        return images, targets
 
     def forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The forward pass under the training autocast, and the recipe's loss."""
@@ -147,22 +152,16 @@ def build_training(plan: Plan, device: torch.device, compile_model: bool = False
                     scheduler=scheduler,
                     scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(recipe.precision)),
                     loss_fn=loss_function(recipe), amp_dtype=amp_dtype(recipe.precision),
-                    ema_every_steps=plan.ema_every_steps,
-                    step_fn=train_step)   # the recipe's step, chosen once: a two-pass step (SAM) plugs in here
+                    ema_every_steps=plan.ema_every_steps, step_fn=methods.choose_step(recipe, train_step),
+                    batch_methods=methods.batch_methods(recipe, plan.num_classes))
 
 
 def train_step(t: Training, images: torch.Tensor, labels: torch.Tensor, side_px: int) -> torch.Tensor:
-    """One step of the recipe: shrink the batch to this epoch's side, forward under autocast, loss, scaled
-    backward, SGDW step, LR step, EMA every k steps. Returns the loss, detached and left on the device."""
+    """One step of the recipe: `prepare` the batch, forward under autocast, loss, scaled backward, then SGDW step,
+    LR step, EMA every k steps (`methods.finish_step`). Returns the loss, detached and left on the device."""
     loss = t.forward_loss(*t.prepare(images, labels, side_px))
     t.scaler.scale(loss).backward()
-    t.scaler.step(t.optimizer)
-    t.scaler.update()
-    t.optimizer.zero_grad(set_to_none=True)
-    t.scheduler.step()
-    t.step += 1
-    if t.ema is not None and t.step % t.ema_every_steps == 0:
-        t.ema.update_parameters(t.model)
+    methods.finish_step(t)
     return loss.detach()
 
 

@@ -135,3 +135,39 @@ def test_recipe_defaults_are_the_submitted_ones():
     assert get_recipe("baseline") is BASELINE
     with pytest.raises(SettingError, match=rf"^RECIPE: unknown recipe 'spicy'; use one of {', '.join(RECIPES)}$"):
         get_recipe("spicy")
+
+
+def test_medium_and_hot_differ_from_mild_exactly_by_their_published_table():
+    """docs/RECIPE.md section 12: Composer v0.11's recipe YAMLs, epochs of mosaicml/examples."""
+    import dataclasses
+
+    from resnet.recipe import HOT, MEDIUM
+
+    def changes(recipe):
+        return {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
+                if getattr(recipe, f.name) != getattr(MILD, f.name)}
+
+    assert changes(MEDIUM) == dict(name="medium", epochs=135, label_smoothing=0.1, mixup_alpha=0.2, sam_rho=0.5,
+                                   sam_every_steps=10)
+    assert changes(HOT) == dict(name="hot", epochs=270, weight_decay=3e-4, label_smoothing=0.13,
+                                resize_initial_scale=0.6, resize_delay=0.2, mixup_alpha=0.25, sam_rho=0.5,
+                                sam_every_steps=5, colout_fraction=0.05, randaugment_depth=1, stochastic_depth_rate=0.1)
+    assert HOT.randaugment_severity == 10 and HOT.resize_finetune == 0.2
+    assert not (MILD.mixup_alpha or MILD.sam_rho or MILD.colout_fraction or MILD.randaugment_depth
+                or MILD.stochastic_depth_rate)                   # Mild (and `make benchmark`) unchanged
+    assert get_recipe("medium") is MEDIUM and get_recipe("hot") is HOT
+
+
+def test_schedule_shows_medium_and_hot():
+    hot = schedule_json("--recipe", "hot")
+    assert (hot["recipe"], len(hot["epochs"]), hot["weight_decay"], hot["label_smoothing"]) == ("hot", 270, 3e-4, 0.13)
+    assert hot["methods"] == ("MixUp alpha 0.25, SAM rho 0.5 every 5 steps, ColOut 0.05 of rows and columns, "
+                              "RandAugment depth 1, severity 10, stochastic depth 0.1 (linear over depth)")
+    # initial scale 0.6 of 176 for the first 20% of 270 epochs, 176 over the last 20%
+    sides = [e["resolution"] for e in hot["epochs"]]
+    assert sides[:54] == [104] * 54 and sides[-54:] == [176] * 54
+    text = schedule("--recipe", "medium").stdout
+    assert "recipe medium: weight decay 0.0005, label smoothing 0.1; methods beyond Mild's: MixUp alpha 0.2, SAM rho " \
+           "0.5 every 10 steps" in text
+    assert "135 epochs x 625 steps" in text
+    assert "methods beyond Mild's: none" in schedule("--recipe", "mild").stdout

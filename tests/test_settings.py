@@ -164,7 +164,9 @@ def test_every_recipe_row_matches_its_field_and_naming():
             assert row.env == row.field.upper() or row.env == "GLOBAL_BATCHSIZE"   # older name kept
     # what no setting changes: the recipe's constants (and `name`, chosen by RECIPE; lr_per_sample, set by LR)
     fixed = set(fields) - {row.field for row in SETTINGS if row.field}
-    assert fixed == {"name", "channels_last", "lr_per_sample", "momentum", "weight_decay"}
+    methods = {"mixup_alpha", "sam_rho", "sam_every_steps", "sam_epsilon", "colout_fraction", "randaugment_depth",
+               "randaugment_severity", "stochastic_depth_rate"}      # section 12: set by RECIPE=medium|hot only
+    assert fixed == {"name", "channels_last", "lr_per_sample", "momentum", "weight_decay", *methods}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

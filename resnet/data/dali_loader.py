@@ -29,6 +29,7 @@ as the RuntimeError it is, with DALI's reason, not blamed on the data.
 import os
 import re
 
+from resnet.data.dali_augment import rand_augment
 from resnet.data.folders import read_dataset
 from resnet.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Backend, Batches, shard_order
 from resnet.errors import DataError, SettingError
@@ -37,7 +38,7 @@ BACKEND = Backend(reads="folders", needs="nvidia.dali", library="NVIDIA DALI",
                   install="pip install nvidia-dali-cuda120 (CPU machines and CUDA 12), or use the NGC PyTorch "
                           "container, which ships it",
                   workers="DALI CPU threads per rank (file reading; decoding too without a GPU)", min_workers=1,
-                  decode_to_side=True)
+                  decode_to_side=True, randaugment=True)
 MIN_DALI = "2.4"   # random states as argument inputs (`_random_state`); exec_dynamic (run on a CUDA stream)
 STATE_WORDS = 7    # uint32 words of one DALI random state (nvidia/dali/experimental/dynamic/random.py)
 DATA_OPERATORS = ("nvidia.dali.fn.decoders.", "nvidia.dali.fn.io.file.read")  # their failures are the files'
@@ -116,15 +117,14 @@ def _decoding(spec):
 def _pipeline(spec, feed, *, train):
     """A built DALI pipeline that yields `feed`'s batches as NHWC images of spec's train or val shape."""
     import torch
-    from nvidia.dali import Pipeline, fn, types
+    from nvidia.dali import fn, pipeline_def, types
 
     device = spec.torch_device
-    pipe = Pipeline(batch_size=spec.batch_size, num_threads=spec.workers, prefetch_queue_depth=spec.dali_prefetch,
-                    device_id=device.index if device.type == "cuda" else None, exec_dynamic=True)
     half = spec.dtype(train) == torch.float16  # DALI has no bfloat16: fp32 out, converted by torch
     normalise = dict(dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC",
                      mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
-    with pipe:
+
+    def graph():
         if train:
             paths, crop, flip, side = fn.external_source(
                 source=feed, num_outputs=4, batch=True, dtype=[types.UINT8, types.UINT32, types.UINT32, types.FLOAT])
@@ -132,14 +132,20 @@ def _pipeline(spec, feed, *, train):
                                                    random_area=(spec.crop_scale_min, 1), _random_state=crop,
                                                    random_aspect_ratio=(3 / 4, 4 / 3), **_decoding(spec))
             images = fn.resize(images, size=side)
+            if spec.randaugment:   # Hot: on the uint8 crops (one side: LoaderSpec.check refuses decode-to-side)
+                images = rand_augment(images, *spec.randaugment, side=spec.train_crop_px,
+                                      seed=(spec.seed * 7919 + spec.rank) % 2**31)
             mirror = fn.random.coin_flip(probability=0.5, _random_state=flip)
-            images = fn.crop_mirror_normalize(images, mirror=mirror, **normalise)
-        else:
-            (paths,) = fn.external_source(source=feed, num_outputs=1, batch=True, dtype=[types.UINT8])
-            images = fn.decoders.image(fn.io.file.read(paths), output_type=types.RGB, **_decoding(spec))
-            images = fn.resize(images, resize_shorter=spec.eval_resize_px)
-            images = fn.crop_mirror_normalize(images, crop=(spec.eval_crop_px,) * 2, **normalise)
-        pipe.set_outputs(images)
+            return fn.crop_mirror_normalize(images, mirror=mirror, **normalise)
+        (paths,) = fn.external_source(source=feed, num_outputs=1, batch=True, dtype=[types.UINT8])
+        images = fn.decoders.image(fn.io.file.read(paths), output_type=types.RGB, **_decoding(spec))
+        images = fn.resize(images, resize_shorter=spec.eval_resize_px)
+        return fn.crop_mirror_normalize(images, crop=(spec.eval_crop_px,) * 2, **normalise)
+
+    # RandAugment's per-image choice of operation is a DALI conditional: the graph is traced from its source
+    pipe = pipeline_def(graph, enable_conditionals=bool(train and spec.randaugment))(
+        batch_size=spec.batch_size, num_threads=spec.workers, prefetch_queue_depth=spec.dali_prefetch,
+        device_id=device.index if device.type == "cuda" else None, exec_dynamic=True)
     pipe.build()
     return pipe
 

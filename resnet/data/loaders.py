@@ -62,6 +62,7 @@ class Backend:
     workers: str                     # what LoaderSpec.workers counts for this backend
     min_workers: int = 1
     decode_to_side: bool = False     # can decode straight to each epoch's side (LoaderSpec.train_sides)
+    randaugment: bool = False        # applies RandAugment to decoded training images (LoaderSpec.randaugment)
 
     @property
     def layout(self) -> Layout:
@@ -114,13 +115,16 @@ class LoaderSpec:
     dali_prefetch: int = 2           # DALI: batches each pipeline prepares ahead (prefetch_queue_depth)
     nvjpeg_padding_mb: int | None = None  # DALI on a GPU: nvJPEG host and device memory padding, MB; None: DALI's
     preallocate_px: tuple = (0, 0)   # DALI on a GPU: (width, height) to preallocate the hardware decoder for
+    randaugment: tuple = ()          # (depth, severity) of RandAugment on training images (Hot); (): none
 
     @classmethod
     def from_recipe(cls, recipe, *, decode_to_side: bool = False, **run) -> "LoaderSpec":
         sides = tuple(recipe.resolution_px(e) for e in range(recipe.epochs)) if decode_to_side else ()
         return cls(train_crop_px=recipe.train_crop_px, crop_scale_min=recipe.crop_scale_min,
                    eval_crop_px=recipe.eval_crop_px, eval_resize_px=recipe.eval_resize_px,
-                   train_precision=recipe.precision, eval_precision=recipe.eval_precision, train_sides=sides, **run)
+                   train_precision=recipe.precision, eval_precision=recipe.eval_precision, train_sides=sides,
+                   randaugment=(recipe.randaugment_depth, recipe.randaugment_severity) if recipe.randaugment_depth
+                   else (), **run)
 
     def train_side(self, epoch: int) -> int:
         """The side training images of `epoch` (0-based) come out at."""
@@ -158,6 +162,12 @@ class LoaderSpec:
             able = [name for name in BACKENDS if declared(name).decode_to_side]
             raise SettingError(f"DECODE_TO_SIDE=1: only the {'/'.join(n.upper() for n in able)} loader decodes to "
                                f"each epoch's side; set LOADER={'/'.join(able)} or DECODE_TO_SIDE=0")
+        if self.randaugment and not backend.randaugment:
+            able = [name for name in BACKENDS if declared(name).randaugment]
+            raise SettingError(f"LOADER={loader}: the recipe's RandAugment needs a loader that augments the decoded "
+                               f"images; set LOADER={' or LOADER='.join(able)}")
+        if self.randaugment and self.train_sides:
+            raise SettingError("DECODE_TO_SIDE=1: RandAugment is applied at the crop's side; set DECODE_TO_SIDE=0")
         if not 0 <= self.hw_decoder_load <= 1:
             raise SettingError(f"DALI_HW_DECODER_LOAD {self.hw_decoder_load}: must be in [0, 1]")
 

@@ -9,7 +9,7 @@ from resnet.errors import DataError
 BACKEND = Backend(reads="folders", needs="torchvision", library="torchvision",
                   install="pip install torchvision (the release made for the installed torch)",
                   workers="DataLoader processes per rank (0: decode in the training process)", min_workers=0,
-                  decode_to_side=False)
+                  decode_to_side=False, randaugment=True)
 
 
 class _Files:
@@ -42,6 +42,35 @@ class _ShardSampler:
         return self.length
 
 
+class RandAugment:
+    """RandAugment on a PIL training image (RECIPE.md section 12) with torchvision's `RandAugment` operations, drawn
+    as Composer draws them: `depth` operations, each image at a magnitude drawn uniformly in [0, severity] of 10
+    (torchvision's own keeps one magnitude for the run). Bilinear resampling, as Composer's. Picklable (a module
+    level class) for the DataLoader's worker processes, which seed torch's RNG per worker."""
+
+    def __init__(self, depth: int, severity: int):
+        from torchvision import transforms as T
+
+        if not 0 <= severity <= 10:
+            raise ValueError(f"RandAugment severity must be in [0, 10], got {severity}")
+        self.by_magnitude = [T.RandAugment(depth, m, num_magnitude_bins=11,
+                                           interpolation=T.InterpolationMode.BILINEAR) for m in range(severity + 1)]
+
+    def __call__(self, image):
+        import torch
+
+        return self.by_magnitude[int(torch.randint(len(self.by_magnitude), ()))](image)
+
+
+def train_transform(spec):
+    """RandomResizedCrop -> horizontal flip -> (RandAugment, when the spec asks) -> uint8 tensor."""
+    from torchvision import transforms as T
+
+    crop = T.RandomResizedCrop(spec.train_crop_px, scale=(spec.crop_scale_min, 1.0), ratio=(3 / 4, 4 / 3))
+    augment = [RandAugment(*spec.randaugment)] if spec.randaugment else []
+    return T.Compose([crop, T.RandomHorizontalFlip(), *augment, T.PILToTensor()])
+
+
 def _worker_error(e: DataError) -> DataError:
     """A DataLoader process re-raises a worker's DataError with the worker's traceback as its text: keep the one
     line that names the file (the traceback's last line, after the exception's type)."""
@@ -56,8 +85,7 @@ def build(data_dir, spec):
 
     train_samples, val_samples, info = read_dataset(data_dir, spec, read_image)
     device = spec.torch_device
-    train_tf = T.Compose([T.RandomResizedCrop(spec.train_crop_px, scale=(spec.crop_scale_min, 1.0),
-                                              ratio=(3 / 4, 4 / 3)), T.RandomHorizontalFlip(), T.PILToTensor()])
+    train_tf = train_transform(spec)
     val_tf = T.Compose([T.Resize(spec.eval_resize_px), T.CenterCrop(spec.eval_crop_px), T.PILToTensor()])
 
     def loader(samples, transform, dtype, shuffle):
