@@ -4,6 +4,13 @@ with config_CPU.sh's flags plus its variant's (VARIANTS), every variant of a see
 
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
+    python -m bench.proxy OUT --frontier 0.5 1 2 4 [--variants baseline mild medium hot] [--seeds 1 2 3]
+
+--frontier: the time-accuracy frontier of MosaicML's recipes (RECIPE.md section 12): each recipe at each budget (a
+multiple of the proxy's 28 Mild epochs; each recipe keeps its epoch ratio to Mild from mosaicml/examples: Baseline
+90, Mild 36, Medium 135, Hot 270 ImageNet epochs), the whole budget trained (target 1.0), one evaluation at the end,
+all on the torchvision loader (Hot's RandAugment needs decoded images; one loader keeps the minutes comparable);
+final top-1 against minutes, the envelope drawn. Not part of `make test`: the default grid is hours on 2 cores.
 """
 import argparse
 import json
@@ -35,6 +42,33 @@ VARIANTS = {
     "dali-side": ["--loader", "dali", "--decode-to-side", 1],   # crops decoded straight to each epoch's side
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side")]
+EPOCH_RATIO = {"baseline": 90 / 36, "mild": 1.0, "medium": 135 / 36, "hot": 270 / 36}   # --frontier's recipes
+PROXY_MILD_EPOCHS = 28
+
+
+def frontier_variants(recipes: list[str], budgets: list[float]) -> list[str]:
+    """Registers (in VARIANTS) and names each recipe's run at each budget, cheapest budget first."""
+    names = []
+    for budget in budgets:
+        for recipe in recipes:
+            epochs = max(1, round(PROXY_MILD_EPOCHS * budget * EPOCH_RATIO[recipe]))
+            names.append(f"{recipe}-x{budget:g}")
+            VARIANTS[names[-1]] = [*(BASELINE if recipe == "baseline" else ["--recipe", recipe]), "--loader",
+                                   "torchvision", "--epochs", epochs, "--eval-every-epochs", epochs,
+                                   "--warmup-epochs", min(8, epochs / 2), "--target-accuracy", 1.0]
+    return names
+
+
+def envelope(table: dict) -> list[dict]:
+    """The frontier: the runs no cheaper one beats in mean final top-1, in order of mean minutes."""
+    rows = sorted(((row["minutes_all"]["mean"], row["final_top1"]["mean"], v) for v, row in table.items()
+                   if row["final_top1"]["mean"] is not None))
+    best, out = -1.0, []
+    for minutes, top1, v in rows:
+        if top1 > best:
+            best = top1
+            out.append(dict(variant=v, minutes=minutes, top1=top1))
+    return out
 
 
 def reads_folders(variant: str) -> bool:
@@ -95,7 +129,8 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
         table[v] = dict(runs=len(mine), reached=len(reached),
                         minutes=spread([r["minutes"] for r in reached]),
                         epochs=spread([r["epoch_at_stop"] for r in reached]),
-                        final_top1=spread([r["final_top1"] for r in mine if r["final_top1"] is not None]))
+                        final_top1=spread([r["final_top1"] for r in mine if r["final_top1"] is not None]),
+                        minutes_all=spread([r["minutes"] for r in mine if r["minutes"] is not None]))
     mild = table.get("mild", {}).get("minutes", {}).get("mean")
     for v, row in table.items():
         mean = row["minutes"]["mean"]
@@ -116,6 +151,20 @@ def print_table(table: dict, target: float) -> None:
         print(f"Mild is {table['baseline']['time_vs_mild']:.2f}x faster than the Baseline to top-1 > {target}")
 
 
+def plot_frontier(table: dict, front: list[dict], path: Path) -> None:
+    def draw(ax):
+        for i, recipe in enumerate(EPOCH_RATIO):
+            mine = [row for v, row in table.items() if v.startswith(f"{recipe}-x") and row["final_top1"]["mean"]]
+            if mine:
+                    ax.errorbar([r["minutes_all"]["mean"] for r in mine], [r["final_top1"]["mean"] for r in mine],
+                            yerr=[r["final_top1"]["sd"] for r in mine], marker="o", capsize=3, color=f"C{i}",
+                            label=recipe)
+        ax.plot([f["minutes"] for f in front], [f["top1"] for f in front], "k--", lw=1, label="frontier")
+        ax.set_xscale("log")
+    figure(path, "CPU proxy: final top-1 against training time, each recipe at several budgets (bench.proxy "
+           "--frontier)", "minutes (run_start -> run_stop)", "final top-1", draw)
+
+
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
     def draw(ax):
         for i, v in enumerate(variants):
@@ -132,17 +181,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), metavar="VARIANT",
+    p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
                    help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44 and the dali ones)")
     p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
                    f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
     p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the folders "
                    "the default data set was made from)")
+    p.add_argument("--frontier", type=float, nargs="+", metavar="BUDGET",
+                   help="the recipes' frontier at these budgets (--variants then names recipes: "
+                   f"{', '.join(EPOCH_RATIO)}, all by default)")
     p.add_argument("--add-runs", type=Path, nargs="+", default=[], metavar="JSON",
                    help="proxy.json files of earlier runs with the same config_CPU.sh flags and other seeds")
     args = p.parse_args(argv)
     if args.out.exists():
         p.error(f"{args.out} already exists; choose a new folder (results are never overwritten)")
+    if args.frontier:
+        if min(args.frontier) <= 0 or not set(args.variants or EPOCH_RATIO) <= set(EPOCH_RATIO):
+            p.error(f"--frontier takes positive budgets and, as --variants, recipes among {', '.join(EPOCH_RATIO)}")
+        args.variants = frontier_variants(args.variants or list(EPOCH_RATIO), args.frontier)
+    args.variants = args.variants or DEFAULT_VARIANTS
     base = config_flags()
     earlier = []
     for path in args.add_runs:
@@ -185,6 +242,11 @@ def main(argv=None) -> int:
                   folders=str(data["folders"]), seeds=seeds, added_from=[str(path) for path in args.add_runs],
                   target=target, variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
                   total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+    if args.frontier:
+        result["frontier"] = envelope(table)
+        plot_frontier(table, result["frontier"], args.out / "frontier.png")
+        print("frontier: " + " -> ".join(f"{f['variant']} ({f['top1']:.3f} in {f['minutes']:.2f} min)"
+                                         for f in result["frontier"]))
     (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")
