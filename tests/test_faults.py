@@ -129,7 +129,8 @@ def test_a_failed_checkpoint_write_warns_and_the_run_goes_on(ffcv_data, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: checkpoint" in proc.stderr and "training goes on" in proc.stderr
     assert run_stop(log)["metadata"]["status"] == "success"
-    assert not any(ckpt.glob("*")) if ckpt.exists() else True
+    assert sorted(p.name for p in ckpt.glob("*")) == ["finished.json", "owner.lock"]   # no half-written file
+    assert '"checkpoint_written": false' in (ckpt / "finished.json").read_text()
     assert check_log(log)[0]
 
 
