@@ -393,8 +393,13 @@ def tensor_offset(path: Path) -> int:
 
 
 def rewrite(path: Path, change) -> None:
+    """`change` the checkpoint's state, as the version that would write it does (with a valid checksum)."""
+    from resnet.checkpoint import tensor_digest
+
     state = torch.load(path, weights_only=True)
     change(state)
+    if "checksum" in state:
+        state["checksum"] = tensor_digest(state)
     torch.save(state, path)
 
 
