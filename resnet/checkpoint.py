@@ -188,6 +188,19 @@ def first_difference(a: dict, b: dict, path=()) -> tuple | None:
     return None
 
 
+def setting_name(path: tuple) -> str:
+    """How an error names an entry of the run identity (a key path): the setting that sets it."""
+    from resnet.settings import BY_FIELD     # the settings table: only when an error is being worded
+
+    if path[0] == "recipe" and len(path) > 1 and path[1] in BY_FIELD:
+        return BY_FIELD[path[1]].name
+    if path[0] == "world_size":
+        return "the world size (DGXNGPU x DGXNNODES)"
+    if path[0] == "data":
+        return f"the data set's {' '.join(map(str, path[1:]))} (DATADIR)"
+    return " ".join(map(str, path))
+
+
 def check_resumable(progress: RunProgress, identity: dict) -> None:
     """Refuse to continue a checkpoint of another run: any difference in the identity (recipe field by field,
     world size, data set). With RESUME=auto an unfinished checkpoint is either this run's, and continued, or
@@ -214,10 +227,11 @@ def check_resumable(progress: RunProgress, identity: dict) -> None:
                                   f"run; {fix}")
 
 
-def find_resumable(path: Path | None, mode: str) -> dict | None:
+def find_resumable(path: Path | None, mode: str, seed=None) -> dict | None:
     """The checkpoint state to continue, or None for a fresh run, by RESUME `mode`: "1" must continue the run in
-    `path`; "auto" continues an unfinished one and starts fresh otherwise; "0" starts fresh and refuses to
-    overwrite an unfinished run's checkpoint. The caller checks the identity (`check_resumable`)."""
+    `path`; "auto" continues an unfinished one (of `seed`, when given) and starts fresh otherwise; "0" starts
+    fresh and refuses to overwrite an unfinished run's checkpoint. The caller checks the identity
+    (`check_resumable`)."""
     if path is None:
         return None
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -229,6 +243,7 @@ def find_resumable(path: Path | None, mode: str) -> dict | None:
         if progress.finished or ended(path.parent, progress):
             raise CheckpointError(f"--resume: the checkpoint is of a run that already ended (after epoch "
                                   f"{progress.epoch}); start a new run without --resume")
+        check_seed(progress, seed, mode, path)
         return state
     if not path.exists():
         return None
@@ -240,6 +255,7 @@ def find_resumable(path: Path | None, mode: str) -> dict | None:
         raise CheckpointError(f"--resume 0 (RESUME): {path} holds an unfinished run (seed {progress.seed}, epoch "
                               f"{progress.epoch + 1}) that a new run would overwrite; continue it with RESUME=auto, "
                               "or move it away (or set another CHECKPOINT_DIR)")
+    check_seed(progress, seed, mode, path)
     return state
 
 

@@ -219,19 +219,6 @@ def eval_batch_sizes(eval_samples: int, spec) -> tuple[int, ...]:
     return tuple(sorted({min(shard, spec.batch_size), shard % spec.batch_size} - {0}))
 
 
-def setting_name(path: tuple) -> str:
-    """How an error names an entry of the run identity: the setting that sets it."""
-    from resnet.settings import BY_FIELD
-
-    if path[0] == "recipe" and len(path) > 1 and path[1] in BY_FIELD:
-        return BY_FIELD[path[1]].name
-    if path[0] == "world_size":
-        return "the world size (DGXNGPU x DGXNNODES)"
-    if path[0] == "data":
-        return f"the data set's {' '.join(path[1:])} (DATADIR)"
-    return " ".join(map(str, path))
-
-
 def set_up(args: argparse.Namespace, dev, started: float):
     """Everything before the log is claimed: the run's seed and progress (a resumed one's from its checkpoint),
     the loaders, the plan, the Training (restored and warmed up). Raises typed errors for every problem found."""
@@ -241,10 +228,8 @@ def set_up(args: argparse.Namespace, dev, started: float):
     ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
     if ckpt_path and dev.is_main:
         checkpoint.claim(ckpt_path.parent)              # one owner: this process, for its life
-    state = checkpoint.find_resumable(ckpt_path, args.resume)
+    state = checkpoint.find_resumable(ckpt_path, args.resume, args.seed)
     saved = checkpoint.progress_of(state) if state else None
-    if saved:
-        checkpoint.check_seed(saved, args.seed, args.resume, ckpt_path)
     seed = saved.seed if saved else args.seed          # a resumed run keeps its seed and data order
     seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
     torch.manual_seed(seed)
@@ -253,13 +238,13 @@ def set_up(args: argparse.Namespace, dev, started: float):
                                   dev.world_size, workers=args.workers, device=str(dev.device), rank=dev.rank,
                                   world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load)
     train_loader, val_loader, info = make_loaders(args.data, spec, loader=args.loader)
-    if info.num_classes < 2:       # top-1 over one class is 1.0 whatever the model
+    if info.num_classes < 2:
         raise errors.DataError(f"--data (DATADIR) {args.data}: has {info.num_classes} class; top-1 over one class "
                                "is 1.0 whatever the model learns; use a data set of at least 2 classes")
     plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
     plan.check()
     run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
-    distributed.check_same(run.identity, setting_name)    # every node launched with the same settings
+    distributed.check_same(run.identity, checkpoint.setting_name)    # every node launched with the same settings
     t = build_training(plan, dev.device, args.compile)
     if state:
         checkpoint.check_resumable(saved, run.identity)
