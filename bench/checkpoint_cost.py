@@ -7,7 +7,8 @@ SGD momentum, ~310 MB).
     python bench/checkpoint_cost.py [--repeats 3] [--dir DIR] [--json]
 
 Per model (medians): seconds per sync save, seconds the training thread is held by an async save (its host
-buffers allocated by a first, untimed save, as in a run), and seconds until the async write is on disk. The folder should be on the disk checkpoints go to (default: a temporary folder).
+buffers allocated by a first, untimed save, as in a run), and seconds until the async write is on disk. The
+folder should be on the disk checkpoints go to (default: a temporary folder).
 """
 import argparse
 import json
