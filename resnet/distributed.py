@@ -1,4 +1,6 @@
 """Scale-out with torch.distributed, launched by torchrun: NCCL on GPUs, gloo on the CPU."""
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,6 +44,28 @@ def init(device: str = "auto", timeout_s: float = 300.0) -> Dist:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s),
                                 **({"device_id": dev} if use_cuda else {}))
     return Dist(rank, world, local_rank, dev)
+
+
+def check_same(identity: dict, name=str) -> None:
+    """Every rank must train the same run: at set-up, compare the run identity (resolved recipe, world size, data
+    set) across ranks, a digest first and the dicts only when the digests differ. Nodes launched with different
+    settings (EPOCHS) fail here, naming the first setting that differs (`name` turns its key path into the
+    setting's name), instead of training apart until the replicas diverge."""
+    if not dist.is_initialized():
+        return
+    from resnet.checkpoint import first_difference
+
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) == 1:
+        return
+    identities = [None] * dist.get_world_size()
+    dist.all_gather_object(identities, identity)
+    rank = next(r for r, d in enumerate(digests) if d != digests[0])
+    path, here, there = first_difference(identities[0], identities[rank])
+    raise SettingError(f"{name(path)}: {repr(here)[:80]} on rank 0 but {repr(there)[:80]} on rank {rank}; every "
+                       "node must be launched with the same settings (the same config and environment)")
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -57,15 +57,28 @@ def open_exclusive(path: Path):
 
 
 class _Handler(logging.StreamHandler):
-    """The log file's handler, failing loudly: logging's default prints a traceback per lost line and goes on."""
+    """The log file's handler, writing whole lines only and failing loudly: a line the disk cannot take is cut
+    back off (the log ends at its last whole line) and raises LogWriteError (logging's default would print a
+    traceback per lost line and go on)."""
 
     def __init__(self, path: Path):
         super().__init__(open_exclusive(path))
         self.path = path
+        self.whole = os.fstat(self.stream.fileno()).st_size    # bytes of whole lines written
 
-    def handleError(self, record):
-        raise LogWriteError(f"{self.path}: cannot write the MLPerf log; free space under LOGDIR or "
-                            "choose another results folder, then run again")
+    def emit(self, record):
+        line, fd = (self.format(record) + "\n").encode(), self.stream.fileno()
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+        except OSError as e:
+            try:
+                os.ftruncate(fd, self.whole)
+            except OSError:
+                pass
+            raise LogWriteError(f"{self.path}: cannot write the MLPerf log ({e.strerror}); free space under "
+                                "LOGDIR or choose another results folder, then run again") from None
+        self.whole = os.lseek(fd, 0, os.SEEK_CUR)
 
 
 class RunLog:
@@ -74,6 +87,7 @@ class RunLog:
     def __init__(self, path: Path | None):
         self.path = path
         self._mllog = None
+        self.stopped = False     # whether a run_stop line was written (what an error message may claim)
         if path is None:
             return
         logger = logging.getLogger(f"mlperf-resnet.{path}")
@@ -94,6 +108,7 @@ class RunLog:
     def end(self, key, value=None, time_ms=None, **metadata):
         if self._mllog:
             self._mllog.end(key=key, value=value, metadata=metadata or None, time_ms=time_ms)
+            self.stopped = self.stopped or key == C.RUN_STOP
 
     def close(self):
         if self._mllog:

@@ -245,7 +245,9 @@ def set_up(args: argparse.Namespace, dev, started: float):
 
     recipe = recipe_from_args(args, dev.world_size)
     ckpt_path = Path(args.checkpoint_dir) / "last.pt" if args.checkpoint_dir else None
-    state = checkpoint.find_resumable(ckpt_path, args.resume)
+    if ckpt_path and dev.is_main:
+        checkpoint.claim(ckpt_path.parent)              # one owner: this process, for its life
+    state = checkpoint.find_resumable(ckpt_path, args.resume, args.seed)
     saved = checkpoint.progress_of(state) if state else None
     seed = saved.seed if saved else args.seed          # a resumed run keeps its seed and data order
     seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
@@ -257,12 +259,16 @@ def set_up(args: argparse.Namespace, dev, started: float):
                                   dali_prefetch=args.dali_prefetch_queue, nvjpeg_padding_mb=args.dali_nvjpeg_mempadding,
                                   preallocate_px=(args.dali_preallocate_width, args.dali_preallocate_height))
     train_loader, val_loader, info = make_loaders(args.data, spec, loader=args.loader)
+    if info.num_classes < 2:
+        raise errors.DataError(f"--data (DATADIR) {args.data}: has {info.num_classes} class; top-1 over one class "
+                               "is 1.0 whatever the model learns; use a data set of at least 2 classes")
     plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
     plan.check()
     run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
+    distributed.check_same(run.identity, checkpoint.setting_name)    # every node launched with the same settings
     t = build_training(plan, dev.device, args.compile)
     if state:
-        checkpoint.check_resumable(saved, run.identity, args.seed, args.resume)
+        checkpoint.check_resumable(saved, run.identity)
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
         if dev.is_main:
@@ -298,9 +304,10 @@ def train(args: argparse.Namespace) -> int:
         log.close()
         if os.environ.get("MLPERF_RESNET_DEBUG") == "1":
             raise
+        logged = (f"run logged as aborted in {log.path}" if log.stopped else
+                  f"the run could not be logged as aborted: {log.path} ends at its last whole line")
         errors.report(f"{reason.splitlines()[0] if reason else type(e).__name__}"
-                      + (f" (rank {dev.rank}; run logged as aborted in {log.path})" if log.path else
-                         f" (rank {dev.rank})"))
+                      + (f" (rank {dev.rank}; {logged})" if log.path else f" (rank {dev.rank})"))
         return ERROR
     finally:
         for loader in loaders:
@@ -353,8 +360,9 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
                          "Lower the learning rate or use bf16/fp32 (PRECISION)")
                 log.end(C.RUN_STOP, status=C.ABORTED, reason="non-finite loss")
                 return NON_FINITE
-            if stopping or saver.due():
-                saver.save(t.parts(), step=t.step, epoch=epoch, batches_done=batch, epoch_rng=epoch_rng)
+            if stopping or saver.due():     # a stop waits for its write: the stop line tells how it went
+                saver.save(t.parts(), step=t.step, epoch=epoch, batches_done=batch, epoch_rng=epoch_rng,
+                           wait=stopping)
             if stopping:
                 progress(stop_line(stop, saver, f"at epoch {epoch + 1} step {t.step}"))
                 log.end(C.RUN_STOP, status=C.ABORTED, reason=f"signal {stop.signal or 'on another rank'}")
@@ -383,6 +391,7 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
             break
     status = C.SUCCESS if success else C.ABORTED
     log.end(C.RUN_STOP, status=status, **({"reason": "epochs exhausted"} if status == C.ABORTED else {}))
+    saver.finish()      # after the last write (outside the clock): finished.json marks this run as ended
     if dev.is_main:
         progress(f"run_stop {status}: top-1 {accuracy} after {(time.time() - run.run_start_ms / 1000) / 60:.2f} min"
                  + (f" -> {log.path}" if log.path else ""))

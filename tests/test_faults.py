@@ -115,6 +115,12 @@ def test_a_log_that_cannot_be_written_stops_the_run_in_one_line(ffcv_data, tmp_p
     assert len(lines) == 1 and "cannot write the MLPerf log" in lines[0], proc.stderr[-2000:]
     assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("epoch ") < 29, "training went on without its log"
+    text = log.read_text()
+    assert text.endswith("\n") and events(log), "the log was cut mid-line"      # every line whole and parsed
+    if "run logged as aborted" in lines[0]:      # what the console says is what the log holds
+        assert run_stop(log)["metadata"]["status"] == "aborted"
+    else:
+        assert "the run could not be logged as aborted" in lines[0] and "run_stop" not in text, lines[0]
 
 
 def test_a_failed_checkpoint_write_warns_and_the_run_goes_on(ffcv_data, tmp_path):
@@ -129,7 +135,8 @@ def test_a_failed_checkpoint_write_warns_and_the_run_goes_on(ffcv_data, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: checkpoint" in proc.stderr and "training goes on" in proc.stderr
     assert run_stop(log)["metadata"]["status"] == "success"
-    assert not any(ckpt.glob("*")) if ckpt.exists() else True
+    assert sorted(p.name for p in ckpt.glob("*")) == ["finished.json", "owner.lock"]   # no half-written file
+    assert '"checkpoint_written": false' in (ckpt / "finished.json").read_text()
     assert check_log(log)[0]
 
 
@@ -302,3 +309,188 @@ def test_names_package_would_refuse_are_refused_before_training(ffcv_data, tmp_p
     lines = error_lines(out.stderr)
     assert out.returncode == 1 and len(lines) == 1 and f"{flag} (" in lines[0] and "is not a plain name" in lines[0]
     assert not (tmp_path / "r.txt").exists()
+
+
+# ---- a checkpoint has one owner, one format, whole bytes; an ended run stays ended ----
+
+
+def wait_for(predicate, proc, timeout_s=300):
+    """Until `predicate()` holds (an event: a file, a line), failing if `proc` ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    pytest.fail(f"no event after {timeout_s} s")
+
+
+def test_two_trainers_never_share_a_checkpoint_folder(ffcv_data, tmp_path):
+    """Trainer A (seed 1) owns CHECKPOINT_DIR while it lives: trainer B (seed 2) is refused in one line naming A,
+    before it claims a log. After A's stop, B's seed 2 still never adopts A's seed-1 run (it says how to continue
+    it); A's own seed continues it. No lost seed, no shared last.pt."""
+    from resnet.checkpoint import holder
+
+    ckpt = tmp_path / "ck"
+    args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
+            "--checkpoint-dir", ckpt]
+    a = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--seed", "1",
+                          "--log-file", tmp_path / "a.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (ckpt / "last.pt").exists(), a)
+        assert holder(ckpt).startswith(f"pid {a.pid} on host ")
+        b = cli("train", *args, "--seed", "2", "--log-file", tmp_path / "b.txt", check=False)
+        lines = error_lines(b.stderr)
+        assert b.returncode == 1 and len(lines) == 1, b.stderr
+        assert f"{ckpt}: held by a live run (pid {a.pid} on host" in lines[0] and "CHECKPOINT_DIR" in lines[0]
+        assert not (tmp_path / "b.txt").exists()
+    finally:
+        a.send_signal(signal.SIGTERM)
+        _, err = a.communicate(timeout=120)
+    assert a.returncode == 4 and "SIGTERM: checkpoint written" in err, err
+    assert holder(ckpt) is None
+    before = (ckpt / "last.pt").read_bytes()
+    b = cli("train", *args, "--seed", "2", "--log-file", tmp_path / "b.txt", check=False)   # RESUME=auto
+    lines = error_lines(b.stderr)
+    assert b.returncode == 1 and len(lines) == 1, b.stderr
+    assert "holds the unfinished run of seed 1" in lines[0] and "SEED=1" in lines[0], lines[0]
+    assert not (tmp_path / "b.txt").exists() and (ckpt / "last.pt").read_bytes() == before
+    again = cli("train", *args, "--seed", "1", "--log-file", tmp_path / "a2.txt", check=False)
+    assert again.returncode == 2 and "resuming the interrupted run" in again.stderr, again.stderr
+    assert next(e for e in events(tmp_path / "a2.txt") if e["key"] == "seed")["value"] == 1
+
+
+def test_an_async_save_writes_the_state_of_its_moment(tmp_path):
+    """save() returns once the state is copied to host memory: changing the weights while the thread writes does
+    not reach the file; the next save waits for the previous write."""
+    from resnet.checkpoint import RunProgress, Saver, load
+
+    model = torch.nn.Linear(512, 512)
+    saver = Saver(tmp_path / "last.pt", None, True, RunProgress(3, {}, run_start_ms=1))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    saver.save({"model": model}, step=1, epoch=1, batches_done=0, epoch_rng=None)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert saver.wait()
+    written = load(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    saver.save({"model": model}, step=2, epoch=2, batches_done=0, epoch_rng=None)
+    saver.save({"model": model}, step=3, epoch=3, batches_done=0, epoch_rng=None, wait=True)
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 3
+
+
+def tensor_offset(path: Path) -> int:
+    """Where the bytes of the checkpoint's largest tensor start inside its zip file (stored uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+
+
+def rewrite(path: Path, change) -> None:
+    """`change` the checkpoint's state, as the version that would write it does (with a valid checksum)."""
+    from resnet.checkpoint import tensor_digest
+
+    state = torch.load(path, weights_only=True)
+    change(state)
+    if "checksum" in state:
+        state["checksum"] = tensor_digest(state)
+    torch.save(state, path)
+
+
+CHECKPOINT_DEFECTS = {
+    "previous format": (lambda s: [s.pop("format_version"), s.pop("checksum")],
+                        "written by an earlier mlperf-resnet (format 1; this version reads format 2) and cannot be "
+                        "continued here; move it away"),
+    "future format": (lambda s: s.update(format_version=3),
+                      "written by a newer mlperf-resnet (format 3; this version reads format 2); continue it with "
+                      "that version"),
+    "unknown recipe field": (lambda s: s["progress"]["identity"]["recipe"].update(sharpness=0.5),
+                             "the checkpoint's recipe has a field 'sharpness' that this version does not know"),
+    "corrupted tensor bytes": (None, "its tensors do not match the checksum written with them"),
+}
+
+
+@pytest.mark.parametrize("defect", CHECKPOINT_DEFECTS)
+def test_a_checkpoint_this_version_cannot_continue_is_refused_in_one_line(interrupted, tmp_path, defect):
+    """Through the re-run a user makes (RESUME=auto): refused before any log, the checkpoint left as it was."""
+    args, ckpt = interrupted
+    mine = Path(shutil.copytree(ckpt, tmp_path / "ck", ignore=shutil.ignore_patterns("owner.lock")))
+    change, message = CHECKPOINT_DEFECTS[defect]
+    if change:
+        rewrite(mine / "last.pt", change)
+    else:
+        with open(mine / "last.pt", "r+b") as f:
+            f.seek(tensor_offset(mine / "last.pt"))
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    before = (mine / "last.pt").read_bytes()
+    out = cli("train", *args, "--checkpoint-dir", mine, "--log-file", tmp_path / "new.txt", check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "new.txt").exists() and (mine / "last.pt").read_bytes() == before
+
+
+def test_a_last_pt_that_is_a_folder_is_named(ffcv_data, tmp_path):
+    (tmp_path / "ck" / "last.pt").mkdir(parents=True)
+    out = cli("train", *TINY, "--data", ffcv_data, "--checkpoint-dir", tmp_path / "ck", "--log-file",
+              tmp_path / "r.txt", check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert f"{tmp_path / 'ck' / 'last.pt'} is not a checkpoint file" in lines[0] and "--resume" not in lines[0]
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_an_ended_run_whose_final_save_failed_is_not_continued(ffcv_data, tmp_path):
+    """The run ended, but its last checkpoint write failed: what is left is an earlier, unfinished checkpoint of
+    it. finished.json (written with run_stop) keeps a plain re-run from continuing it, and --resume says why."""
+    args, ckpt = resumable(ffcv_data, tmp_path)
+    shutil.copy(ckpt / "last.pt", tmp_path / "earlier.pt")
+    out = cli("train", *args, "--log-file", tmp_path / "resumed.txt", check=False)
+    assert out.returncode == 2 and "resuming the interrupted run" in out.stderr, out.stderr
+    shutil.copy(tmp_path / "earlier.pt", ckpt / "last.pt")          # as if the final write had failed
+    again = cli("train", *args, "--resume", "1", "--log-file", tmp_path / "insist.txt", check=False)
+    assert again.returncode == 1 and "already ended" in again.stderr, again.stderr
+    fresh = cli("train", *args, "--log-file", tmp_path / "fresh.txt", check=False)
+    assert fresh.returncode == 2 and "resuming" not in fresh.stderr, fresh.stderr
+    assert "resumed_from_epoch" not in next(e for e in events(tmp_path / "fresh.txt")
+                                            if e["key"] == "run_start").get("metadata", {})
+
+
+def test_a_one_class_data_set_is_refused(tmp_path):
+    from resnet.data.synth import make_synthetic
+
+    make_synthetic(tmp_path / "tree", classes=1, train_per_class=32, val_per_class=8, size_px=48, seed=1,
+                   progress=False)
+    out = cli("train", *TINY, "--loader", "torchvision", "--workers", "0", "--data", tmp_path / "tree",
+              "--log-file", tmp_path / "r.txt", "--target-accuracy", "0.5", check=False)
+    lines = error_lines(out.stderr)
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert "has 1 class" in lines[0] and "at least 2 classes" in lines[0] and "DATADIR" in lines[0]
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_two_nodes_with_different_settings_fail_at_the_start(synth_tree, tmp_path):
+    """Node 1 launched with another EPOCHS: both nodes stop before run_start, naming the setting."""
+    from tests.test_run_and_time import free_port, start_run_and_time
+
+    common = {"LOADER": "torchvision", "DATADIR": str(synth_tree), "LOGDIR": str(tmp_path), "NEXP": "1",
+              "SEED": "21", "DGXNNODES": "2", "DGXNGPU": "1", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(free_port())}
+    nodes = [start_run_and_time({**common, "NODE_RANK": str(rank), "EPOCHS": str(2 + rank)}) for rank in (0, 1)]
+    try:
+        outs = [n.communicate(timeout=600) for n in nodes]
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                n.kill()
+    assert all(n.returncode != 0 for n in nodes), outs
+    expected = "--epochs (EPOCHS): 2 on rank 0 but 3 on rank 1; every node must be launched with the same settings"
+    assert all(expected in err for _, err in outs), [err[-2000:] for _, err in outs]
+    assert not any(f.read_text() for f in tmp_path.rglob("result_*.txt")), "a run started"
