@@ -3,16 +3,26 @@
 
     python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256] [--compile]
     torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
+    python -m bench.steps OUT.json --checkpoint [--steps 3] [--dir DIR]   # what a checkpoint costs the clock
+
+--checkpoint: a synchronous save (snapshot, checksum, torch.save on the training thread) against the asynchronous
+`checkpoint.Saver.save` (the training thread copies the state to host memory; a thread checksums and writes it),
+for the CPU proxy (`resnet_cpu`) and ResNet-50, 1,000 classes each: medians over --steps saves of the seconds a
+sync save takes, the seconds the training thread is held by an async one (host buffers from a first, untimed
+save, as in a run), and the seconds until it is on disk. DIR: on the disk checkpoints go to (default: a temp dir).
 """
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from bench.common import NUM_CLASSES, dtype, plain_step, sync, time_steps, write_json
-from resnet import distributed, train
+from resnet import checkpoint, distributed, train
 from resnet.data.loaders import LoaderSpec
 from resnet.recipe import Plan, amp_dtype, get_recipe
 
@@ -141,6 +151,30 @@ def ddp(args) -> dict:
     return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
 
 
+def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
+    recipe = get_recipe("mild").replace(arch=arch, global_batch_size=2, train_crop_px=32, eval_crop_px=32,
+                                        eval_resize_px=36)
+    t = train.build_training(Plan(recipe, 1000, 1000, 100, 1), torch.device("cpu"))
+    train.train_step(t, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), 32)   # momentum buffers, EMA
+    parts, progress = t.parts(), checkpoint.RunProgress(1, {}, run_start_ms=1)
+    saver, sync_s, held_s, written_s = checkpoint.Saver(folder / "async.pt", None, True, progress), [], [], []
+    saver.save(parts, step=1, epoch=1, batches_done=0, epoch_rng=None, wait=True)   # host buffers, once
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        state = checkpoint.snapshot(parts, progress)
+        state["checksum"] = checkpoint.tensor_digest(state)
+        checkpoint.save(folder / "sync.pt", state)
+        sync_s.append(time.perf_counter() - tic)
+        tic = time.perf_counter()
+        saver.save(parts, step=1, epoch=1, batches_done=0, epoch_rng=None)
+        held_s.append(time.perf_counter() - tic)
+        assert saver.wait(), "the async write failed"
+        written_s.append(time.perf_counter() - tic)
+    return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1),
+                sync_s=statistics.median(sync_s), async_held_s=statistics.median(held_s),
+                async_written_s=statistics.median(written_s))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the JSON file to write (must not exist)")
@@ -152,9 +186,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
     p.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank, no more")
+    p.add_argument("--checkpoint", action="store_true", help="what a checkpoint save costs (sync vs async)")
+    p.add_argument("--dir", type=Path, help="--checkpoint: the folder saves go to (default: a temporary one)")
     args = p.parse_args(argv)
     if args.ddp:
         result = ddp(args)
+    elif args.checkpoint:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            result = dict(rows=[checkpoint_cost(arch, Path(tmp), args.steps) for arch in ("resnet_cpu", "resnet50")])
+        print(*result["rows"], sep="\n")
     else:
         device, rows = torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
         for precision in args.precisions:
