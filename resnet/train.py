@@ -8,7 +8,10 @@ graphs, tunes cuDNN)
 -> run_stop `success` at the first evaluation above the target, else `aborted`: the epochs ran out, a signal
    (SIGTERM/SIGINT/SIGHUP: checkpoint, then stop), a non-finite loss, or any error (its reason is logged).
 
-Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal.
+A stop signal during set-up (loading, compiling, warming up) is a stop too: the run ends before run_start, with
+its console line, no log and exit 4, also when the signal killed the warm-up's compiler processes.
+
+Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal (EXIT_MEANINGS).
 """
 import argparse
 import contextlib
@@ -35,11 +38,13 @@ from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends 
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
-from resnet.settings import add_train_arguments, recipe_from_args, validate_train_args
+from resnet.settings import add_train_arguments, check_resumed_batch, recipe_from_args, validate_train_args
 
 NAME = "train"
 HELP = "run one timed training run (under torchrun for several devices)"
 SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
+EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "target not reached",
+                 NON_FINITE: "non-finite loss", STOPPED: "stopped by a signal"}   # the launcher's words too
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
@@ -241,6 +246,7 @@ def set_up(args: argparse.Namespace, dev, started: float):
     run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
     t = build_training(plan, dev.device, args.compile)
     if state:
+        check_resumed_batch(saved.identity, recipe)
         checkpoint.check_resumable(saved, run.identity, args.seed, args.resume)
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
@@ -260,7 +266,20 @@ def train(args: argparse.Namespace) -> int:
     dev = distributed.init(args.device, args.dist_timeout_s)
     if dev.device.type == "cuda":
         torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
-    t, plan, loaders, saver = set_up(args, dev, started)
+    try:
+        t, plan, loaders, saver = set_up(args, dev, started)
+    except Exception:
+        if stop.signal is None:
+            raise
+        loaders = ()            # the signal reached the warm-up's compiler processes too: still a stop
+    stopping = stop.signal is not None
+    if dev.world_size > 1 and loaders:      # the ranks that set up agree (a stop on any rank stops them all)
+        stopping = check_flags(torch.zeros((), device=dev.device), stop, dev.device)[1]
+    if stopping:
+        for loader in loaders:
+            loader.close()
+        progress(stop_line(stop, None, "during set-up, before run_start"))
+        return STOPPED
     log = RunLog((Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir)))
                  if dev.is_main else None)
     try:
@@ -292,11 +311,14 @@ def train(args: argparse.Namespace) -> int:
 def stop_line(stop: StopRequest, saver: Saver, where: str) -> str:
     """What the console says at a stop: a checkpoint is claimed only when one was written."""
     who = stop.signal or "a stop on another rank"
+    if saver is None:
+        return f"{who}: stopped {where}: nothing was timed or logged, no checkpoint written"
     if not saver.path:
         return f"{who}: stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"
     if not saver.last_ok:
-        return f"{who}: stopped {where}; the checkpoint could NOT be written (see the warning above); run logged " \
-               "as aborted"
+        kept = "the previous one is kept" if saver.path.is_file() else "there is none"
+        return f"{who}: stopped {where}; the checkpoint could NOT be written (see the warning above; {kept}); run " \
+               "logged as aborted"
     return (f"{who}: checkpoint written {where}; run logged as aborted; run the same command again to continue "
             "(RESUME=auto)")
 
