@@ -50,16 +50,23 @@ EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "ta
 CHECK_EVERY_STEPS = 8
 
 
+class SetUpStopped(BaseException):
+    """A stop signal during set-up: raised from the handler, so that a long warm-up (compiling) ends at once."""
+
+
 class StopRequest:
-    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checkpoints and stops at its next check."""
+    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checkpoints and stops at its next check. During set-up (until
+    `setting_up` is cleared) the signal also raises SetUpStopped: nothing is logged or checkpointed yet."""
 
     def __init__(self):
-        self.signal = None
+        self.signal, self.setting_up = None, True
         for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+        if self.setting_up:
+            raise SetUpStopped(self.signal)
 
 
 def progress(msg: str) -> None:
@@ -262,20 +269,19 @@ def set_up(args: argparse.Namespace, dev, started: float):
 
 
 def train(args: argparse.Namespace) -> int:
-    started, stop = time.time(), StopRequest()
-    dev = distributed.init(args.device, args.dist_timeout_s)
-    if dev.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
+    started, stop, loaders = time.time(), StopRequest(), ()
     try:
+        dev = distributed.init(args.device, args.dist_timeout_s)
+        if dev.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
         t, plan, loaders, saver = set_up(args, dev, started)
-    except Exception:
-        if stop.signal is None:
+        stop.setting_up = False             # from here on a stop is answered at the loop's next check
+        stopping = dev.world_size > 1 and check_flags(torch.zeros((), device=dev.device), stop, dev.device)[1]
+    except (SetUpStopped, Exception):
+        if stop.signal is None:             # an error, not a stop (also when it killed the compiler's workers)
             raise
-        loaders = ()            # the signal reached the warm-up's compiler processes too: still a stop
-    stopping = stop.signal is not None
-    if dev.world_size > 1 and loaders:      # the ranks that set up agree (a stop on any rank stops them all)
-        stopping = check_flags(torch.zeros((), device=dev.device), stop, dev.device)[1]
-    if stopping:
+        stopping = True
+    if stopping:                            # before run_start: a stop like any other, with nothing to log
         for loader in loaders:
             loader.close()
         progress(stop_line(stop, None, "during set-up, before run_start"))

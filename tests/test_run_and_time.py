@@ -619,3 +619,31 @@ def test_the_same_command_after_a_stop_runs_only_what_is_left_of_the_set(folders
     assert record["not_counted"] == ["result_1.txt"]
     assert [e["logs"] for e in record["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"]]
     assert [e["state"] for e in record["experiments"]] == ["ended", "ended"]
+
+
+def catches_stop_signals(pid: int) -> bool:
+    """Whether `pid` has its own handler for SIGHUP (SigCgt bit 0): resnet.train's StopRequest is installed."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(re.search(r"SigCgt:\s*([0-9a-fA-F]+)", status).group(1), 16) & 1)
+
+
+def test_a_stop_during_set_up_is_a_stop_with_no_log(synth_tree, tmp_path):
+    """SIGINT as soon as the trainer can take it, while it sets up (COMPILE=1: its warm-up compiles for tens of
+    seconds): exit 4 at once, its one line, no traceback, no log, nothing timed."""
+    tiny = {k: v for k, v in TINY_CONFIG.items() if k not in ("DGXSYSTEM", "DGXNGPU", "DGXNNODES", "LOADER")}
+    from resnet.settings import BY_ENV
+
+    flags = [w for k, v in tiny.items() for w in (BY_ENV[k].flag, v)]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.train", *flags, "--data", str(synth_tree), "--loader",
+                             "torchvision", "--device", "cpu", "--compile", "1", "--results-dir", str(tmp_path / "r")],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    console = Console(proc)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not catches_stop_signals(proc.pid):     # its imports take seconds
+        assert time.monotonic() < deadline, console.text()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stderr = finish(proc, console)
+    assert proc.returncode == 4, stderr[-3000:]
+    assert "SIGINT: stopped during set-up, before run_start" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not list(tmp_path.rglob("result_*.txt")), "a stop before run_start leaves no log"
