@@ -96,15 +96,7 @@ if ((nodes > 1)); then
 else
     launcher+=(--standalone)
 fi
-if ((bind_cpu)); then
-    # Each local rank is bound to the cores of its GPU's socket (README: CPU binding): `exclusive` would leave a
-    # DGX A100 rank 8 cores (NPS4) for 8+ FFCV threads. PyTorch 2.6 (NGC 25.01) has no --numa-binding: say so.
-    if "$PYTHON" -c 'from torch.numa.binding import AffinityMode; AffinityMode("socket")' 2>/dev/null; then
-        launcher+=(--numa-binding=socket)
-    else
-        warn "BIND_CPU=1 ignored: this PyTorch's torchrun has no --numa-binding=socket (NGC 25.12 has it)"
-    fi
-fi
+if ((bind_cpu)); then launcher+=(--numa-binding=socket); fi   # README: CPU binding (resnet.launch.resolve)
 
 # torchrun's console, a line at a time as it comes (a bash loop: no block-buffering filter), without
 # torchrun's own log lines and stack traces: a failed worker (ChildFailedError; its failure table's first exit

@@ -157,9 +157,26 @@ def resolve(environ) -> Launch:
     from resnet.settings import check_path
 
     check_path("LOGDIR", results)
+    bind_cpu = environ.get("BIND_CPU") == "1"
+    if bind_cpu and not socket_binding():
+        print("run_and_time.sh: warning: BIND_CPU=1 ignored: this PyTorch's torchrun has no --numa-binding=socket "
+              "(NGC 25.12 has it)", file=sys.stderr)
+        bind_cpu = False
     return Launch(n["NEXP"] or 5, n["DGXNGPU"] or 1, nodes, rank, n["MASTER_PORT"] or 29500,
                   n["RDZV_TIMEOUT_S"] or 300, int(environ.get("DRY_RUN") == "1"),
-                  int(environ.get("BIND_CPU") == "1"), results)
+                  int(bind_cpu), results)
+
+
+def socket_binding() -> bool:
+    """Whether torchrun can bind each local rank to the cores of its GPU's socket (`exclusive` would leave a DGX
+    A100 rank 8 cores (NPS4) for 8+ FFCV threads); PyTorch 2.6 (NGC 25.01) has no --numa-binding."""
+    try:
+        from torch.numa.binding import AffinityMode
+
+        AffinityMode("socket")
+        return True
+    except (ImportError, ValueError):
+        return False
 
 
 def env_to_flags(environ, rows=None) -> list[str]:
