@@ -53,6 +53,7 @@ def test_five_seeds_compliant_logs_and_summary(cpu_benchmark):
     # run_and_time.sh summarises at the runs' own target (TINY_CONFIG's 0.1: "not a submission score"); at
     # MLPerf's 0.759 none of these runs counts.
     assert "not a submission score" in out.stdout + out.stderr
+    assert "below MLPerf's 0.759: not a valid submission" in out.stderr, "the verdict never calls it valid"
     assert summarize_dir(results)["runs_minutes"] == [None] * 5
     summary = summarize_dir(results, target=float(TINY_CONFIG["TARGET_ACCURACY"]))
     assert summary["valid"] and len(summary["runs_minutes"]) == 5 and None not in summary["runs_minutes"]
