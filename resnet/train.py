@@ -34,11 +34,11 @@ from torch import nn
 from resnet import checkpoint, distributed, errors
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
-from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends SIGHUP
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
 from resnet.settings import add_train_arguments, check_resumed_batch, recipe_from_args, validate_train_args
+from resnet.stopping import SetUpStopped, StopRequest, stop_line
 
 NAME = "train"
 HELP = "run one timed training run (under torchrun for several devices)"
@@ -48,25 +48,6 @@ EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "ta
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
-
-
-class SetUpStopped(BaseException):
-    """A stop signal during set-up: raised from the handler, so that a long warm-up (compiling) ends at once."""
-
-
-class StopRequest:
-    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checkpoints and stops at its next check. During set-up (until
-    `setting_up` is cleared) the signal also raises SetUpStopped: nothing is logged or checkpointed yet."""
-
-    def __init__(self):
-        self.signal, self.setting_up = None, True
-        for s in STOP_SIGNALS:
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        if self.setting_up:
-            raise SetUpStopped(self.signal)
 
 
 def progress(msg: str) -> None:
@@ -312,21 +293,6 @@ def train(args: argparse.Namespace) -> int:
     log.close()
     distributed.shutdown()     # only after a normal end: see distributed.shutdown
     return code
-
-
-def stop_line(stop: StopRequest, saver: Saver, where: str) -> str:
-    """What the console says at a stop: a checkpoint is claimed only when one was written."""
-    who = stop.signal or "a stop on another rank"
-    if saver is None:
-        return f"{who}: stopped {where}: nothing was timed or logged, no checkpoint written"
-    if not saver.path:
-        return f"{who}: stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"
-    if not saver.last_ok:
-        kept = "the previous one is kept" if saver.path.is_file() else "there is none"
-        return f"{who}: stopped {where}; the checkpoint could NOT be written (see the warning above; {kept}); run " \
-               "logged as aborted"
-    return (f"{who}: checkpoint written {where}; run logged as aborted; run the same command again to continue "
-            "(RESUME=auto)")
 
 
 def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRequest, saver: Saver) -> int:
