@@ -41,9 +41,11 @@ whole() {  # whole NAME MIN: $NAME is a whole number >= MIN (checked before bash
 if [[ -n "${NEXP:-}" ]]; then whole NEXP 1; fi
 if [[ -n "${SEED:-}" ]]; then whole SEED 0; fi
 # The names the config exports, then the config itself (user values of DATADIR, LOGDIR, NEXP, SEED survive it).
-# shellcheck disable=SC2016  # $1 is expanded by the inner bash
-mapfile -t config_names < <(env -i bash -c 'source "$1" && compgen -e' bash "$config" |
-    grep -Ev '^(PWD|OLDPWD|SHLVL|_)$')
+# (resnet.launch.config_environ reads it, as every other reader of a config does: any python3 will do)
+if ! names=$(PYTHONPATH="$here" python3 -m resnet.launch config-names "$config"); then
+    echo "run_with_docker.sh: error: cannot read ${config} (python3 -m resnet.launch config-names)" >&2; exit 2
+fi
+mapfile -t config_names <<<"$names"
 # shellcheck source=config_DGXA100.sh
 source "$config"
 whole NEXP 1

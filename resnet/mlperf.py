@@ -20,13 +20,20 @@ class LogWriteError(Error):
     """The MLPerf log cannot be written (a full disk): the run stops rather than train on unrecorded."""
 
 
-def claim_result_file(results_dir: Path) -> Path:
+def claim_result_file(results_dir: Path, create: bool = True) -> Path:
     """Create the next free `result_N.txt` atomically (O_EXCL): an existing log is never overwritten,
-    even by runs started at the same moment."""
-    results_dir.mkdir(parents=True, exist_ok=True)
+    even by runs started at the same moment. The trainer and the launcher both claim through this.
+    create=False: only the name it would take (a dry run creates nothing)."""
+    if create:
+        results_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     while True:
         path = results_dir / f"result_{n}.txt"
+        if not create:
+            if not path.exists() and not path.is_symlink():
+                return path
+            n += 1
+            continue
         try:  # O_EXCL also refuses a symbolic link, dangling or not
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             return path

@@ -248,6 +248,16 @@ def check_recipe(recipe: Recipe) -> None:
              f"{recipe.epochs} epochs of the run", f"use the recipe's {Recipe.ema_every_epochs} or set EMA=0")
 
 
+def check_resumed_batch(identity: dict, recipe: Recipe) -> None:
+    """A resume with another batch is refused naming BATCHSIZE (the checkpoint's identity would name the
+    lr_per_sample that the batch changed)."""
+    then = (identity.get("recipe") or {}).get("global_batch_size")
+    if then is not None and then != recipe.global_batch_size:
+        fail(BY_FLAG["--batch-size"].name, f"the global batch is {recipe.global_batch_size} here but {then} in the "
+             "checkpoint of the interrupted run", f"resume with its batch (BATCHSIZE x processes = {then}), or move "
+             "its checkpoint away (or set another CHECKPOINT_DIR) to start a new run")
+
+
 def ema_warnings(recipe: Recipe) -> list[str]:
     """EMA settings that leave the evaluated weights mostly untrained (they average the early epochs): fewer
     than a handful of updates in the run, or a half-life longer than a quarter of it."""
@@ -318,6 +328,10 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
         warnings.append(f"{BY_FLAG['--target-accuracy'].name}: {recipe.target_accuracy} is below MLPerf's ResNet "
                         f"target {SUBMISSION_TARGET_ACCURACY}: this is not a submission run, and summarize will not "
                         "count it as converged")
+    for flag in ("--log-file", "--results-dir", "--checkpoint-dir", "--data"):
+        if getattr(args, BY_FLAG[flag].dest, None):
+            check_path(BY_FLAG[flag].name if flag != "--results-dir" else "--results-dir (LOGDIR)",
+                       getattr(args, BY_FLAG[flag].dest))
     if here:                  # a dry run previews on a login node: the data may live on the compute nodes only
         _validate_data(args)
     _validate_output(args)
@@ -334,6 +348,22 @@ def _validate_data(args) -> None:
     for split in declared(args.loader).layout.paths:
         if not (data / split).exists():
             fail(name, f"{data / split} is missing", data_hint(args.loader))
+
+
+NAME_MAX, PATH_MAX = 255, 4096     # Linux: bytes in one file name, in a whole path (with its NUL)
+
+
+def check_path(name: str, path) -> None:
+    """A path the run will create or open: no component over NAME_MAX bytes, the whole (made absolute) under
+    PATH_MAX; past them the kernel answers a bare "File name too long" deep inside whatever opens it."""
+    absolute = os.fsencode(os.path.abspath(str(path)))
+    longest = max(absolute.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        fail(name, f"the path component {os.fsdecode(longest[:24])}... is {len(longest)} bytes, more than the "
+             f"{NAME_MAX} a file name may have", "choose a shorter name")
+    if len(absolute) >= PATH_MAX:
+        fail(name, f"the path {os.fsdecode(absolute[:40])}... is {len(absolute)} bytes, more than the "
+             f"{PATH_MAX - 1} a path may have", "choose a shorter folder")
 
 
 def _validate_output(args) -> None:

@@ -8,7 +8,10 @@ graphs, tunes cuDNN)
 -> run_stop `success` at the first evaluation above the target, else `aborted`: the epochs ran out, a signal
    (SIGTERM/SIGINT/SIGHUP: checkpoint, then stop), a non-finite loss, or any error (its reason is logged).
 
-Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal.
+A stop signal during set-up (loading, compiling, warming up) is a stop too: the run ends before run_start, with
+its console line, no log and exit 4, also when the signal killed the warm-up's compiler processes.
+
+Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal (EXIT_MEANINGS).
 """
 import argparse
 import contextlib
@@ -32,30 +35,20 @@ from torch import nn
 from resnet import checkpoint, distributed, errors, methods
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
-from resnet.data.workers import STOP_SIGNALS   # a closed terminal or ssh sends SIGHUP
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
-from resnet.settings import add_train_arguments, recipe_from_args, validate_train_args
+from resnet.settings import add_train_arguments, check_resumed_batch, recipe_from_args, validate_train_args
+from resnet.stopping import SetUpStopped, StopRequest, stop_line
 
 NAME = "train"
 HELP = "run one timed training run (under torchrun for several devices)"
 SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
+EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "target not reached",
+                 NON_FINITE: "non-finite loss", STOPPED: "stopped by a signal"}   # the launcher's words too
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
-
-
-class StopRequest:
-    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checkpoints and stops at its next check."""
-
-    def __init__(self):
-        self.signal = None
-        for s in STOP_SIGNALS:
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
 
 
 def progress(msg: str) -> None:
@@ -268,6 +261,7 @@ def set_up(args: argparse.Namespace, dev, started: float):
     distributed.check_same(run.identity, checkpoint.setting_name)    # every node launched with the same settings
     t = build_training(plan, dev.device, args.compile)
     if state:
+        check_resumed_batch(saved.identity, recipe)
         checkpoint.check_resumable(saved, run.identity)
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
@@ -283,11 +277,23 @@ def set_up(args: argparse.Namespace, dev, started: float):
 
 
 def train(args: argparse.Namespace) -> int:
-    started, stop = time.time(), StopRequest()
-    dev = distributed.init(args.device, args.dist_timeout_s)
-    if dev.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
-    t, plan, loaders, saver = set_up(args, dev, started)
+    started, stop, loaders = time.time(), StopRequest(), ()
+    try:
+        dev = distributed.init(args.device, args.dist_timeout_s)
+        if dev.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True     # each progressive-resizing side gets its fastest kernels
+        t, plan, loaders, saver = set_up(args, dev, started)
+        stop.setting_up = False             # from here on a stop is answered at the loop's next check
+        stopping = dev.world_size > 1 and check_flags(torch.zeros((), device=dev.device), stop, dev.device)[1]
+    except (SetUpStopped, Exception):
+        if stop.signal is None:             # an error, not a stop (also when it killed the compiler's workers)
+            raise
+        stopping = True
+    if stopping:                            # before run_start: a stop like any other, with nothing to log
+        for loader in loaders:
+            loader.close()
+        progress(stop_line(stop, None, "during set-up, before run_start"))
+        return STOPPED
     log = RunLog((Path(args.log_file) if args.log_file else claim_result_file(Path(args.results_dir)))
                  if dev.is_main else None)
     try:
@@ -315,18 +321,6 @@ def train(args: argparse.Namespace) -> int:
     log.close()
     distributed.shutdown()     # only after a normal end: see distributed.shutdown
     return code
-
-
-def stop_line(stop: StopRequest, saver: Saver, where: str) -> str:
-    """What the console says at a stop: a checkpoint is claimed only when one was written."""
-    who = stop.signal or "a stop on another rank"
-    if not saver.path:
-        return f"{who}: stopped {where} (no CHECKPOINT_DIR, so no checkpoint); run logged as aborted"
-    if not saver.last_ok:
-        return f"{who}: stopped {where}; the checkpoint could NOT be written (see the warning above); run logged " \
-               "as aborted"
-    return (f"{who}: checkpoint written {where}; run logged as aborted; run the same command again to continue "
-            "(RESUME=auto)")
 
 
 def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRequest, saver: Saver) -> int:

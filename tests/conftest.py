@@ -39,20 +39,16 @@ def run_stop(log: Path) -> dict:
     return first(log, "run_stop")
 
 
-SHELL_NAMES = {"PWD", "OLDPWD", "SHLVL", "_"}
-
-
 def sh(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
 
 
 def source_config(path: Path, cwd: Path = REPO, **preset) -> dict:
-    """What `source path` exports in an empty environment (plus `preset`)."""
-    out = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in preset.items()), "bash", "-c",
-                          'source "$1" && env -0', "_", str(path)], capture_output=True, cwd=cwd, check=True)
-    env = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if item)
-    return {k: v for k, v in env.items() if k not in SHELL_NAMES}
+    """What `source path` exports in an empty environment (plus `preset`): the launcher's one reader."""
+    from resnet.launch import config_environ
+
+    return config_environ(path, preset, cwd=cwd)
 
 
 def fake_data(tmp_path: Path) -> Path:

@@ -267,11 +267,12 @@ def test_env_to_flags_and_world_size_divisibility(world):
 
 
 @pytest.mark.parametrize("name,value,message", [
-    ("NEXP", "abc", "NEXP: 'abc' is not a whole number in [1, inf)"),
-    ("NEXP", "$(touch pwned)", "NEXP: '$(touch pwned)' is not a whole number"),
-    ("DGXNGPU", "0", "DGXNGPU: '0' is not a whole number in [1, inf)"),
-    ("DGXNNODES", "2x", "DGXNNODES: '2x' is not a whole number"),
-    ("SEED", "-1", "SEED: '-1' is not a whole number in [0, 2147483647]"),
+    ("NEXP", "abc", "NEXP=abc is not a whole number >= 1"),
+    ("NEXP", "$(touch pwned)", "NEXP='$(touch pwned)' is not a whole number"),
+    ("DGXNGPU", "0", "DGXNGPU=0 is not a whole number >= 1"),
+    ("DGXNGPU", "64", "DGXNGPU=64 is more GPUs than a node has (at most 16)"),
+    ("DGXNNODES", "2x", "DGXNNODES=2x is not a whole number"),
+    ("SEED", "-1", "SEED=-1 is not a whole number >= 0 and <= 2147483647"),
     ("SEED", "2147483647", "SEED: experiment seeds SEED..SEED+NEXP-1 end at 2147483651"),
 ])
 def test_launch_numbers_are_whole_numbers_before_bash_computes_with_them(world, name, value, message):

@@ -1,0 +1,107 @@
+"""The set's record (resnet.launchset) through its verbs, as run_and_time.sh calls them: a stopped set is continued
+with its recorded seeds, another set's settings are refused in one line, an ended set makes way for a new one,
+and the stop line says what the checkpoint folder really holds. The trainer's part is played by writing the
+log lines it would write; tests/test_run_and_time.py runs the same through the launcher and the trainer."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--epochs", "2", "--data", "/d", "--resume", "auto"]
+
+
+def verb(*args, env=None):
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH")}
+    return subprocess.run([sys.executable, "-m", "resnet.launch", *map(str, args)], capture_output=True,
+                          cwd=REPO, env={**clean, **(env or {})}, timeout=120)
+
+
+def plan(record: Path, env: dict, flags=FLAGS) -> list[tuple[int, int]]:
+    out = verb("begin", "--record", record, "--", *flags, env=env)
+    assert out.returncode == 0, out.stderr.decode()
+    return [tuple(map(int, r.split()[1:])) for r in out.stdout.decode().split("\0") if r], out.stderr.decode()
+
+
+def run_one(record: Path, results: Path, index: int, status: int, stop="success") -> Path:
+    """What one experiment does to the record: claim its log, write it (as the trainer), record its end."""
+    claimed = verb("claim", "--record", record, "--index", index, results)
+    assert claimed.returncode == 0, claimed.stderr.decode()
+    log = Path(claimed.stdout.decode().strip())
+    log.write_text(f':::MLLOG {{"key": "run_stop", "value": null, "metadata": {{"status": "{stop}"}}}}\n')
+    ended = verb("record", "--record", record, "--index", index, "--status", status, "--seconds", 1, "--log", log)
+    assert ended.returncode == 0, ended.stderr.decode()
+    return log
+
+
+def test_a_stopped_set_continues_with_its_seeds_and_the_aborted_log_does_not_count(tmp_path):
+    results, env = tmp_path / "results", {"NEXP": "3"}
+    results.mkdir()
+    record = results / "set.json"
+    first, _ = plan(record, env)
+    assert [i for i, _ in first] == [0, 1, 2] and len({s for _, s in first}) == 3, "fresh random seeds"
+    run_one(record, results, 0, 0)
+    run_one(record, results, 1, 4, stop="aborted")            # stopped by a signal in experiment 2
+    stop = verb("stopped", "--record", record, "--index", 1, "--signal", "TERM", results)
+    line = stop.stderr.decode()
+    assert "stopped by SIGTERM after 2 of 3 experiments" in line
+    assert f"the interrupted run is logged as aborted in {results / 'result_1.txt'}" in line
+    assert "no checkpoint (CHECKPOINT_DIR is not set): the same command again starts it over" in line
+    assert "1 not started" in line and "run the same command again to continue it" not in line
+    (tmp_path / "ckpt").mkdir()
+    stop = verb("stopped", "--record", record, "--index", 1, "--signal", "TERM", results,
+                env={"CHECKPOINT_DIR": str(tmp_path / "ckpt")})
+    assert "no checkpoint of it was written" in stop.stderr.decode() and "continue it" not in stop.stderr.decode()
+
+    again, said = plan(record, env)
+    assert again == first[1:], "the interrupted experiment with its seed, then the one not started"
+    assert "continuing the set recorded in" in said and "1 of 3 experiments ended" in said
+    assert "result_1.txt will not count" in said
+    run_one(record, results, 1, 0)
+    run_one(record, results, 2, 2)
+    saved = json.loads(record.read_text())
+    assert saved["not_counted"] == ["result_1.txt"]
+    assert [e["logs"] for e in saved["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"],
+                                                         ["result_3.txt"]]
+    assert [e["exit"] for e in saved["experiments"]] == [0, 0, 2]
+    assert [e["seed"] for e in saved["experiments"]] == [s for _, s in first]
+
+
+def test_another_sets_settings_are_refused_and_an_ended_set_makes_way(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    record = results / "set.json"
+    plan(record, {"NEXP": "2", "SEED": "7"})
+    run_one(record, results, 0, 0)
+    before = record.read_bytes()
+    for env, flags, why in [({"NEXP": "3", "SEED": "7"}, FLAGS, "NEXP is 3 here but 2 there"),
+                            ({"NEXP": "2", "SEED": "8"}, FLAGS, "SEED is 8 here but 7 there"),
+                            ({"NEXP": "2"}, ["--epochs", "3", "--data", "/d"], "--epochs is 3 here but 2 there")]:
+        out = verb("begin", "--record", record, "--", *flags, env=env)
+        (line,) = out.stderr.decode().splitlines()
+        assert out.returncode == 1 and out.stdout == b"", line
+        assert line.startswith(f"mlperf-resnet: error: {record}: records an unfinished set") and why in line, line
+        assert record.read_bytes() == before, "a refused launch changed the record"
+    # RESUME (a run setting) may change on the re-run
+    assert plan(record, {"NEXP": "2", "SEED": "7"}, FLAGS[:4] + ["--resume", "1"])[0] == [(1, 8)]
+    run_one(record, results, 1, 0)
+    new, said = plan(record, {"NEXP": "2", "SEED": "7"})
+    assert new == [(0, 7), (1, 8)] and "has ended; a new set starts" in said
+    assert json.loads((results / "set_0.json").read_text())["experiments"][1]["logs"] == ["result_1.txt"]
+
+
+def test_a_dry_run_reads_the_record_and_writes_nothing(tmp_path):
+    record = tmp_path / "results" / "set.json"
+    out = verb("begin", "--dry-run", "--record", record, "--", *FLAGS, env={"NEXP": "2", "SEED": "3"})
+    assert out.returncode == 0 and out.stdout.decode().split("\0")[:2] == ["run 0 3", "run 1 4"]
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_unreadable_record_is_one_line(tmp_path):
+    record = tmp_path / "set.json"
+    record.write_text("{not json")
+    out = verb("begin", "--record", record, "--", *FLAGS, env={"NEXP": "2"})
+    assert out.returncode == 1 and out.stderr.decode() == (
+        f"mlperf-resnet: error: {record}: not a readable set record (JSONDecodeError); move it away to start a new "
+        "set in this LOGDIR\n")
