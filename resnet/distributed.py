@@ -123,3 +123,13 @@ def shutdown() -> None:
         dist.barrier()
         gc.collect()
         dist.destroy_process_group()
+
+
+def check_replicas(model) -> float:
+    """DDP must keep every replica's weights identical: a float64 fingerprint compared across ranks (returned)."""
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    spread = all_reduce_max(torch.stack([fingerprint, -fingerprint]))
+    high, low = spread[0].item(), -spread[1].item()
+    if high != low:
+        raise RuntimeError(f"replicas diverged: weight fingerprints range from {low!r} to {high!r}")
+    return high

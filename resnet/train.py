@@ -204,31 +204,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, dtype) -> float:
     return correct / total
 
 
-def check_replicas(model, dev) -> None:
-    """DDP must keep every replica's weights identical; compare a float64 fingerprint across ranks."""
-    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
-    spread = distributed.all_reduce_max(torch.stack([fingerprint, -fingerprint]))
-    high, low = spread[0].item(), -spread[1].item()
-    if high != low:
-        raise RuntimeError(f"replicas diverged: weight fingerprints range from {low!r} to {high!r}")
-    if dev.is_main:
-        progress(f"replicas: identical across {dev.world_size} ranks (fingerprint {high:.10g})")
-
-
 def check_flags(bad_loss: torch.Tensor, stop: StopRequest, device) -> tuple[bool, bool]:
     """(a loss was not finite, a stop was asked) on any rank: one small collective, one host copy."""
     asked = torch.tensor(float(stop.signal is not None)).to(device, non_blocking=True)
     flags = distributed.all_reduce_max(torch.stack([bad_loss.float(), asked]))
     bad, stopping = flags.tolist()
     return bool(bad), bool(stopping)
-
-
-def eval_batch_sizes(eval_samples: int, spec) -> tuple[int, ...]:
-    """The batch sizes this rank's evaluation sees: full batches and the last one."""
-    from resnet.data.loaders import shard_order
-
-    shard = len(shard_order(eval_samples, spec.rank, spec.world_size, 0, 0, False))
-    return tuple(sorted({min(shard, spec.batch_size), shard % spec.batch_size} - {0}))
 
 
 def set_up(args: argparse.Namespace, dev, started: float):
@@ -269,7 +250,7 @@ def set_up(args: argparse.Namespace, dev, started: float):
             progress(f"resuming the interrupted run in {ckpt_path}: seed {seed}, epoch {run.epoch + 1}, step "
                      f"{run.step} (RESUME={args.resume}; its first start still counts)")
     if args.compile or dev.device.type == "cuda":   # eager on a CPU has no kernels to pick: nothing to warm
-        sides = warm_up(t, plan, spec, eval_batch_sizes(info.eval_samples, spec))
+        sides = warm_up(t, plan, spec, spec.eval_batch_sizes(info.eval_samples))
         if dev.is_main:
             progress(f"warmed up {len(sides)} training sides and the evaluation before run_start "
                      f"({time.time() - started:.0f} s)")
@@ -364,7 +345,9 @@ def run_loop(t: Training, *, plan: Plan, dev, log: RunLog, loaders, stop: StopRe
         skip, done = 0, epoch + 1
         log.end(C.EPOCH_STOP, epoch_num=done)
         if dev.world_size > 1:
-            check_replicas(t.model, dev)
+            fingerprint = distributed.check_replicas(t.model)
+            if dev.is_main:
+                progress(f"replicas: identical across {dev.world_size} ranks (fingerprint {fingerprint:.10g})")
         line = (f"epoch {done}/{recipe.epochs} | {px}px | lr {t.scheduler.get_last_lr()[0]:.4f} | "
                 f"loss {loss_sum.item() / plan.steps_per_epoch:.4f} | "
                 f"{plan.steps_per_epoch * recipe.global_batch_size / (time.time() - tic):,.0f} img/s")

@@ -207,7 +207,7 @@ def test_warm_up_leaves_no_trace():
     ema_before = {k: v.clone() for k, v in t.ema.state_dict().items()}
     opt_before = {k: v["momentum_buffer"].clone() for k, v in enumerate(t.optimizer.state.values())}
     rng = torch.get_rng_state()
-    eval_batches = train.eval_batch_sizes(plan.eval_samples, spec)
+    eval_batches = spec.eval_batch_sizes(plan.eval_samples)
     assert eval_batches == (2, 4)                     # 10 images: two batches of 4, then one of 2
     sides = train.warm_up(t, plan, spec, eval_batches)
     assert sides == sorted({plan.recipe.resolution_px(e) for e in range(10)}) and len(sides) > 1
@@ -228,7 +228,7 @@ def test_no_compilation_after_the_warm_up_in_bf16():
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounter()
     t, plan, spec = _tiny_training("bf16", compile_backend=counter)
-    train.warm_up(t, plan, spec, train.eval_batch_sizes(plan.eval_samples, spec))
+    train.warm_up(t, plan, spec, spec.eval_batch_sizes(plan.eval_samples))
     compiled = counter.frame_count
     assert compiled >= len({plan.recipe.resolution_px(e) for e in range(10)})
     for epoch in range(plan.recipe.epochs):           # what the loop does: loader-side bf16 batches, resized

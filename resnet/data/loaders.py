@@ -126,6 +126,11 @@ class LoaderSpec:
                    randaugment=(recipe.randaugment_depth, recipe.randaugment_severity) if recipe.randaugment_depth
                    else (), **run)
 
+    def eval_batch_sizes(self, eval_samples: int) -> tuple[int, ...]:
+        """The batch sizes this rank's evaluation sees: full batches and the last one."""
+        shard = len(shard_order(eval_samples, self.rank, self.world_size, 0, 0, False))
+        return tuple(sorted({min(shard, self.batch_size), shard % self.batch_size} - {0}))
+
     def train_side(self, epoch: int) -> int:
         """The side training images of `epoch` (0-based) come out at."""
         return self.train_sides[min(epoch, len(self.train_sides) - 1)] if self.train_sides else self.train_crop_px
