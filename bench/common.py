@@ -35,14 +35,6 @@ def synthetic_dataset(cache: Path, ffcv: bool = True, **settings):
     return folders, betons if ffcv else None
 
 
-def config_environ(config: Path, keep=None) -> dict:
-    """The environment a config_<SYSTEM>.sh exports (started from os.environ, or only its `keep` variables)."""
-    env = {k: v for k, v in os.environ.items() if keep is None or k in keep}
-    out = subprocess.run(["bash", "-c", 'set -a; source "$1" >/dev/null; env -0', "_", str(config)], env=env,
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-
-
 def mllog_events(path: Path) -> list[dict]:
     """The MLPerf log's events, in order."""
     return [json.loads(line.split(":::MLLOG", 1)[1]) for line in Path(path).read_text().splitlines()

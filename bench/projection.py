@@ -8,6 +8,7 @@ Counts are flags (default ImageNet's), never a subset's: they give the trainer's
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 import torch
 
 from bench import loaders, steps
-from bench.common import REPO, config_environ, mllog_events, time_steps, write_json
+from bench.common import REPO, mllog_events, time_steps, write_json
 from resnet import train
-from resnet.launch import env_to_flags, world_size_from_env
+from resnet.launch import config_environ, env_to_flags, world_size_from_env
 from resnet.model import build_model
 from resnet.recipe import Plan, get_recipe
 from resnet.settings import add_train_arguments, read, recipe_from_args
@@ -123,7 +124,7 @@ def interpolate(rates: dict, sides: list) -> dict:
 
 def config_plan(config: Path, counts: dict, gpus: int | None):
     """(train args, Plan) of a config as the trainer reads it, for these counts and `gpus` (default: the config's)."""
-    environ = config_environ(config)
+    environ = config_environ(config, preset=dict(os.environ))     # a setting exported here overrides the config's
     world = gpus or world_size_from_env(environ)
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

@@ -14,13 +14,14 @@ final top-1 against minutes, the envelope drawn. Not part of `make test`: the de
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, REPO, config_environ, figure, mllog_events, run_metadata, synthetic_dataset
+from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, run_metadata, synthetic_dataset
 from resnet.data.loaders import declared
 
 CONFIG = REPO / "config_CPU.sh"
@@ -79,8 +80,8 @@ def reads_folders(variant: str) -> bool:
 
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
-    from resnet.launch import env_to_flags
-    environ = config_environ(config, keep=("PATH", "HOME", "LANG", "TMPDIR"))
+    from resnet.launch import config_environ, env_to_flags
+    environ = config_environ(config, preset={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")})
     words = env_to_flags(environ)
     i = words.index("--results-dir") if "--results-dir" in words else None
     return words if i is None else words[:i] + words[i + 2:]
