@@ -3,6 +3,7 @@
 `parse_run` reads a log with mlperf_logging's own parser and applies the rules of `compliance.rules` (one table,
 shared by `check`, `summarize` and `package`); `why_not_counted` lists what keeps its run from counting.
 """
+import json
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,9 @@ from compliance import ComplianceError
 from compliance.rules import BENCHMARK, RULES, TARGET_TOP1, RunLog, is_number, meta, value  # noqa: F401 (re-exported)
 
 MINUTE_MS = 60_000
+# The launcher's record of the set in a results folder (resnet/launchset.py). A run that was stopped and then
+# continued wrote two logs: the earlier (aborted) one is listed in its "not_counted", and is no run of the set.
+SET_RECORD = "set.json"
 OURS = {rule.name for rule in RULES if rule.ours}  # the integrity rules: a log that breaks one is refused
 
 
@@ -32,9 +36,21 @@ def missing_file(path) -> str | None:
     return None
 
 
+def not_counted(folder) -> list[str]:
+    """The names of the logs that `folder`'s set record says are no runs (interrupted, continued in a later log);
+    none without a readable record."""
+    try:
+        names = json.loads((Path(folder) / SET_RECORD).read_text(encoding="utf-8")).get("not_counted", [])
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return []
+    return sorted(n for n in names if isinstance(n, str)) if isinstance(names, list) else []
+
+
 def result_logs(folder) -> tuple[list[Path], list[str]]:
-    """(the result_*.txt files in `folder`, one problem line per result_*.txt there that is a dangling link)."""
-    found = sorted(Path(folder).glob("result_*.txt"))
+    """(the result_*.txt files in `folder` that are runs, one problem line per result_*.txt there that is a
+    dangling link). Logs the folder's set record lists as not counted are left out."""
+    skipped = set(not_counted(folder))
+    found = sorted(p for p in Path(folder).glob("result_*.txt") if p.name not in skipped)
     dangling = [f"{p.name}: {missing_file(p)}" for p in found if p.is_symlink() and not p.exists()]
     return [p for p in found if p.is_file()], dangling
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from compliance import ComplianceError
 from compliance.check import DEFAULT_RULESET, add_scoring_arguments, judge_logs, scoring_arguments
-from compliance.logs import TARGET_TOP1, is_number, result_logs
+from compliance.logs import SET_RECORD, TARGET_TOP1, is_number, not_counted, result_logs
 
 NAME = "summarize"
 HELP = "time to train and MLPerf score of sets of result logs"
@@ -104,6 +104,9 @@ def _summarize(folder: Path, runs: list[dict], unreadable: list[str], ruleset: s
         notes += [f"{run['file']}: checker warning: {w}" for w in run["warnings"]]
         if run["unparsable_lines"]:
             notes.append(f"{run['file']}: {run['unparsable_lines']} unparsable log lines")
+    skipped = [name for name in not_counted(folder) if (folder / name).exists()]
+    if skipped:
+        notes.append(f"not runs (interrupted, then continued in a later log; {SET_RECORD}): {', '.join(skipped)}")
     factor, problem = read_scaling(folder / "scaling.json")
     if problem:
         notes.append(problem)

@@ -584,3 +584,21 @@ def test_every_rule_is_named_documented_and_exercised(tmp_path):
     aborted = parse_run(write_reference_log(tmp_path / "b.txt", seed=6, minutes=1.0, converge=False), "4.0.0")
     assert aborted["rules"]["reached_target"] == ["run_stop status aborted"]
     assert fired == set(names) - {"reached_target"}
+
+
+def test_a_log_the_set_record_does_not_count_is_no_run(tmp_path):
+    """A run stopped and continued (issue 31 item 2) wrote two logs; the launcher's set.json lists the earlier one in
+    not_counted, and the summary scores the set without it, saying so; an unreadable record hides nothing."""
+    logs = write_reference_logs(tmp_path / "set", minutes=(10.0, 11.0, 3.0, 9.5, 12.0, 10.5),
+                                converge=[True, True, False, True, True, True])
+    whole = summarize_dir(logs)
+    assert len(whole["runs"]) == 6 and whole["runs_minutes"][2] is None     # the aborted log counts as a run
+    (logs / "set.json").write_text(json.dumps({"not_counted": ["result_2.txt"]}))
+    s = summarize_dir(logs)
+    assert [r["file"] for r in s["runs"]] == ["result_0.txt", "result_1.txt", "result_3.txt", "result_4.txt",
+                                              "result_5.txt"]
+    assert s["valid"] and s["score_minutes"] == pytest.approx(summarize_dir(
+        write_reference_logs(tmp_path / "five", minutes=(10.0, 11.0, 9.5, 12.0, 10.5)))["score_minutes"])
+    assert any("not runs (interrupted" in n and "result_2.txt" in n for n in s["notes"])
+    (logs / "set.json").write_text("\x00binary")
+    assert len(summarize_dir(logs)["runs"]) == 6
