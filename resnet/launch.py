@@ -153,8 +153,7 @@ def resolve(environ) -> Launch:
     check_path("LOGDIR", results)
     bind_cpu = environ.get("BIND_CPU") == "1"
     if bind_cpu and not socket_binding():
-        print("run_and_time.sh: warning: BIND_CPU=1 ignored: this PyTorch's torchrun has no --numa-binding=socket "
-              "(NGC 25.12 has it)", file=sys.stderr)
+        errors.warn("BIND_CPU=1 ignored: this PyTorch's torchrun has no --numa-binding=socket (NGC 25.12 has it)")
         bind_cpu = False
     return Launch(n["NEXP"] or 5, n["DGXNGPU"] or 1, nodes, rank, n["MASTER_PORT"] or 29500,
                   n["RDZV_TIMEOUT_S"] or 300, int(environ.get("DRY_RUN") == "1"),
