@@ -261,6 +261,27 @@ def test_the_data_identity_is_the_images_not_the_shape(interrupted, same_shape_o
                                        eval_resize_px=36))
 
 
+def test_other_images_with_the_same_names_and_sizes_are_another_data_set(synth_tree, tmp_path):
+    """Issue 31: a copy of the folders whose every image has other bytes (same names, same sizes) has another
+    digest, so a checkpoint of one set is never continued on the other; the same bytes keep the digest."""
+    from resnet.data.folders import dataset_digest, scan_dataset
+
+    copy = Path(shutil.copytree(synth_tree, tmp_path / "copy"))
+
+    def digest(root):
+        classes, train, val, _ = scan_dataset(root)
+        return dataset_digest(root, classes, train, val)
+
+    assert digest(copy) == digest(synth_tree)
+    images = sorted(p for p in copy.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg"))
+    assert len(images) == 4 * (48 + 12)
+    for image in images:
+        data = bytearray(image.read_bytes())
+        data[len(data) // 2] ^= 0xFF                    # other pixels, the same name and byte size
+        image.write_bytes(bytes(data))
+    assert digest(copy) != digest(synth_tree)
+
+
 # ---- the result log belongs to one run ----
 
 
