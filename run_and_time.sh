@@ -1,36 +1,23 @@
 #!/usr/bin/env bash
-# The MLPerf entry point. Source a config_<SYSTEM>.sh first (it exports the settings), then run this script: it
-# runs a set of NEXP experiments (seeds SEED+i, or fresh random ones), dropping the page cache before each when
-# permitted (logged as cache_clear), checks every log with the official checker and prints the summary.
-# Python decides, bash runs: `python -m resnet.launch` checks every setting (one line for the first bad one),
-# claims each experiment's log (the next free $LOGDIR/$DGXSYSTEM/resnet/result_N.txt, atomically; the trainer
-# claims the same way), records the set (set.json beside the logs), says what each exit status means and
-# gives the set's verdict; this script keeps the signal handling and the experiment loop.
-# The same command after a stop continues the set: the interrupted experiment with its seed (RESUME=auto
-# continues its checkpoint), then the ones not started; it says so in one line before it starts.
-# DRY_RUN=1 prints the exact launch command of each experiment instead of running it, and creates nothing.
-# Exit status: with NEXP >= 5 (a submission set), 0 when the summary is valid (at most one of five missed); with
-# fewer (a smoke run), 0 when every experiment reached the target and every log passed the checker; 128+N when
-# stopped by signal N. SIGTERM/SIGINT/SIGHUP (also a terminal's Ctrl-C) reach the trainer, which checkpoints
-# (with CHECKPOINT_DIR), logs run_stop aborted and exits 4; no further experiment starts.
-# Two or more nodes: one copy per node with DGXNNODES, MASTER_ADDR[:MASTER_PORT] and the node's rank in
-# SLURM_NODEID or NODE_RANK; global rank 0 is on node 0, which claims and checks the logs and prints the summary
-# (LOGDIR must be shared). A node waits RDZV_TIMEOUT_S (300) for the others.
+# The MLPerf entry point: source a config_<SYSTEM>.sh, then run this. It runs a set of NEXP experiments (seeds
+# SEED+i, or random ones), dropping the page cache before each when permitted, then the official checker on every
+# log and the summary. Python decides (`python -m resnet.launch`: every check, the log claim, the set's record
+# set.json, exit meanings, the verdict), bash runs (signals, the experiment loop). The same command after a stop
+# continues the set (README: When things go wrong). DRY_RUN=1 prints each experiment's command, creates nothing.
+# Exit: 0 for a valid summary (NEXP >= 5) or a smoke run all on target (NEXP < 5); 128+N when stopped by signal N
+# (SIGTERM/SIGINT/SIGHUP reach the trainer: checkpoint, run_stop aborted, exit 4). Several nodes: one copy per node
+# (DGXNNODES, MASTER_ADDR[:MASTER_PORT], SLURM_NODEID or NODE_RANK); node 0 claims and checks the logs.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" || exit 1
 
 die() { echo "run_and_time.sh: error: $*" >&2; exit 1; }
 warn() { echo "run_and_time.sh: warning: $*" >&2; }
-
 # Signals ignored when bash starts cannot be trapped: a Ctrl-C would then never reach the trainer.
 if [[ "$(trap -p INT)" == "trap -- '' SIGINT" ]]; then
     warn "SIGINT is ignored in this shell: Ctrl-C cannot stop the run; start it with set -m or send SIGTERM"
 fi
-# A signal to this script goes straight to the trainers, torchrun's workers (each in its own session), and to
-# them alone (not their compiler or loader processes): torchrun would kill a worker 30 s after passing a signal
-# on, and a trainer on a loaded machine may need longer to checkpoint and log run_stop. A process still starting
-# (a Python importing: SIGINT would end it with a traceback) gets SIGTERM, which ends it silently before it has
-# opened a log. Trapped from the start: a signal before or between experiments stops the set as well.
+# A signal goes straight to the trainers (torchrun's workers), not their compiler or loader processes: torchrun
+# kills a worker 30 s after passing one on. A Python still importing gets SIGTERM (SIGINT: a traceback).
 stopped_by="" child=""
 catches_hup() {  # PID has a handler for SIGHUP (bit 0 of SigCgt): resnet.train's, installed as it starts
     local mask     # (grep, not bash's read: inside the SIGINT trap, read returns at once without reading)
@@ -67,14 +54,11 @@ export LOGDIR=${LOGDIR:-./results}
 py() {  # python -m resnet.launch VERB ...: the checks and the set's bookkeeping, shielded from the stop signals
     (trap '' INT TERM HUP; exec "$PYTHON" -m resnet.launch "$@")
 }
-# The interpreter must hold the benchmark's dependencies: say which one is missing, and how to get it, in one line.
 if ! problem=$(py deps "${LOADER:-ffcv}" 2>&1); then
     die "PYTHON=$PYTHON cannot run the benchmark (${problem##*$'\n'}); set PYTHON to the environment's python" \
         "(pip install -e . there) or activate it"
 fi
-# Every setting checked in Python (one line for the first bad one), before bash computes with any of them:
-# the launch numbers come back normalised ("set NAME=VALUE"), the train flags NUL-separated ("flag WORD": a
-# newline inside a setting's value stays inside that value).
+# Every setting checked in Python first: launch numbers as "set NAME=VALUE", train flags as "flag WORD" (NUL-ended).
 nexp=0 gpus=0 nodes=0 node_rank=0 master_port=0 rdzv_timeout_s=0 dry_run=0 bind_cpu=0 results="" FLAGS=()
 mapfile -d '' prepared < <(py prepare) && wait "$!" || exit 1
 for word in "${prepared[@]}"; do
@@ -89,8 +73,7 @@ fi
 
 launcher=(torchrun --nproc_per_node="$gpus" --nnodes="$nodes")
 if ((nodes > 1)); then
-    # The static rendezvous: node 0 hosts the store and global rank 0 (the log's writer) is on node 0, so the
-    # node that claims the log is the node that writes it. Its store waits RDZV_TIMEOUT_S for the others.
+    # The static rendezvous: node 0 hosts the store and global rank 0 (the log's writer claims it there).
     launcher+=(--node_rank="$node_rank" --master_addr="$MASTER_ADDR" --master_port="$master_port"
                --rdzv_conf="timeout=$rdzv_timeout_s")
 else
@@ -98,12 +81,9 @@ else
 fi
 if ((bind_cpu)); then launcher+=(--numa-binding=socket); fi   # README: CPU binding (resnet.launch.resolve)
 
-# torchrun's console, a line at a time as it comes (a bash loop: no block-buffering filter), without
-# torchrun's own log lines and stack traces: a failed worker (ChildFailedError; its failure table's first exit
-# status goes into the file $1), a forwarded signal (SignalException), a rendezvous or store that failed (its
-# last line goes into the file $2). Every other traceback (the trainer's own errors) passes through unchanged.
-# It ignores the stop signals: a Ctrl-C to the whole group must leave it to show the trainer's last lines.
-# MLPERF_RESNET_DEBUG=1 shows torchrun's console unfiltered.
+# torchrun's console line by line without torchrun's own log lines and tracebacks: a failed worker (its first exit
+# status -> file $1), a forwarded signal, a failed rendezvous or store (its last line -> file $2); the trainer's own
+# tracebacks pass. It ignores stop signals (to show the trainer's last lines). MLPERF_RESNET_DEBUG=1: unfiltered.
 console_filter() {
     trap '' INT TERM HUP
     if [[ "${MLPERF_RESNET_DEBUG:-0}" == 1 ]]; then exec cat; fi
@@ -148,9 +128,8 @@ console_filter() {
     if ((${#held[@]})); then printf '%s\n' "${held[@]}"; fi
 }
 
-# The set's record: this launch's own in LOGDIR, so that the same command after a stop runs only what is left;
-# apart (in the temporary folder) when another launch is running a set in that LOGDIR, or on a node > 0 (which
-# follows node 0's record). A dry run reads it and writes nothing.
+# The set's record, in LOGDIR (the same command after a stop runs only what is left); in the temporary folder when
+# another launch runs a set there, or on a node > 0 (it follows node 0's). A dry run writes nothing.
 record="$results/set.json" begin=(begin)
 if [[ "$dry_run" == 1 ]]; then
     begin+=(--dry-run)
@@ -174,12 +153,10 @@ errors=0 index="" log=""
 for entry in "${plan[@]}"; do
     [[ -z "$stopped_by" ]] || break
     entry=${entry#run } && i=${entry%% *} seed=${entry#* } index=$i
-    # A launcher that dropped the host's cache itself (run_with_docker.sh, run.sub) says so in CACHE_CLEARED.
-    cleared=${CACHE_CLEARED:-0}
-    if [[ -z "${CACHE_CLEARED:-}" && "$dry_run" != 1 ]] && sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
-        cleared=1
-    fi
-    # Global rank 0 (on node 0) writes the log: only node 0 claims one (the next free result_N.txt).
+    cleared=${CACHE_CLEARED:-0}   # set by a launcher that dropped the cache itself (run_with_docker.sh, run.sub)
+    if [[ -z "${CACHE_CLEARED:-}" && "$dry_run" != 1 ]] && sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null
+    then cleared=1; fi
+    # Only node 0 claims a log (global rank 0 writes it).
     log_flag=() log=""
     if ((node_rank == 0)); then
         if [[ "$dry_run" == 1 ]]; then claim=(--dry-run); else claim=(); fi
@@ -205,22 +182,18 @@ for entry in "${plan[@]}"; do
     mkfifo "$work/stderr" || die "cannot create a pipe in $work"
     console_filter "$work/status" "$work/lost" <"$work/stderr" >&2 &
     filter=$!
-    # Its own process group (set -m), so that a terminal's Ctrl-C reaches it only through forward().
-    set -m
+    set -m   # its own process group: a terminal's Ctrl-C reaches it only through forward()
     "${cmd[@]}" </dev/null 2>"$work/stderr" &
     child=$!
     set +m
-    # A signal that came while it was being started found no child to pass to.
-    if [[ -n "$stopped_by" ]]; then pass_on "$stopped_by"; fi
+    if [[ -n "$stopped_by" ]]; then pass_on "$stopped_by"; fi   # it came while the child was being started
     wait "$child"
     rc=$?
     while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done   # a forwarded signal interrupts wait
     wait "$filter"
     child=""
     status=$rc
-    if [[ -s "$work/status" ]]; then
-        status=$(<"$work/status")
-    fi
+    if [[ -s "$work/status" ]]; then status=$(<"$work/status"); fi
     if [[ -n "$stopped_by" && $rc != 0 && ( ! -s "$work/status" || "$status" == -15 ) ]]; then
         status=4        # torchrun was signalled and reports 1, or a starting trainer got the SIGTERM above
     fi
@@ -240,11 +213,8 @@ if [[ -n "$stopped_by" ]]; then
     py stopped --record "$record" ${index:+--index "$index"} --signal "$stopped_by" "$results"
     exit $((128 + $(kill -l "$stopped_by")))
 fi
-if ((node_rank > 0)); then
-    # The logs are written by global rank 0 into the shared LOGDIR; node 0 checks them and prints the summary.
+if ((node_rank > 0)); then   # global rank 0 wrote the logs into the shared LOGDIR: node 0 checks and scores them
     echo "=== node $node_rank: $nexp experiments, $errors ended in an error here (node 0 reports the results)" >&2
-    ((errors == 0)) || exit 1
-    exit 0
+    exit $((errors > 0))
 fi
-# The checker on every counted log of the set, the summary, and the set's exit status (resnet.launchset.verdict).
 py verdict --record "$record" "$results"
