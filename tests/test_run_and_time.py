@@ -323,6 +323,25 @@ def test_sigint_ignored_at_start_is_warned(ffcv_data, tmp_path):
 # ------------------------------------------------------------------------------------- logs of two launches
 
 
+def test_a_checkpoint_folder_held_by_a_live_run_is_refused_before_any_experiment(folders, tmp_path):
+    """Issue 31: a second launcher whose CHECKPOINT_DIR a live run holds (here: a process that claimed it, as rank 0
+    of a trainer does) stops in one line naming the holder, before claiming a log or starting an experiment."""
+    ckpt = tmp_path / "ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib; from resnet import checkpoint; "
+                               "checkpoint.claim(pathlib.Path(sys.argv[1])); print('held', flush=True); "
+                               "sys.stdin.read()", str(ckpt)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        out = run_and_time({**folders, "LOGDIR": str(tmp_path / "logs"), "NEXP": "1", "CHECKPOINT_DIR": str(ckpt)})
+    finally:
+        holder.communicate("", timeout=60)
+    lines = [line for line in out.stderr.splitlines() if "error" in line]
+    assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+    assert f"CHECKPOINT_DIR={ckpt}: held by a live run (pid {holder.pid} on host" in lines[0], lines[0]
+    assert "=== experiment" not in out.stderr and not list(tmp_path.rglob("result_*.txt"))
+
+
 def test_two_launches_into_one_logdir_get_their_own_logs(folders, tmp_path):
     procs = [start_run_and_time({**folders, "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": seed})
              for seed in ("31", "32")]
