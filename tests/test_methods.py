@@ -315,7 +315,7 @@ def test_hot_on_ffcv_is_refused_in_one_line_before_the_log_is_claimed(ffcv_data,
     assert out.returncode == 1 and not (tmp_path / "r.txt").exists()
     assert out.stderr.strip().splitlines()[-1] == (
         "mlperf-resnet: error: LOADER=ffcv: the recipe's RandAugment needs a loader that augments the decoded images; "
-        "set LOADER=torchvision")
+        "set LOADER=dali or LOADER=torchvision")
 
 
 def test_sam_under_ddp_keeps_the_replicas_identical(synth_tree, tmp_path):
