@@ -212,7 +212,8 @@ def test_randaugment_changes_training_images_only_and_ffcv_refuses_it(synth_tree
     torch.manual_seed(0)
     changed = sum(not np.array_equal(np.asarray(augment(image)), np.asarray(image)) for _ in range(50))
     assert changed >= 35                               # identity is 1 of 14 operations, magnitude 0 is 1 of 11
-    with pytest.raises(SettingError, match="LOADER=ffcv: the recipe's RandAugment needs .*; set LOADER=dali or LOADER=torchvision"):
+    refused = "LOADER=ffcv: the recipe's RandAugment needs .*; set LOADER=dali or LOADER=torchvision"
+    with pytest.raises(SettingError, match=refused):
         _spec(randaugment=(1, 10), workers=1).check("ffcv")
 
 
@@ -256,7 +257,8 @@ def test_the_dali_backend_augments_training_images_only(synth_tree):
             train.close()
             val.close()
 
-    (plain_train, plain_val), (ra_train, ra_val) = (first_batches(_spec(workers=1, randaugment=ra)) for ra in ((), (1, 10)))
+    (plain_train, plain_val), (ra_train, ra_val) = (first_batches(_spec(workers=1, randaugment=ra))
+                                                    for ra in ((), (1, 10)))
     assert torch.equal(plain_val, ra_val)
     assert (plain_train != ra_train).flatten(1).any(1).sum() >= 4      # most of 8 images (identity: 1 of 14 ops)
     with pytest.raises(SettingError, match="DECODE_TO_SIDE=1: RandAugment"):
