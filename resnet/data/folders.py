@@ -94,8 +94,9 @@ def scan_dataset(root):
 
 def read_dataset(root, spec, check_image):
     """The folder backends' preamble: scan root/train and root/val (rank 0 alone: shared_scan), check that the
-    training set gives every rank a full batch, open the first image of each split with `check_image(path)` (the backend's own decoder, raising
-    DataError: unreadable files show up before training), digest. Returns (train samples, val samples, DataInfo)."""
+    training set gives every rank a full batch, open the first image of each split with `check_image(path)` (the
+    backend's own decoder, raising DataError: unreadable files show up before training), digest. Returns (train
+    samples, val samples, DataInfo)."""
     from resnet.data.loaders import DataInfo, check_train_size
 
     classes, train, val, _, digest = shared_scan(root)
