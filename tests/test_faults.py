@@ -65,7 +65,7 @@ def interrupted(ffcv_data, tmp_path_factory):
 
 
 RESUME_CHANGES = [
-    (["--batch-size", "8"], "global_batch_size is 8 here but 16 in the checkpoint"),
+    (["--batch-size", "8"], "--batch-size (BATCHSIZE): the global batch is 8 here but 16 in the checkpoint"),
     (["--lr", "0.5"], "lr_per_sample"),
     (["--epochs", "4"], "epochs is 4 here but 3 in the checkpoint"),
     (["--arch", "resnet34"], "arch is 'resnet34' here but 'resnet18'"),

@@ -273,7 +273,7 @@ def test_a_two_pass_step_runs_in_the_unchanged_loop_and_the_log_names_the_traini
     import dataclasses
     import signal as signals
 
-    from resnet import distributed, train
+    from resnet import distributed, stopping, train
     from resnet.checkpoint import RunProgress, Saver
     from resnet.mlperf import RunLog, log_hyperparameters
 
@@ -296,11 +296,11 @@ def test_a_two_pass_step_runs_in_the_unchanged_loop_and_the_log_names_the_traini
     before = [p.detach().clone() for p in t.model.parameters()]
     log = RunLog(tmp_path / "result_0.txt")
     log_hyperparameters(log, plan.recipe, plan, 0, t.optimizer_name)
-    handlers = {s: signals.getsignal(s) for s in train.STOP_SIGNALS}
+    handlers = {s: signals.getsignal(s) for s in stopping.STOP_SIGNALS}
     try:
         code = train.run_loop(t, plan=plan, dev=distributed.Dist(0, 1, 0, torch.device("cpu")), log=log,
                               loaders=(_Batches(plan.steps_per_epoch, 32), _Batches(3, 24)),
-                              stop=train.StopRequest(), saver=Saver(None, 0, True, RunProgress(0, {})))
+                              stop=stopping.StopRequest(), saver=Saver(None, 0, True, RunProgress(0, {})))
     finally:
         for s, h in handlers.items():
             signals.signal(s, h)
