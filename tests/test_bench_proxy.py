@@ -1,11 +1,13 @@
 """bench.proxy --add-runs: earlier runs join the table and the plot only when they used today's config_CPU.sh
-flags and other seeds. (The runs themselves take minutes each: `make benchmark`'s tests cover the trainer.)"""
+flags and other seeds; --composer's part that runs without Composer's venv. (The runs themselves take minutes each:
+`make benchmark`'s tests cover the trainer.)"""
 import json
 import subprocess
 import sys
 
 import pytest
 
+from bench import proxy
 from bench.proxy import config_flags
 from tests.conftest import REPO
 
@@ -58,3 +60,47 @@ def test_add_runs_refusals(tmp_path, case):
     out = _proxy(tmp_path / "out", "--variants", "mild", "baseline", *args)
     assert out.returncode == 2 and expected in out.stderr.splitlines()[-1], out.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --composer: what runs without Composer's venv (the runs themselves need it: BENCHMARKS.md "Composer's Trainer side
+# by side"; the suite never downloads Composer).
+
+@pytest.mark.parametrize("extra", [["--frontier", "1"], ["--variants", "mild"], ["--add-runs", "x.json"]])
+def test_composer_refuses_the_other_modes(tmp_path, extra):
+    out = _proxy(tmp_path / "out", "--composer", "--seeds", "1", *extra)
+    assert out.returncode == 2 and "--composer runs Mild on both trainers" in out.stderr.splitlines()[-1], out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_composer_venv_that_cannot_be_made_is_refused_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = _proxy(tmp_path / "out", "--composer", "--seeds", "1", "--composer-venv", tmp_path / "file" / "venv")
+    assert out.returncode != 0 and not (tmp_path / "out").exists()
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+    assert out.stderr.startswith(f"error: --composer: could not make {tmp_path / 'file' / 'venv'} (-m venv exit 1")
+
+
+def test_composer_venv_is_made_once_and_reused(tmp_path):
+    (tmp_path / "composer-pins.txt").write_text("\n".join(proxy.COMPOSER_PINS) + "\n")
+    assert proxy.composer_python(tmp_path) == tmp_path / "bin" / "python"   # reused: nothing run, nothing printed
+
+
+def test_a_composer_run_stops_at_the_first_evaluation_above_the_target():
+    evals = [dict(minutes=m, epoch=e, top1=t) for m, e, t in ((0.5, 3, 0.3), (1.0, 6, 0.76), (1.5, 9, 0.9))]
+    run = dict(variant="composer-mild", seed=1, **proxy.peer_run(evals, 0.759, 1280))
+    assert (run["status"], run["minutes"], run["epoch_at_stop"], run["final_top1"]) == ("success", 1.0, 6, 0.76)
+    assert run["evals"] == evals[:2]
+    missed = dict(proxy.peer_run(evals, 0.95, 1280), variant="composer-mild", seed=2)
+    assert (missed["status"], missed["minutes"], missed["epoch_at_stop"]) == ("aborted", 1.5, 9)
+    row = proxy.summarise([run, missed], ["composer-mild"])["composer-mild"]
+    assert (row["reached"], row["runs"]) == (1, 2)
+    assert row["img_per_s"]["mean"] == pytest.approx(6 * 1280 / 60)      # images trained / second, reached runs only
+
+
+def test_our_runs_images_per_second_come_from_their_log(tmp_path):
+    """Ours: epochs at the stop x the images an epoch trains (train_samples in whole global batches) / seconds."""
+    from tests.reference_log import IMAGENET_TRAIN_SAMPLES, write_reference_log
+    run = dict(variant="mild", seed=1, **proxy.read_log(write_reference_log(tmp_path / "log.txt", seed=1, minutes=10)))
+    assert run["images_per_epoch"] == IMAGENET_TRAIN_SAMPLES // 1024 * 1024
+    assert proxy.summarise([run], ["mild"])["mild"]["img_per_s"]["mean"] == pytest.approx(
+        run["epoch_at_stop"] * run["images_per_epoch"] / 600)
