@@ -155,11 +155,11 @@ def print_table(table: dict, target: float) -> None:
     def fmt(s, digits=2):
         return "-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
     print(f"\n{'variant':<24} {'reached':>7} {'minutes to ' + str(target):>18} {'epochs':>12} "
-          f"{'final top-1':>16} {'time vs Mild':>12}")
+          f"{'final top-1':>16} {'time vs Mild':>12} {'img/s':>12}")
     for v, row in table.items():
         ratio = "-" if row["time_vs_mild"] is None else f"{row['time_vs_mild']:.2f}x"
         print(f"{v:<24} {row['reached']:>3}/{row['runs']:<3} {fmt(row['minutes']):>18} {fmt(row['epochs'], 1):>12} "
-              f"{fmt(row['final_top1'], 3):>16} {ratio:>12}")
+              f"{fmt(row['final_top1'], 3):>16} {ratio:>12} {fmt(row['img_per_s'], 0):>12}")
     if table.get("baseline", {}).get("time_vs_mild"):
         print(f"Mild is {table['baseline']['time_vs_mild']:.2f}x faster than the Baseline to top-1 > {target}")
 

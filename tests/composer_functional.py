@@ -1,5 +1,6 @@
-"""Medium and Hot's methods against Composer's own (issue 29 item 5): `functional_checks` compares each with
-composer.functional's form (SAM, which has none, with its SAMOptimizer) on fixed tensors and seeds.
+"""Our methods against Composer's own (issue 29 item 5): `functional_checks` compares Medium and Hot's (and, in
+`mild_checks`, those of Mild that --composer's two trainers apply each their own way) with composer.functional's
+forms (SAM, which has none, with its SAMOptimizer) on fixed tensors and seeds.
 
 Composer 0.32.1 needs torch 2.6-2.7.0, so this runs in Composer's venv, never in the suite's: `python -m bench.proxy
 OUT --composer` makes that venv, runs this there first and records the findings in OUT/proxy.json ("functional";
@@ -32,7 +33,8 @@ def functional_checks() -> dict:
         torch.manual_seed(seed), np.random.seed(seed)
         return f(*args, **kwargs)
     x, y = torch.randn(8, 3, 44, 44, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 4
-    out = dict(colout_batch=gap(seeded(1, ours.colout_batch, x, 0.2, 0.2), seeded(1, cf.colout_batch, x, 0.2, 0.2)))
+    out = mild_checks(x, y, gap, seeded)
+    out["colout_batch"] = gap(seeded(1, ours.colout_batch, x, 0.2, 0.2), seeded(1, cf.colout_batch, x, 0.2, 0.2))
     mixed, targets = seeded(2, ours.mixup_batch, x, y, 4, 0.25)
     b = seeded(2, torch.distributions.Beta(torch.tensor(0.25), torch.tensor(0.25)).sample)   # our draws, replayed
     lam, perm = float(torch.minimum(b, 1 - b)), torch.randperm(8)
@@ -69,3 +71,25 @@ def functional_checks() -> dict:
         closure(0) if (step + 1) % 2 else ours.sam_step(nets[0].parameters(), lambda: closure(0), rho=0.5)
         opts[0].step(), opts[1].step(functools.partial(closure, 1))
     return dict(out, sam_step=max(gap(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters())))
+
+
+def mild_checks(x, y, gap, seeded) -> dict:
+    """Mild's methods that --composer's two trainers each apply their own way: BlurPool on resnet_cpu, the
+    label-smoothed BCE (ours in one function; Composer's LabelSmoothing then its BCE), and the progressive resize
+    of the 44 px crops (the sides where Composer's differs: its scale factor gives floor(44 x side / 44) px)."""
+    from composer import functional as cf
+    from composer.loss import binary_cross_entropy_with_logits
+
+    from resnet import algorithms as ours
+    from resnet.model import initialise, resnet_cpu
+
+    nets = [seeded(6, resnet_cpu, 4) for _ in range(2)]
+    initialise(nets[0], 4, log_bias_init=True)
+    nets[1].load_state_dict(nets[0].state_dict())
+    ours.apply_blurpool(nets[0]), cf.apply_blurpool(nets[1])
+    logits = x[:, 0, 0, :4]
+    return dict(apply_blurpool=gap(nets[0].eval()(x), nets[1].eval()(x)),
+                label_smoothed_bce=gap(ours.label_smoothed_bce(logits, y, 0.08),
+                                       binary_cross_entropy_with_logits(logits, cf.smooth_labels(logits, y, 0.08))),
+                resize_sides_that_differ=[side for side in range(22, 45) if ours.resize_batch(x, side).shape
+                                          != cf.resize_batch(x, y, side / 44)[0].shape])
