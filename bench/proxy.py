@@ -15,7 +15,7 @@ final top-1 against minutes, the envelope drawn. Not part of `make test`: the de
 
 --composer: Mild on Composer's own Trainer and algorithms (mosaicml 0.32.1 in a venv of its own, made once) beside
 ours, both from resnet_cpu and our torchvision loader (BENCHMARKS.md "Composer's Trainer side by side"); first, in
-the same venv, Medium and Hot's methods against composer.functional (`functional_checks`).
+the same venv, our methods against composer.functional's (tests/composer_functional.py; RECIPE.md 12.6).
 """
 import argparse
 import functools
@@ -207,7 +207,7 @@ def arguments(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p.add_argument("--add-runs", type=Path, nargs="+", default=[], metavar="JSON",
                    help="proxy.json files of earlier runs with the same config_CPU.sh flags and other seeds")
     p.add_argument("--composer", action="store_true", help="Mild on Composer's Trainer beside ours, both on the "
-                   "torchvision loader, and Medium/Hot's methods against composer.functional (in Composer's venv)")
+                   "torchvision loader, and our methods against composer.functional's (in Composer's venv)")
     p.add_argument("--composer-venv", type=Path, default=COMPOSER_VENV, help="Composer's venv, made there once "
                    f"(default: {COMPOSER_VENV.relative_to(REPO)})")
     args = p.parse_args(argv)
@@ -317,8 +317,12 @@ def peer(python: Path, job: dict, path: Path) -> dict:
 
 def composer_run(python: Path, variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
     """The seed's run on Composer's Trainer of the recipe our run of it logged (recipe_fields), as one_run's result."""
-    ours = {e["key"]: e["value"] for e in mllog_events(logs / f"mild-torchvision-seed{seed}.txt")}
-    job = dict(kind="train", recipe=ours["recipe_fields"], seed=seed, workers=int(base[base.index("--workers") + 1]),
+    log = logs / f"mild-torchvision-seed{seed}.txt"
+    events = mllog_events(log) if log.is_file() else []
+    recipe = next((e["value"] for e in events if e["key"] == "recipe_fields"), None)
+    if recipe is None:
+        return dict(variant=variant, seed=seed, wall_s=0.0, **FAILED, error=f"{log.name} logged no recipe to run")
+    job = dict(kind="train", recipe=recipe, seed=seed, workers=int(base[base.index("--workers") + 1]),
                folders=str(data["folders"]))
     return dict(variant=variant, seed=seed, **peer(python, job, logs / f"{variant}-seed{seed}.json"))
 

@@ -116,3 +116,9 @@ def test_our_methods_equal_composers_where_recipe_md_says_so():
     assert found["stochastic_depth_eval"] > 1e-3 > 1e-5 > found["stochastic_depth_eval_branch_scaled_as_composer"]
     assert found["sam_step"] < 1e-5
     assert found["randaugment_ours"]["mean_abs_change"] < found["randaugment_composer"]["mean_abs_change"]
+
+
+def test_a_composer_run_without_our_runs_recipe_is_a_failed_run_not_a_crash(tmp_path):
+    run = proxy.composer_run(tmp_path / "no-python", "composer-mild", 7, config_flags(), {}, tmp_path)
+    assert (run["status"], run["seed"]) == ("failed", 7)
+    assert run["error"] == "mild-torchvision-seed7.txt logged no recipe to run"
