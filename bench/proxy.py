@@ -226,8 +226,7 @@ def arguments(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
 
 def main(argv=None) -> int:
     p, args = arguments(argv)
-    python, base = args.composer and composer_python(args.composer_venv), config_flags()
-    earlier = []
+    base, earlier = config_flags(), []
     for path in args.add_runs:
         try:
             old = json.loads(path.read_text())
@@ -243,6 +242,7 @@ def main(argv=None) -> int:
         p.error(f"--add-runs: {twice[0][0]} seed {twice[0][1]} would be counted twice; give other seeds")
     if not pairs:
         p.error("nothing to do: give --seeds, or --add-runs to tabulate earlier runs")
+    python = args.composer and composer_python(args.composer_venv)     # made before OUT: a refusal leaves none
     made = args.seeds and not (args.data and args.folders)
     folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
     data = dict(ffcv=args.data or ffcv, folders=args.folders or folders)
