@@ -137,12 +137,12 @@ def measure_here(args, plan, sides: list) -> dict:
     the evaluation."""
     dev, batch, rows = device(), plan.per_device_batch, []
     t = train.build_training(plan, dev)
-    steps.timed_sides(steps.ours_at(t, plan), sorted({sides[0], sides[len(sides) // 2], sides[-1]}), dev, batch, 5,
-                      20, rows.append, loop="ours", precision=plan.recipe.precision, compiled=False)
+    steps.timed_sides(steps.ours_at(t, plan, dev), sorted({sides[0], sides[len(sides) // 2], sides[-1]}), dev,
+                      batch, 5, 20, rows.append, loop="ours", precision=plan.recipe.precision, compiled=False)
     spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, workers=args.workers, device=str(dev))
-    loader = loaders.measure(args.loader, Path(args.data), spec, 2, 40)
-    return dict(device=str(dev), cores=len(os.sched_getaffinity(0)), parts=dict(
-        eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=[steps.ema_and_eval(t, plan, 5, 20)])))
+    loader, ema = loaders.measure(args.loader, Path(args.data), spec, 2, 40), steps.ema_and_eval(t, plan, dev, 5, 20)
+    return dict(device=str(dev), cores=len(os.sched_getaffinity(0)),
+                parts=dict(eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=[ema])))
 
 
 def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int | None) -> tuple[dict, list]:

@@ -40,14 +40,10 @@ def loaded_batch(device, precision: str, batch: int, px: int, classes: int = IMA
     return images.contiguous(memory_format=torch.channels_last), torch.randint(0, classes, (batch,), device=device)
 
 
-def on(t) -> torch.device:
-    return next(t.model.parameters()).device
-
-
-def ours_at(t, plan):
+def ours_at(t, plan, device):
     """step(px): our train_step on one loaded batch of the recipe's full crop, resized to px as in training."""
     r = plan.recipe
-    images, labels = loaded_batch(on(t), r.precision, plan.per_device_batch, r.train_crop_px, plan.num_classes)
+    images, labels = loaded_batch(device, r.precision, plan.per_device_batch, r.train_crop_px, plan.num_classes)
     return lambda px: train.train_step(t, images, labels, px)
 
 
@@ -58,12 +54,12 @@ def timed_sides(step, sides, device, images: int, warmup: int, steps: int, emit,
         emit(dict(row, px=px, img_s=round(images / timing["step_s"], 1), **timing))
 
 
-def both(t, plan, plain, sides, compiled: bool, warmup: int, steps: int, emit) -> None:
+def both(s, t, plan, plain, sides, compiled: bool, emit) -> None:
     """emit() a row per loop and side: ours from the full crop, then the plain step at the side."""
     precision, batch = plan.recipe.precision, plan.per_device_batch
-    n = (on(t), batch, warmup, steps, emit)
-    timed_sides(ours_at(t, plan), sides, *n, loop="ours", precision=precision, compiled=compiled)
-    batches = {px: loaded_batch(on(t), precision, batch, px) for px in sides}
+    n = (s.device, batch, s.warmup, s.steps, emit)
+    timed_sides(ours_at(t, plan, s.device), sides, *n, loop="ours", precision=precision, compiled=compiled)
+    batches = {px: loaded_batch(s.device, precision, batch, px) for px in sides}
     timed_sides(lambda px: plain(*batches[px]), sides, *n, loop="plain", precision=precision, compiled=compiled)
 
 
@@ -72,7 +68,7 @@ def eager(s, emit) -> None:
     for precision in s.precisions:
         t, plan = ours(s.device, precision, s.batch, s.arch, **s.fields)
         sides = s.sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
-        both(t, plan, plain_step(s.arch, s.device, precision), sides, False, s.warmup, s.steps, emit)
+        both(s, t, plan, plain_step(s.arch, s.device, precision), sides, False, emit)
 
 
 def compiled(s, emit) -> None:
@@ -92,14 +88,14 @@ def compiled(s, emit) -> None:
     emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counting.graphs))
     before = counting.graphs
     plain = plain_step(s.arch, s.device, s.precisions[0], compile_model=s.backend == "inductor")
-    both(t, plan, plain, sides, True, s.warmup, s.steps, emit)
-    emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # plain's graphs: not counted
+    both(s, t, plan, plain, sides, True, emit)
+    emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # ours: plain compiles on its own
 
 
 def syncs(s, emit) -> None:
     """Host syncs per fp16 step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
     t, plan = ours(s.device, "fp16", s.batch, s.arch, **s.fields)
-    step, px, n = ours_at(t, plan), plan.recipe.train_crop_px, t.ema_every_steps
+    step, px, n = ours_at(t, plan, s.device), plan.recipe.train_crop_px, t.ema_every_steps
     step(px)
     sync(s.device)
     torch.cuda.set_sync_debug_mode("warn")
@@ -114,9 +110,9 @@ def syncs(s, emit) -> None:
     emit(dict(px=px, steps=n, syncs_per_step=len(found) / n, first=found[:3]))
 
 
-def ema_and_eval(t, plan, warmup: int, steps: int) -> dict:
+def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
     """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
-    r, batch, device = plan.recipe, plan.per_device_batch, on(t)
+    r, batch = plan.recipe, plan.per_device_batch
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
     images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
     images = images.contiguous(memory_format=torch.channels_last)
@@ -129,7 +125,8 @@ def ema_and_eval(t, plan, warmup: int, steps: int) -> dict:
 
 
 def ema_eval(s, emit) -> None:
-    emit(ema_and_eval(*ours(s.device, s.precisions[0], s.batch, s.arch, **s.fields), s.warmup, s.steps))
+    t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, **s.fields)
+    emit(ema_and_eval(t, plan, s.device, s.warmup, s.steps))
 
 
 def ddp(s) -> dict | None:
@@ -138,8 +135,9 @@ def ddp(s) -> dict | None:
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
         t, plan = ours(dev.device, s.precisions[0], s.batch, s.arch, world_size=dev.world_size)
-        timed_sides(ours_at(t, plan), s.sides, dev.device, s.batch * dev.world_size, s.warmup, s.steps, rows.append,
-                    cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0], compiled=False)
+        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup,
+                    s.steps, rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0],
+                    compiled=False)
     distributed.shutdown()
     return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
 
