@@ -2,8 +2,8 @@
 records about where and with what it ran (`run_metadata`), the one plain training step the trainer's own
 `resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
 overwrites a result."""
+import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -15,9 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "data" / "bench"
-NUM_CLASSES = 1000
-#: Distributions whose versions every benchmark records (and DALI's).
-VERSIONED = ("torch", "torchvision", "ffcv", "numpy", "mlperf-logging")
+#: ImageNet's counts: a Plan made for them has the trainer's real steps per epoch and EMA cadence.
+IMAGENET = dict(classes=1000, train_images=1_281_167, val_images=50_000)
 
 
 def synthetic_dataset(cache: Path, ffcv: bool = True, **settings):
@@ -41,9 +40,12 @@ def mllog_events(path: Path) -> list[dict]:
             if ":::MLLOG" in line]
 
 
-def installed(module: str) -> bool:
-    """Whether `module` can be imported here, without importing it."""
-    return importlib.util.find_spec(module) is not None
+def parser(doc: str, out_help: str | None = "the JSON file to write (must not exist)") -> argparse.ArgumentParser:
+    """A command's parser: its module's docstring as the help, then (unless None) the output path."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if out_help:
+        p.add_argument("out", type=Path, help=out_help)
+    return p
 
 
 def _git(*args):
@@ -65,22 +67,19 @@ def _version(name):
         return None
 
 
-def _gpu_names():
-    torch = sys.modules.get("torch")   # only when the caller imported it already
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
-        if torch is not None and torch.cuda.is_available() else []
-
-
 def run_metadata() -> dict:
     """What a benchmark number needs beside it to be compared later: the commit (and whether the tree had
     uncommitted changes), the library versions (None when absent), the machine and the date (UTC)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    versions = {name: _version(name) for name in (*VERSIONED, "dali")}
+    torch = sys.modules.get("torch")   # GPUs only when the caller imported torch already
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch is not None and torch.cuda.is_available() else []
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
-                versions=dict(python=platform.python_version(), **versions),
+                versions=dict(python=platform.python_version(), **{n: _version(n) for n in (
+                    "torch", "torchvision", "ffcv", "numpy", "mlperf-logging", "dali")}),
                 machine=dict(cpu=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                        if line.startswith("model name")), None), cores=os.cpu_count(),
-                             cores_usable=len(os.sched_getaffinity(0)), gpus=_gpu_names(), system=platform.platform(),
+                             cores_usable=len(os.sched_getaffinity(0)), gpus=gpus, system=platform.platform(),
                              load_average=[round(x, 2) for x in os.getloadavg()]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -96,9 +95,9 @@ def write_json(path: Path, result: dict) -> None:
     os.replace(tmp, path)
 
 
-def dtype(precision: str):
+def device():   # the GPU when there is one
     import torch
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def plain_step(arch: str, device, precision: str, compile_model: bool = False):
@@ -107,13 +106,16 @@ def plain_step(arch: str, device, precision: str, compile_model: bool = False):
     schedule, EMA, resize or checks)."""
     import torch
     import torchvision
-    model = torchvision.models.get_model(arch, num_classes=NUM_CLASSES).to(device, memory_format=torch.channels_last)
+
+    from resnet.recipe import torch_dtype
+    model = torchvision.models.get_model(arch, num_classes=IMAGENET["classes"])
+    model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.875, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     net = torch.compile(model, dynamic=False) if compile_model else model
 
     def step(images, labels):
-        with torch.autocast(images.device.type, dtype=dtype(precision), enabled=precision != "fp32"):
+        with torch.autocast(images.device.type, dtype=torch_dtype(precision), enabled=precision != "fp32"):
             loss = torch.nn.functional.cross_entropy(net(images), labels)
         scaler.scale(loss).backward()
         scaler.step(opt)

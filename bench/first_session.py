@@ -8,6 +8,7 @@ Each part (PARTS) runs in its own process within its budget (BUDGETS, printed fi
 says so and keeps the rows it printed, and the next part still runs.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -18,12 +19,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from bench import loaders, projection, steps
-from bench.common import REPO, figure, installed, synthetic_dataset, write_json
+from bench.common import REPO, device, figure, parser, synthetic_dataset, time_steps, write_json
 from compliance.check import check_log
+from resnet.data.loaders import LoaderSpec, declared
 
 SMOKE = os.environ.get("SMOKE") == "1"
 #: part: seconds it may take on the GPU (SMOKE: on a loaded 2-core CPU)
@@ -33,89 +36,65 @@ SIZES = dict(  # GPU, SMOKE
     batch=(256, 2), arch=("resnet50", "resnet18"), warmup=(2, 1), steps=(5, 2), classes=(8, 4), train=(256, 8),
     val=(32, 4), precisions=(("fp16", "bf16"), ("fp32",)), workers=(os.cpu_count() or 1, 1),
     loader_batch=(256, 8), backend=("inductor", "eager"), crop=(176, 32), eval_crop=(224, 32), eval_resize=(232, 36))
+S = SimpleNamespace(**{name: sizes[SMOKE] for name, sizes in SIZES.items()}, device=device(), work=None,
+                    sides=[16, 32] if SMOKE else None)   # what each part is given: bench.steps' parts take it too
+S.fields = dict(train_crop_px=S.crop, eval_crop_px=S.eval_crop, eval_resize_px=S.eval_resize)   # SMOKE: toy ones
+CUDA_ONLY = ("cuda_tests", "syncs")
 
 
-def size(name):
-    return SIZES[name][SMOKE]
-
-
-def crops() -> dict:   # the recipe's (SMOKE: toy ones)
-    return dict(train_crop_px=size("crop"), eval_crop_px=size("eval_crop"), eval_resize_px=size("eval_resize"))
-
-
-def device():
-    torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def data(work: Path, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under work
-    made = synthetic_dataset(work, installed("ffcv") and not SMOKE, classes=size("classes"),
-                             train_per_class=size("train"), val_per_class=size("val"), size_px=500)
+def data(s, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under s.work
+    ffcv = not (SMOKE or declared("ffcv").missing())
+    made = synthetic_dataset(s.work, ffcv, classes=s.classes, train_per_class=s.train, val_per_class=s.val,
+                             size_px=500)
     return made[loader == "ffcv"]
 
 
-def part_data(work, emit):
-    emit(dict(folders=str(data(work)), images=len(list(data(work).glob("*/*/*.JPEG")))))
+def part_data(s, emit):
+    folders = data(s)
+    emit(dict(folders=str(folders), images=len(list(folders.glob("*/*/*.JPEG")))))
 
 
-def part_cuda_tests(work, emit):
+def part_cuda_tests(s, emit):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
                            "tests/test_cuda.py"], cwd=REPO, capture_output=True, text=True)
     print(proc.stdout[-4000:], flush=True)
     emit(dict(exit_code=proc.returncode, summary=(proc.stdout.strip().splitlines() or [""])[-1]))
 
 
-def part_eager(work, emit):
-    for precision in size("precisions"):
-        steps.eager_rates(device(), precision, size("batch"), size("warmup"), size("steps"), size("arch"), emit,
-                          [size("crop") // 2, size("crop")] if SMOKE else None, **crops())
-
-
-def part_compiled(work, emit):
-    steps.compiled_rates(device(), size("precisions")[0], size("batch"), size("warmup"), size("steps"),
-                         size("arch"), emit, size("backend"), **crops())
-
-
-def part_syncs(work, emit):
-    emit(steps.host_syncs(device(), "fp16", size("batch"), size("arch")))
-
-
-def part_ema_eval(work, emit):
-    t, plan = steps.ours(device(), size("precisions")[0], size("batch"), size("arch"), **crops())
-    emit(steps.ema_and_eval(t, plan, device(), size("batch"), size("warmup"), size("steps")))
-
-
-def part_loader(work, emit):
+def part_loader(s, emit):
     for loader in ("torchvision", "ffcv", "dali"):
         if SMOKE and loader != "torchvision":
             emit(dict(loader=loader, status="not run under SMOKE (tests/test_data_loaders.py runs it)"))
             continue
-        args = argparse.Namespace(data=str(data(work, loader)), batch_size=size("loader_batch"), crop=size("crop"),
-                                  eval_crop=size("eval_crop"), eval_resize=size("eval_resize"), spec=[], warmup=2,
-                                  workers=size("workers"), precision=None,
-                                  batches=2 * size("classes") * size("train") // size("loader_batch"))
-        emit(loaders.measure(args, loader, str(device()) if loader != "torchvision" else "cpu"))
+        on = "cpu" if loader == "torchvision" else str(s.device)
+        spec = LoaderSpec(batch_size=s.loader_batch, crop_scale_min=0.08, workers=s.workers, device=on,
+                          train_precision="fp16" if on.startswith("cuda") else "fp32", **s.fields)
+        emit(loaders.measure(loader, data(s, loader), spec, 2, 2 * s.classes * s.train // s.loader_batch))
 
 
-def part_gpu_decode(work, emit):
-    emit(loaders.gpu_decode(argparse.Namespace(data=str(data(work)), images=size("classes") * size("train"),
-                                               batch_size=32, device=str(device()))))
+def part_gpu_decode(s, emit):   # torchvision.io.decode_jpeg of the training JPEGs, 32 a call (CUDA: nvJPEG)
+    from torchvision.io import decode_jpeg, read_file
+    dev, shapes = s.device, []
+    files = [read_file(str(f)) for f in sorted(data(s).glob("train/*/*.JPEG"))]
+    batches = [files[i:i + 32] for i in range(0, len(files), 32)]
+    wall = time_steps(lambda: shapes.append([decode_jpeg(b, device=dev)[0].shape for b in batches]), dev, 1, 1)
+    emit(dict(device=str(dev), images=len(files), shape=list(shapes[-1][-1]), batch_size=32,
+              img_s=round(len(files) / wall["step_s"], 1)))
 
 
-def part_train(work, emit):
-    log, dev = Path(os.environ["SESSION_OUT"]) / "result_0.txt", device()
+def part_train(s, emit):
+    log, dev = Path(os.environ["SESSION_OUT"]) / "result_0.txt", s.device
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "resnet.train",
-           "--recipe", "mild", "--arch", size("arch"), "--epochs", "2", "--warmup-epochs", "1",
-           "--eval-every-epochs", "2", "--target-accuracy", "0.05", "--batch-size", str(size("loader_batch")),
-           "--precision", "fp16" if dev.type == "cuda" else "fp32", "--loader", "torchvision",
-           "--workers", str(size("workers")), "--data", str(data(work)), "--platform", "first_session",
-           "--seed", "1", "--log-file", str(log), "--device", dev.type, "--train-crop-px", str(size("crop")),
-           "--eval-crop-px", str(size("eval_crop")), "--eval-resize-px", str(size("eval_resize"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+           "--recipe", "mild", "--arch", s.arch, "--epochs", "2", "--warmup-epochs", "1", "--eval-every-epochs", "2",
+           "--target-accuracy", "0.05", "--batch-size", str(s.loader_batch), "--loader", "torchvision",
+           "--precision", "fp16" if dev.type == "cuda" else "fp32", "--workers", str(s.workers), "--data",
+           str(data(s)), "--platform", "first_session", "--seed", "1", "--log-file", str(log), "--device", dev.type,
+           *(word for field, px in s.fields.items() for word in (f"--{field.replace('_', '-')}", str(px)))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=s.work)
     print(proc.stderr[-2000:], flush=True)
     if proc.returncode:
         raise RuntimeError(f"resnet.train exited {proc.returncode}")
-    if not installed("mlperf_logging"):
+    if importlib.util.find_spec("mlperf_logging") is None:
         raise RuntimeError("mlperf-logging is not installed: carry its wheel (README, the first GPU session)")
     passed, problems = check_log(log)
     emit(dict(exit_code=proc.returncode, checker="PASS" if passed else "FAIL", problems=problems[:5]))
@@ -123,7 +102,9 @@ def part_train(work, emit):
         raise RuntimeError(f"the compliance checker failed {log.name}: {'; '.join(problems[:3])}")
 
 
-CUDA_ONLY, PARTS = ("cuda_tests", "syncs"), {name[5:]: fn for name, fn in globals().items() if name.startswith("part_")}
+PARTS = {"data": part_data, "cuda_tests": part_cuda_tests, "eager": steps.eager, "compiled": steps.compiled,
+         "syncs": steps.syncs, "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode,
+         "train": part_train}   # each part(S, emit): emit() each result as it comes
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:
@@ -169,28 +150,20 @@ def plot(session: dict, path: Path) -> None:
            "images/s (one device)", draw)
 
 
-def project(session: dict) -> str:
-    """bench.projection's table for 8 of this device, from the rates measured above."""
-    result = projection.report(projection.parse_args(["--session", "-", "--gpus", "8"]), session)
-    session["projection"] = {k: v for k, v in result.items() if k != "text"}
-    return result["text"]
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="the folder to write (new or empty); with --part: the work folder")
+    p = parser(__doc__, "the folder to write (new or empty); with --part: the work folder")
     p.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:   # one part, in its own process: each result one `RESULT {json}` line as it comes
-        return PARTS[args.part](args.out, lambda row: print("RESULT " + json.dumps(row, default=str), flush=True))
+        torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA
+        S.work = args.out
+        return PARTS[args.part](S, lambda row: print("RESULT " + json.dumps(row, default=str), flush=True))
     if not torch.cuda.is_available() and not SMOKE:
-        print("first_session: error: no CUDA device visible; this script measures a GPU (SMOKE=1 proves it on "
-              "the CPU)", file=sys.stderr)
-        return 1
+        raise SystemExit("first_session: error: no CUDA device visible; this script measures a GPU (SMOKE=1 proves "
+                         "it on the CPU)")
     if args.out.exists() and any(args.out.iterdir()):
-        print(f"first_session: error: {args.out} is not empty; choose a new or empty folder (results are never "
-              "overwritten)", file=sys.stderr)
-        return 1
+        raise SystemExit(f"first_session: error: {args.out} is not empty; choose a new or empty folder (results are "
+                         "never overwritten)")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="first-session-"))     # the data: never among OUT's files
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
@@ -210,8 +183,10 @@ def main(argv=None) -> int:
             result = run_part(part, budget, work, args.out, say)
         session["parts"][part] = result
         say(f"{result['status'].upper()}: {part} ({result['seconds']} s): {result['detail']}")
-    try:
-        say(project(session))
+    try:   # bench.projection's table for 8 of this device, from the rates measured above
+        projected = projection.report(projection.parse_args(["--session", "-", "--gpus", "8"]), session)
+        session["projection"] = {k: v for k, v in projected.items() if k != "text"}
+        say(projected["text"])
     except (Exception, SystemExit) as e:   # a projection without its rates says so; the files are still written
         say(f"projection: not possible: {type(e).__name__}: {e}")
     plot(session, args.out / "session.png")

@@ -1,19 +1,17 @@
-"""The loader benchmark: one timer (first batch, images, wall and CPU seconds) for every backend, per core, per
-rank, and the GPU's JPEG decoder, on synthetic ImageNet-geometry JPEGs (500 px long side) or on --data.
+"""The loader benchmark: one timer (first batch, images, wall and CPU seconds) for every backend, per core and per
+rank, on synthetic ImageNet-geometry JPEGs (500 px long side) or on --data.
 
     python -m bench.loaders backends|cores OUT.json [--loaders ...] [--workers 2] [--crop 176] [--batches 20]
     torchrun --nproc_per_node=8 -m bench.loaders ranks OUT.json --data /data/imagenet --loader dali --workers 6
-    python -m bench.loaders gpu-decode OUT.json --device cuda
     python -m bench.loaders sweep OUT.json --data /data/imagenet --ranks 8 --hw-loads 0.65 0.99 --threads 4 6 8 \
         --prefetch 2 5                 # DALI: hardware-decoder share x threads x prefetch, one torchrun each
-A backend not installed says "not installed here"; `--spec FIELD=VALUE` sets any other LoaderSpec field.
+A backend not installed says "not installed here"; `--spec FIELD=VALUE` sets any other LoaderSpec field (the
+training images' dtype: fp16 on CUDA, else fp32, or --spec train_precision=...).
 """
-import argparse
 import dataclasses
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,15 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bench.common import DEFAULT_CACHE, sync, synthetic_dataset, time_steps, write_json
+from bench.common import DEFAULT_CACHE, parser, sync, synthetic_dataset, write_json
 from resnet.data.loaders import BACKENDS, LoaderSpec, declared, make_loaders
 
-PREFETCH_FIELD = "dali_prefetch"   # the LoaderSpec field of DALI's prefetch depth (DALI_PREFETCH_QUEUE)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+#: the options `sweep` hands on to each `ranks` run as they are
+FORWARDED = ("loader", "device", "batch_size", "crop", "eval_crop", "eval_resize", "batches", "warmup", "data", "cache",
+             "images")
 
 
 def forever(loader):   # (first of an epoch?, batch) ...
@@ -49,20 +44,20 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
     first = time.perf_counter() - t0
     for _ in range(warmup):
         next(it)
-    images, cpu, wall, restarts = 0, cpu_seconds(), time.perf_counter(), [0.0]
+    images, cpu, wall, restarts = 0, time.process_time(), time.perf_counter(), [0.0]
     for _ in range(batches):
         t, (new, (x, _y)) = time.perf_counter(), next(it)
         images += len(x)
         restarts += [time.perf_counter() - t] if new else []
     if device is not None:
         sync(device)
-    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return dict(first_batch_s=round(first, 3), epoch_start_s=round(max(restarts), 3), images=images,
                 wall_s=round(wall, 3), cpu_s=round(cpu, 3), img_s=round(images / wall, 1),
                 cpu_s_per_image=cpu / images if images else None)
 
 
-def spec_for(args, **run):
+def spec_for(args, device: str = "cpu", **run) -> LoaderSpec:
     """The LoaderSpec of these options; --spec NAME=VALUE sets any other field (a clear error for a wrong name)."""
     fields = {f.name: f for f in dataclasses.fields(LoaderSpec)}
     extra = {}
@@ -72,29 +67,29 @@ def spec_for(args, **run):
             raise SystemExit(f"error: --spec {item}: LoaderSpec has no field {name!r} in this checkout; fields: "
                              + ", ".join(fields))
         extra[name] = type(fields[name].default)(value) if fields[name].default is not None else value
-    return LoaderSpec(batch_size=args.batch_size, train_crop_px=args.crop, crop_scale_min=0.08,
-                      eval_crop_px=args.eval_crop, eval_resize_px=args.eval_resize, workers=args.workers,
-                      **{**run, **extra})
+    given = dict(batch_size=args.batch_size, train_crop_px=args.crop, crop_scale_min=0.08, workers=args.workers,
+                 eval_crop_px=args.eval_crop, eval_resize_px=args.eval_resize, device=device,
+                 train_precision="fp16" if device.startswith("cuda") else "fp32")
+    return LoaderSpec(**{**given, **run, **extra})
 
 
-def data_for(args, loader: str) -> Path:
-    if args.data:
-        return Path(args.data)
+def data_for(args, loader: str) -> Path | None:
+    """--data, or the synthetic set `loader` reads, made once (None where the backend is not installed)."""
+    if args.data or declared(loader).missing():
+        return args.data and Path(args.data)
     beton = declared(loader).reads == "beton"
     folders, betons = synthetic_dataset(args.cache, beton, classes=4, train_per_class=args.images // 4,
                                         val_per_class=8, size_px=500)
     return betons if beton else folders
 
 
-def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 1) -> dict:
+def measure(loader: str, data: Path, spec: LoaderSpec, warmup: int, batches: int) -> dict:
     """One backend's training loader timed, its validation loader's first batch (or 'not installed here')."""
     if declared(loader).missing():
         return dict(loader=loader, status="not installed here")
-    spec = spec_for(args, device=device, rank=rank, world_size=world,
-                    train_precision=args.precision or ("fp16" if device.startswith("cuda") else "fp32"))
-    train, val, _ = make_loaders(data_for(args, loader), spec, loader=loader)
+    train, val, _ = make_loaders(data, spec, loader=loader)
     try:
-        result = timed(train, args.warmup, args.batches, torch.device(device))
+        result = timed(train, warmup, batches, spec.torch_device)
         train.close()    # FFCV's buffers belong to one epoch at a time: the validation epoch runs alone
         result["val_first_batch_s"] = timed(val, 0, 0)["first_batch_s"]
     finally:
@@ -102,6 +97,19 @@ def measure(args, loader: str, device: str = "cpu", rank: int = 0, world: int = 
         val.close()
     return dict(loader=loader, status="measured", workers=spec.workers, crop_px=spec.train_crop_px,
                 batch_size=spec.batch_size, **result)
+
+
+def backends(args) -> dict:
+    """Each backend in this process; `cores`: one decoding thread each (torchvision: in this process), torch one."""
+    if args.mode == "cores":
+        torch.set_num_threads(1)
+    rows = []
+    for loader in args.loaders:
+        workers = args.workers if args.mode == "backends" else 0 if loader == "torchvision" else 1
+        rows.append(measure(loader, data_for(args, loader), spec_for(args, workers=workers), args.warmup,
+                            args.batches))
+        print(rows[-1], flush=True)
+    return dict(mode=args.mode, rows=rows)
 
 
 def ranks(args) -> dict | None:
@@ -112,7 +120,8 @@ def ranks(args) -> dict | None:
         torch.cuda.set_device(local)
     dist.init_process_group("gloo")   # only to line the ranks up and gather the numbers
     dist.barrier()
-    mine = measure(args, args.loader, device, rank, world)
+    mine = measure(args.loader, data_for(args, args.loader), spec_for(args, device, rank=rank, world_size=world),
+                   args.warmup, args.batches)
     every = [None] * world
     dist.all_gather_object(every, mine)
     dist.destroy_process_group()
@@ -124,32 +133,19 @@ def ranks(args) -> dict | None:
                 val_first_batch_s=max(r["val_first_batch_s"] for r in every), spec=args.spec)
 
 
-def gpu_decode(args) -> dict:   # torchvision.io.decode_jpeg of batches of the files on the device (CUDA: nvJPEG)
-    from torchvision.io import decode_jpeg, read_file
-    device = torch.device(args.device)
-    files = sorted(data_for(args, "torchvision").glob("train/*/*.JPEG"))[:args.images]
-    data = [read_file(str(f)) for f in files]
-    batches = [data[i:i + args.batch_size] for i in range(0, len(data), args.batch_size)]
-    shapes = []
-    wall = time_steps(lambda: shapes.append([decode_jpeg(b, device=device)[0].shape for b in batches]), device, 1, 1)
-    return dict(device=str(device), images=len(data), shape=list(shapes[-1][-1]), batch_size=args.batch_size,
-                img_s=round(len(data) / wall["step_s"], 1))
-
-
 def sweep(args) -> dict:
     """`ranks` under torchrun for every (hardware-decoder share, threads, prefetch depth) in turn."""
     rows = []
     for load, threads, prefetch in itertools.product(args.hw_loads, args.threads, args.prefetch or [None]):
-        fields = [*args.spec, f"hw_decoder_load={load}", *([f"{PREFETCH_FIELD}={prefetch}"] if prefetch else [])]
+        fields = [*args.spec, f"hw_decoder_load={load}", *([f"dali_prefetch={prefetch}"] if prefetch else [])]
         with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
             out = Path(tmp) / "r.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}",
-                   "-m", "bench.loaders", "ranks", str(out), "--loader", args.loader, "--workers", str(threads),
-                   "--device", args.device, "--batch-size", str(args.batch_size), "--crop", str(args.crop),
-                   "--batches", str(args.batches), "--warmup", str(args.warmup), "--cache", str(args.cache),
-                   "--images", str(args.images), *(x for f in fields for x in ("--spec", f)),
-                   *(["--data", args.data] if args.data else [])]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   f"--nproc_per_node={args.ranks}", "-m", "bench.loaders", "ranks", str(out),
+                                   "--workers", str(threads), *(x for f in fields for x in ("--spec", f)),
+                                   *(x for k in FORWARDED if getattr(args, k) is not None
+                                     for x in (f"--{k.replace('_', '-')}", str(getattr(args, k))))],
+                                  capture_output=True, text=True)
             r = json.loads(out.read_text()) if out.is_file() else dict(status=f"failed: {proc.stderr[-300:]}")
         row = dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],
                    slowest_rank_img_s=r.get("slowest_rank_img_s"), first_batch_s=r.get("train_first_batch_s"))
@@ -161,8 +157,8 @@ def sweep(args) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("backends", "cores", "ranks", "gpu-decode", "sweep"))
+    p = parser(__doc__, None)
+    p.add_argument("mode", choices=("backends", "cores", "ranks", "sweep"))
     p.add_argument("out", type=Path, help="the JSON file to write (must not exist)")
     p.add_argument("--data", help="image folders (FFCV: its .beton folder); default: synthetic, made once")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the synthetic set is made")
@@ -172,31 +168,18 @@ def parse_args(argv=None):
     for flag, default in (("--workers", 2), ("--batch-size", 64), ("--crop", 176), ("--eval-crop", 224),
                           ("--eval-resize", 232), ("--batches", 20), ("--warmup", 3)):   # workers: per rank
         p.add_argument(flag, type=int, default=default)
-    p.add_argument("--precision", help="training images' dtype (default fp16 on CUDA, else fp32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--spec", action="append", default=[], metavar="FIELD=VALUE", help="any other LoaderSpec field")
     p.add_argument("--ranks", type=int, default=1, help="sweep: ranks loading at once")
     p.add_argument("--hw-loads", type=float, nargs="+", default=[0.65, 0.99], help="sweep: DALI_HW_DECODER_LOAD")
     p.add_argument("--threads", type=int, nargs="+", default=[4, 6, 8], help="sweep: NUM_WORKERS (DALI threads)")
-    p.add_argument("--prefetch", type=int, nargs="+", help=f"sweep: prefetch depths (LoaderSpec.{PREFETCH_FIELD})")
+    p.add_argument("--prefetch", type=int, nargs="+", help="sweep: prefetch depths (LoaderSpec.dali_prefetch)")
     return p.parse_args(argv)
-
-
-def backends(args) -> dict:
-    """Each backend in this process; `cores`: one decoding thread each (torchvision: in this process), torch one."""
-    if args.mode == "cores":
-        torch.set_num_threads(1)
-    rows = []
-    for loader in args.loaders:
-        workers = args.workers if args.mode == "backends" else 0 if loader == "torchvision" else 1
-        rows.append(measure(argparse.Namespace(**{**vars(args), "workers": workers}), loader))
-        print(rows[-1], flush=True)
-    return dict(mode=args.mode, rows=rows)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = {"ranks": ranks, "gpu-decode": gpu_decode, "sweep": sweep}.get(args.mode, backends)(args)
+    result = {"ranks": ranks, "sweep": sweep}.get(args.mode, backends)(args)
     if result is not None:
         write_json(args.out, result)
     return 0

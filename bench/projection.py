@@ -13,18 +13,16 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 from bench import loaders, steps
-from bench.common import REPO, mllog_events, time_steps, write_json
+from bench.common import IMAGENET, REPO, device, mllog_events, parser
 from resnet import train
+from resnet.data.loaders import LoaderSpec
 from resnet.launch import config_environ, env_to_flags, world_size_from_env
 from resnet.model import build_model
 from resnet.recipe import Plan, get_recipe
 from resnet.settings import add_train_arguments, read, recipe_from_args
 
 MOSAICML_LOGS = REPO / "tests" / "data" / "peer_logs" / "v2.0" / "MosaicML" / "8xA100_80GB-methods"
-IMAGENET = dict(train_images=1_281_167, val_images=50_000, classes=1000)
 
 
 def log_times(path: Path) -> dict:
@@ -134,50 +132,42 @@ def config_plan(config: Path, counts: dict, gpus: int | None):
     return args, Plan(recipe, counts["classes"], counts["train_images"], counts["val_images"], world)
 
 
-def measure_here(args, plan, sides, smoke: bool) -> dict:
-    """The config's rates here: ours at 3 sides (the others interpolated), its loader, evaluation and EMA."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    t = train.build_training(plan, device)
-    batch, r = plan.per_device_batch, plan.recipe
-    images, labels = steps.loaded_batch(device, r.precision, batch, r.train_crop_px, plan.num_classes)
-    n = (2, 4) if smoke else (5, 20)
-    model = {px: batch / time_steps(lambda: train.train_step(t, images, labels, px), device, *n)["step_s"]
-             for px in sorted({sides[0], sides[len(sides) // 2], sides[-1]})}
-    ns = argparse.Namespace(data=args.data, batch_size=batch, crop=r.train_crop_px, eval_crop=r.eval_crop_px,
-                            eval_resize=r.eval_resize_px, workers=args.workers, spec=[], precision=r.precision,
-                            warmup=2, batches=10 if smoke else 40)
-    loader = loaders.measure(ns, args.loader, str(device))
-    return dict(device=str(device), model_img_s=interpolate(model, sides), loader_img_s=loader["img_s"],
-                loader_start_s=loader["epoch_start_s"], val_start_s=loader["val_first_batch_s"],
-                first_start_s=loader["first_batch_s"],
-                **steps.ema_and_eval(t, plan, device, batch, *n))
+def measure_here(args, plan, sides: list) -> dict:
+    """The config's rates here, as a first session records them: ours at 3 of the sides, its loader, the EMA and
+    the evaluation."""
+    dev, batch, rows = device(), plan.per_device_batch, []
+    t = train.build_training(plan, dev)
+    steps.timed_sides(steps.ours_at(t, plan, dev), sorted({sides[0], sides[len(sides) // 2], sides[-1]}), dev,
+                      batch, 5, 20, rows.append, loop="ours", precision=plan.recipe.precision, compiled=False)
+    spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, workers=args.workers, device=str(dev))
+    loader, ema = loaders.measure(args.loader, Path(args.data), spec, 2, 40), steps.ema_and_eval(t, plan, dev, 5, 20)
+    return dict(device=str(dev), cores=len(os.sched_getaffinity(0)),
+                parts=dict(eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=[ema])))
 
 
 def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int | None) -> tuple[dict, list]:
-    """(rates, assumptions) of a first session: ours eager (interpolated between sides), torchvision's loader
-    scaled to `cores_per_gpu`, the EMA and the evaluation."""
+    """(rates, assumptions) of a first session: ours eager (interpolated between sides), its first loader (the
+    torchvision one) scaled to `cores_per_gpu`, the EMA and the evaluation."""
     parts = session["parts"]
     eager = [r for r in parts["eager"]["rows"] if r.get("loop") == "ours" and not r["compiled"]]
     if not eager:
         raise SystemExit("projection: error: the session measured no eager step of ours: nothing to project")
     precision = precision if any(r["precision"] == precision for r in eager) else eager[0]["precision"]
     model = {r["px"]: r["img_s"] for r in eager if r["precision"] == precision}
-    loader = next(r for r in parts["loader"]["rows"] if r["loader"] == "torchvision")
-    ema = parts["ema_eval"]["rows"][0]
-    cores = session["cores"]
+    loader, ema, cores = parts["loader"]["rows"][0], parts["ema_eval"]["rows"][0], session["cores"]
     scale = (cores_per_gpu or cores) / cores
     rates = dict(precision=precision, model_img_s=interpolate(model, sides), loader_img_s=loader["img_s"] * scale,
-                 loader_start_s=loader["epoch_start_s"], val_start_s=loader["val_first_batch_s"],
-                first_start_s=loader["first_batch_s"],
-                 eval_img_s=ema["eval_img_s"], ema_update_s=ema["ema_update_s"])
+                 first_start_s=loader["first_batch_s"], loader_start_s=loader["epoch_start_s"],
+                 val_start_s=loader["val_first_batch_s"], eval_img_s=ema["eval_img_s"],
+                 ema_update_s=ema["ema_update_s"])
     return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides "
                    "(the rest interpolated in px^2)",
-                   f"loader: torchvision with {loader['workers']} workers on {cores} cores, "
+                   f"loader: {loader['loader']} with {loader['workers']} workers on {cores} cores, "
                    f"x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, None)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--session", type=Path, help="a first session's session.json: project its GPU")
     src.add_argument("--config", type=Path, help="measure this config_<SYSTEM>.sh here and project it")
@@ -189,8 +179,6 @@ def parse_args(argv=None):
     for name, default in IMAGENET.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     p.add_argument("--through-epoch", type=int, help="default: MosaicML's runs' epoch of success (27)")
-    p.add_argument("--smoke", action="store_true", help="--config: few steps (a test's budget)")
-    p.add_argument("--out", type=Path, help="also write the projection as JSON (must not exist)")
     return p.parse_args(argv)
 
 
@@ -200,21 +188,17 @@ def main(argv=None) -> int:
 
 
 def report(args, session: dict | None = None) -> dict:
-    """The projection `main` prints (and writes with --out): rates measured or read, the plan, the table."""
+    """The projection `main` prints: rates measured or read, the plan, the table."""
     peer = peer_times()
     through = args.through_epoch or peer["success_epoch"]
-    if session or args.session:
-        session = session or json.loads(args.session.read_text())
-        recipe = get_recipe("mild")
-        plan = Plan(recipe, args.classes, args.train_images, args.val_images, args.gpus or 8)
-        sides = [recipe.resolution_px(e) for e in range(through)]
-        rates, assumed = session_rates(session, recipe.precision, sides, args.cores_per_gpu)
-        name = session["device"]
-    else:
+    if args.config:
         train_args, plan = config_plan(args.config, vars(args), args.gpus)
-        sides = [plan.recipe.resolution_px(e) for e in range(through)]
-        rates = measure_here(train_args, plan, sides, args.smoke)
-        assumed, name = [f"model: ours at 3 sides here (the rest interpolated), {args.config.name}"], rates["device"]
+    else:
+        plan = Plan(get_recipe("mild"), args.classes, args.train_images, args.val_images, args.gpus or 8)
+    sides = [plan.recipe.resolution_px(e) for e in range(through)]
+    if not session:
+        session = measure_here(train_args, plan, sides) if args.config else json.loads(args.session.read_text())
+    rates, assumed = session_rates(session, plan.recipe.precision, sides, args.cores_per_gpu)
     params = sum(p.numel() for p in build_model(plan.recipe, plan.num_classes).parameters())
     assumed += [f"all-reduce: {params * 4 / 1e6:.0f} MB of fp32 gradients a step at {args.bus_gb_s:g} GB/s bus "
                 f"bandwidth, {args.overlap:.0%} hidden by backward", "loader and model overlap fully "
@@ -223,12 +207,9 @@ def report(args, session: dict | None = None) -> dict:
                 f"{plan.steps_per_epoch} steps an epoch, the EMA every {plan.ema_every_steps}"]
     result = project(plan, rates, through, args.overlap, args.bus_gb_s, params,
                      peer if plan.recipe.arch == "resnet50" else None)
-    precision = rates.get("precision", plan.recipe.precision)
-    title = f"{plan.world_size}x {name}, batch {plan.per_device_batch} each, {precision}"
+    title = f"{plan.world_size}x {session['device']}, batch {plan.per_device_batch} each, {rates['precision']}"
     result.update(title=title, assumed=assumed, rates={k: v for k, v in rates.items() if k != "model_img_s"},
                   text=table(result, title, assumed))
-    if args.out:
-        write_json(args.out, result)
     return result
 
 

@@ -1,17 +1,14 @@
 """The step benchmark: the trainer's own `resnet.train.train_step` ("ours") against the one plain step
 (bench.common.plain_step) on random device tensors as the loader yields them, pipelined images/s of one device.
 
-    python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256] [--compile]
+    python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256]
     torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
     python -m bench.steps OUT.json --checkpoint [--steps 3] [--dir DIR]   # what a checkpoint costs the clock
 
---checkpoint: a synchronous save (snapshot, checksum, torch.save on the training thread) against the asynchronous
-`checkpoint.Saver.save` (the training thread copies the state to host memory; a thread checksums and writes it),
-for the CPU proxy (`resnet_cpu`) and ResNet-50, 1,000 classes each: medians over --steps saves of the seconds a
-sync save takes, the seconds the training thread is held by an async one (host buffers from a first, untimed
-save, as in a run), and the seconds until it is on disk. DIR: on the disk checkpoints go to (default: a temp dir).
+--checkpoint: medians over --steps saves of the CPU proxy's (`resnet_cpu`) and ResNet-50's state: seconds of a
+synchronous save (snapshot, checksum, torch.save), and of `checkpoint.Saver.save` holding the training thread (the
+copy to host buffers made by a first, untimed save, as in a run) and until its thread has written it to DIR's disk.
 """
-import argparse
 import statistics
 import sys
 import tempfile
@@ -21,12 +18,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import NUM_CLASSES, dtype, plain_step, sync, time_steps, write_json
+from bench.common import IMAGENET, device, parser, plain_step, sync, time_steps, write_json
 from resnet import checkpoint, distributed, train
 from resnet.data.loaders import LoaderSpec
-from resnet.recipe import Plan, amp_dtype, get_recipe
-
-IMAGENET = dict(train_samples=1_281_167, eval_samples=50_000)
+from resnet.recipe import Plan, amp_dtype, get_recipe, torch_dtype as dtype   # steps.dtype: tests/test_cuda.py
 
 
 def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
@@ -35,95 +30,89 @@ def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size:
     runs every 20 steps as it will)."""
     recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
                                         **fields)
-    plan = Plan(recipe, NUM_CLASSES, world_size=world_size, **IMAGENET)
-    t = train.build_training(plan, device, compile_backend is not None, compile_backend or "inductor")
-    return t, plan
+    plan = Plan(recipe, IMAGENET["classes"], IMAGENET["train_images"], IMAGENET["val_images"], world_size)
+    return train.build_training(plan, device, compile_backend is not None, compile_backend or "inductor"), plan
 
 
-def loaded_batch(device, precision: str, batch: int, px: int, classes: int = NUM_CLASSES):
+def loaded_batch(device, precision: str, batch: int, px: int, classes: int = IMAGENET["classes"]):
     """Random images as a loader yields them (this dtype, channels-last) and labels."""
     images = torch.randn(batch, 3, px, px, device=device).to(dtype(precision))
     return images.contiguous(memory_format=torch.channels_last), torch.randint(0, classes, (batch,), device=device)
 
 
-def _row(loop, precision, compiled, px, batch, timing) -> dict:
-    return dict(loop=loop, precision=precision, compiled=compiled, px=px,
-                img_s=round(batch / timing["step_s"], 1), **timing)
+def ours_at(t, plan, device):
+    """step(px): our train_step on one loaded batch of the recipe's full crop, resized to px as in training."""
+    r = plan.recipe
+    images, labels = loaded_batch(device, r.precision, plan.per_device_batch, r.train_crop_px, plan.num_classes)
+    return lambda px: train.train_step(t, images, labels, px)
 
 
-def both(t, plan, step, sides, precision, compiled: bool, batch, warmup, steps, emit,
-         between=lambda: None) -> None:
-    """emit() a row per loop and side: ours from the full crop, between(), then the plain step at the side."""
-    device = next(t.model.parameters()).device
-    images, labels = loaded_batch(device, precision, batch, plan.recipe.train_crop_px)
+def timed_sides(step, sides, device, images: int, warmup: int, steps: int, emit, **row) -> None:
+    """emit() a row per side: `row`, the side, and step(px)'s timing with its rate (`images` a call)."""
     for px in sides:
-        emit(_row("ours", precision, compiled, px, batch,
-                  time_steps(lambda: train.train_step(t, images, labels, px), device, warmup, steps)))
-    between()
-    for px in sides:
-        x, y = loaded_batch(device, precision, batch, px)
-        emit(_row("plain", precision, compiled, px, batch, time_steps(lambda: step(x, y), device, warmup, steps)))
+        timing = time_steps(lambda: step(px), device, warmup, steps)
+        emit(dict(row, px=px, img_s=round(images / timing["step_s"], 1), **timing))
 
 
-def eager_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit, sides=None,
-                **fields) -> None:
-    """Both loops eager at `sides` (default: every side of the schedule)."""
-    t, plan = ours(device, precision, batch, arch, **fields)
-    sides = sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
-    both(t, plan, plain_step(arch, device, precision), sides, precision, False, batch, warmup, steps,
-         emit)
+def both(s, t, plan, plain, sides, compiled: bool, emit) -> None:
+    """emit() a row per loop and side: ours from the full crop, then the plain step at the side."""
+    precision, batch = plan.recipe.precision, plan.per_device_batch
+    n = (s.device, batch, s.warmup, s.steps, emit)
+    timed_sides(ours_at(t, plan, s.device), sides, *n, loop="ours", precision=precision, compiled=compiled)
+    batches = {px: loaded_batch(s.device, precision, batch, px) for px in sides}
+    timed_sides(lambda px: plain(*batches[px]), sides, *n, loop="plain", precision=precision, compiled=compiled)
 
 
-def counting_backend(name: str):
-    """A torch.compile backend that counts the graphs it compiles (.frames) and hands them to `name`."""
-    def backend(gm, example_inputs):
-        backend.frames += 1
-        return torch._dynamo.lookup_backend(name)(gm, example_inputs)
-    backend.frames = 0
-    return backend
+def eager(s, emit) -> None:
+    """Both loops eager in each of s.precisions at s.sides (None: every side of the schedule)."""
+    for precision in s.precisions:
+        t, plan = ours(s.device, precision, s.batch, s.arch, **s.fields)
+        sides = s.sides or sorted({plan.recipe.resolution_px(e) for e in range(plan.recipe.epochs)})
+        both(s, t, plan, plain_step(s.arch, s.device, precision), sides, False, emit)
 
 
-def compiled_rates(device, precision: str, batch: int, warmup: int, steps: int, arch: str, emit,
-                   backend: str = "inductor", sides=None, **fields) -> None:
-    """The trainer's warm_up of a 2-epoch schedule (seconds, graphs), both compiled at its 2 sides (`sides`
-    unused), and the graphs compiled after the warm-up (the trainer needs 0)."""
+def compiled(s, emit) -> None:
+    """The trainer's warm_up of a 2-epoch schedule (seconds, graphs), both loops compiled at its 2 sides, and the
+    graphs compiled after the warm-up (the trainer needs 0)."""
+    def counting(gm, example_inputs):   # s.backend, counting the graphs it compiles
+        counting.graphs += 1
+        return torch._dynamo.lookup_backend(s.backend)(gm, example_inputs)
+    counting.graphs = 0
     torch._dynamo.reset()
-    counter = counting_backend(backend)
-    t, plan = ours(device, precision, batch, arch, compile_backend=counter, **{"epochs": 2, "warmup_epochs": 1,
-                                                                             **fields})
-    spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, device=str(device))
+    t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, compile_backend=counting,
+                   **{"epochs": 2, "warmup_epochs": 1, **s.fields})
     started = time.perf_counter()
-    sides = train.warm_up(t, plan, spec, (batch,))
-    sync(device)
-    emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counter.frames))
-    before = counter.frames
-    step = plain_step(arch, device, precision, compile_model=backend == "inductor")
-    both(t, plan, step, sides, precision, True, batch, warmup, steps, emit,
-         lambda: emit(dict(part="recompiles_after_warm_up", graphs=counter.frames - before)))
+    sides = train.warm_up(t, plan, LoaderSpec.from_recipe(plan.recipe, batch_size=s.batch, device=str(s.device)),
+                          (s.batch,))
+    sync(s.device)
+    emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counting.graphs))
+    before = counting.graphs
+    plain = plain_step(s.arch, s.device, s.precisions[0], compile_model=s.backend == "inductor")
+    both(s, t, plan, plain, sides, True, emit)
+    emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # ours: plain compiles on its own
 
 
-def host_syncs(device, precision: str, batch: int, arch: str, **fields) -> dict:
-    """Host syncs per step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
-    t, plan = ours(device, precision, batch, arch, **fields)
-    px = plan.recipe.train_crop_px
-    images, labels = loaded_batch(device, precision, batch, px)
-    train.train_step(t, images, labels, px)
-    sync(device)
+def syncs(s, emit) -> None:
+    """Host syncs per fp16 step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
+    t, plan = ours(s.device, "fp16", s.batch, s.arch, **s.fields)
+    step, px, n = ours_at(t, plan, s.device), plan.recipe.train_crop_px, t.ema_every_steps
+    step(px)
+    sync(s.device)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            for _ in range(t.ema_every_steps):
-                train.train_step(t, images, labels, px)
+            for _ in range(n):
+                step(px)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
-    return dict(px=px, steps=t.ema_every_steps, syncs_per_step=len(syncs) / t.ema_every_steps, first=syncs[:3])
+    found = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
+    emit(dict(px=px, steps=n, syncs_per_step=len(found) / n, first=found[:3]))
 
 
-def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
+def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
     """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
-    r = plan.recipe
+    r, batch = plan.recipe, plan.per_device_batch
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
     images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
     images = images.contiguous(memory_format=torch.channels_last)
@@ -135,18 +124,20 @@ def ema_and_eval(t, plan, device, batch: int, warmup: int, steps: int) -> dict:
                 eval_img_s=round(batch / ev["step_s"], 1))
 
 
-def ddp(args) -> dict:
+def ema_eval(s, emit) -> None:
+    t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, **s.fields)
+    emit(ema_and_eval(t, plan, s.device, s.warmup, s.steps))
+
+
+def ddp(s) -> dict | None:
     """One rank under torchrun: ours with DDP at each side, cudnn.benchmark off and on; img/s of all ranks."""
-    dev = distributed.init("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
+    dev, rows = distributed.init(), []
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
-        t, plan = ours(dev.device, args.precisions[0], args.batch, args.arch, world_size=dev.world_size)
-        images, labels = loaded_batch(dev.device, args.precisions[0], args.batch, plan.recipe.train_crop_px)
-        for px in args.sides:
-            timing = time_steps(lambda: train.train_step(t, images, labels, px), dev.device, args.warmup, args.steps)
-            rows.append(dict(cudnn_benchmark=bench, **_row("ours-ddp", args.precisions[0], False, px,
-                                                           args.batch * dev.world_size, timing)))
+        t, plan = ours(dev.device, s.precisions[0], s.batch, s.arch, world_size=dev.world_size)
+        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup,
+                    s.steps, rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0],
+                    compiled=False)
     distributed.shutdown()
     return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
 
@@ -176,19 +167,18 @@ def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="the JSON file to write (must not exist)")
+    p = parser(__doc__)
     p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=("fp16", "bf16", "fp32"))
     p.add_argument("--sides", type=int, nargs="+", default=[88, 128, 176])
     p.add_argument("--batch", type=int, default=256, help="per device")
     p.add_argument("--arch", default="resnet50", help="the network of both loops (torchvision's name)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="also compiled (a 2-epoch schedule's sides)")
     p.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank, no more")
     p.add_argument("--checkpoint", action="store_true", help="what a checkpoint save costs (sync vs async)")
     p.add_argument("--dir", type=Path, help="--checkpoint: the folder saves go to (default: a temporary one)")
     args = p.parse_args(argv)
+    args.device, args.fields = device(), {}   # what eager() takes beside the options
     if args.ddp:
         result = ddp(args)
     elif args.checkpoint:
@@ -196,12 +186,9 @@ def main(argv=None) -> int:
             result = dict(rows=[checkpoint_cost(arch, Path(tmp), args.steps) for arch in ("resnet_cpu", "resnet50")])
         print(*result["rows"], sep="\n")
     else:
-        device, rows = torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
-        for precision in args.precisions:
-            for rates in (eager_rates, compiled_rates) if args.compile else (eager_rates,):
-                rates(device, precision, args.batch, args.warmup, args.steps, args.arch,
-                      lambda row: rows.append(row) or print(row, flush=True), sides=args.sides)
-        result = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", rows=rows)
+        rows = []
+        eager(args, lambda row: rows.append(row) or print(row, flush=True))
+        result = dict(device=torch.cuda.get_device_name() if args.device.type == "cuda" else "cpu", rows=rows)
     if result:
         write_json(args.out, result)
     return 0

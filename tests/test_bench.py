@@ -91,6 +91,8 @@ def test_a_part_over_its_budget_is_cut_and_keeps_nothing_half_done(tmp_path):
 
 def test_the_step_benchmark_times_the_trainers_own_step(monkeypatch):
     """ours is resnet.train.train_step on a build_training (counted here), plain the one plain_step."""
+    from types import SimpleNamespace
+
     from bench import steps
     from resnet import train
 
@@ -98,7 +100,8 @@ def test_the_step_benchmark_times_the_trainers_own_step(monkeypatch):
     real = train.train_step
     monkeypatch.setattr(train, "train_step", lambda *a: calls.append(a[-1]) or real(*a))
     rows = []
-    steps.eager_rates(torch.device("cpu"), "fp32", 2, 1, 2, "resnet18", rows.append, [16], train_crop_px=32)
+    steps.eager(SimpleNamespace(device=torch.device("cpu"), precisions=["fp32"], batch=2, warmup=1, steps=2,
+                                arch="resnet18", sides=[16], fields=dict(train_crop_px=32)), rows.append)
     assert calls == [16, 16, 16] and [r["loop"] for r in rows] == ["ours", "plain"]
     assert all(r["img_s"] > 0 and r["timed_steps"] == 2 for r in rows)
 
@@ -180,14 +183,13 @@ def test_loader_ranks_measures_every_rank_loading_at_once(ffcv_data, tmp_path):
 
 
 def test_loader_benchmark_says_what_is_not_installed_and_refuses_unknown_fields(monkeypatch, tmp_path):
-    import argparse
     import dataclasses
 
     from bench import loaders
     from resnet.data import dali_loader
 
     monkeypatch.setattr(dali_loader, "BACKEND", dataclasses.replace(dali_loader.BACKEND, needs="no_such_module_here"))
-    assert loaders.measure(argparse.Namespace(), "dali") == dict(loader="dali", status="not installed here")
+    assert loaders.measure("dali", None, None, 0, 0) == dict(loader="dali", status="not installed here")
     args = loaders.parse_args(["ranks", str(tmp_path / "x.json"), "--spec", "no_such_field=1"])
     with pytest.raises(SystemExit, match="LoaderSpec has no field 'no_such_field'"):
         loaders.spec_for(args)
