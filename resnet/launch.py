@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import os
 import re
 import signal
@@ -28,14 +27,16 @@ from pathlib import Path
 
 from resnet import errors
 
-# Read by the launch scripts rather than by the training process.
+# Read by the launch scripts rather than by the training process. EXPERIMENT_INDEX: set by run_with_docker.sh and
+# run.sub, which call run_and_time.sh once per experiment i of the set (resnet.launchset).
 LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU", "CONFIG_FILE",
-                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON", "RDZV_TIMEOUT_S"}
+                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON", "RDZV_TIMEOUT_S",
+                "EXPERIMENT_INDEX"}
 MAX_SEED = 2**31 - 1
 # Whole numbers the launch scripts compute with (bash arithmetic) or hand to torchrun: (least, most).
 LAUNCH_NUMBERS = {"NEXP": (1, None), "DGXNGPU": (1, None), "DGXNNODES": (1, None), "SEED": (0, MAX_SEED),
                   "SLURM_NODEID": (0, None), "NODE_RANK": (0, None), "MASTER_PORT": (1, 65535),
-                  "RDZV_TIMEOUT_S": (1, None)}
+                  "RDZV_TIMEOUT_S": (1, None), "EXPERIMENT_INDEX": (0, None)}
 MAX_GPUS_PER_NODE = 16     # the most GPUs one node has (DGX: 8; HGX-2 class: 16)
 SWITCHES = ("DRY_RUN", "BIND_CPU", "CACHE_CLEARED")
 KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_", "SLURM_")
@@ -128,6 +129,9 @@ def resolve(environ) -> Launch:
         fail(f"DGXSYSTEM={shown(system)} is no system name (letters, digits, _ . -); fix the config")
     world_size_from_env(environ)
     n = {name: whole(environ, name) for name in LAUNCH_NUMBERS}
+    if (n["EXPERIMENT_INDEX"] or 0) >= (n["NEXP"] or 5):
+        fail(f"EXPERIMENT_INDEX={n['EXPERIMENT_INDEX']} is not below NEXP={n['NEXP'] or 5} (the set's size); fix "
+             "or unset EXPERIMENT_INDEX")
     nodes = n["DGXNNODES"] or 1
     if nodes > 1:
         rank = n["SLURM_NODEID"] if n["SLURM_NODEID"] is not None else n["NODE_RANK"] or 0
@@ -197,8 +201,9 @@ def checked_flags(environ) -> list[str]:
     add_train_arguments(train_parser)
     warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
                                    here=environ.get("DRY_RUN", "0") != "1")
-    for line in warnings:
-        errors.warn(line)
+    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+        for line in warnings:
+            errors.warn(line)
     return words
 
 
@@ -246,16 +251,12 @@ def env_problems(environ) -> list[str]:
 def missing_module(loader: str) -> str | None:
     """The first module the benchmark needs that this python cannot import, with how to install it (the loader's
     library: as its backend declares it; an unknown LOADER is named by `prepare`)."""
-    for module in ("torch", "mlperf_logging", "compliance"):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            return f"no module named {module!r}"
-    from resnet.data.loaders import BACKENDS, declared   # the declarations import no library
+    from resnet.data import loaders   # the seam and the declarations import no library
 
-    return declared(loader).missing() if loader in BACKENDS else None
+    for module in ("torch", "mlperf_logging", "compliance"):
+        if loaders.missing_module(module):
+            return loaders.missing_module(module)
+    return loaders.declared(loader).missing() if loader in loaders.BACKENDS else None
 
 
 def nul_words(words, out=None) -> None:
@@ -265,10 +266,12 @@ def nul_words(words, out=None) -> None:
     out.flush()
 
 
-def checkpoint_holder(folder) -> str | None:
-    from resnet.checkpoint import holder    # imports torch: only when a checkpoint folder has an owner file
+def held_checkpoint(folder) -> str | None:
+    """The trainer's own line refusing `folder` when a live run holds it, else None."""
+    from resnet import checkpoint    # imports torch: only when a checkpoint folder has an owner file
 
-    return holder(folder)
+    who = checkpoint.holder(folder)
+    return checkpoint.held_line(folder, who) if who else None
 
 
 def prepare(environ) -> int:
@@ -283,10 +286,9 @@ def prepare(environ) -> int:
     launch = resolve(environ)
     words = checked_flags(environ)
     held = environ.get("CHECKPOINT_DIR") and launch.node_rank == 0 and not launch.dry_run and \
-        Path(environ["CHECKPOINT_DIR"], "owner.lock").exists() and checkpoint_holder(environ["CHECKPOINT_DIR"])
-    if held:     # the trainer refuses it too; said here before any experiment starts
-        fail(f"CHECKPOINT_DIR={shown(environ['CHECKPOINT_DIR'])}: held by a live run ({held}); a checkpoint has "
-             "one owner: wait for that run to end, or set another CHECKPOINT_DIR")
+        Path(environ["CHECKPOINT_DIR"], "owner.lock").exists() and held_checkpoint(environ["CHECKPOINT_DIR"])
+    if held:     # the trainer refuses it too, in the same words; said here before any experiment starts
+        fail(held)
     nul_words([f"set {k}={v}" for k, v in vars(launch).items()] + [f"flag {w}" for w in words])
     return 0
 

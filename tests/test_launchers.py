@@ -127,23 +127,24 @@ def test_run_with_docker_dry_run(tmp_path):
     execs = [c for c in cmds if c[:2] == ["docker", "exec"] and c[-1] == "./run_and_time.sh"]
     assert len(execs) == 3 and all(c[-2] == name for c in execs)
     envs = [docker_env(c) for c in execs]
-    assert len({e["SEED"] for e in envs}) == 3, "one fresh seed per experiment"
+    # The set's size and its place in it; no SEED: run_and_time.sh's record draws the set's seeds once.
+    assert [(e["NEXP"], e["EXPERIMENT_INDEX"]) for e in envs] == [("3", "0"), ("3", "1"), ("3", "2")]
+    assert not any("SEED" in e for e in envs)
     config = source_config(REPO / "config_DGXA100.sh", NEXP=3)
     host_only = ("DATADIR", "LOGDIR", "NEXP", "CONFIG_FILE")      # CONFIG_FILE: a host path, meaningless inside
     for e in envs:
-        assert e["NEXP"] == "1" and e["DATADIR"] == "/data" and e["LOGDIR"] == "/results" and e["BIND_CPU"] == "1"
+        assert e["DATADIR"] == "/data" and e["LOGDIR"] == "/results" and e["BIND_CPU"] == "1"
         assert e["CACHE_CLEARED"] in ("0", "1") and e["DEVICE"] == "cuda" and "CONFIG_FILE" not in e
         assert "CHECKPOINT_DIR" not in e
         assert {k: e[k] for k in config if k not in host_only} == \
                {k: v for k, v in config.items() if k not in host_only}
-    # Order: start, then per experiment the cache drop right before the run, then the summary, the removal last.
+    # Order: start, then per experiment the cache drop right before the run (the last one's run_and_time.sh gives
+    # the set's verdict), the removal last.
     order = [cmds.index(start)] + [cmds.index(c) for c in execs]
     assert order == sorted(order)
     for c in execs:
         assert "drop_caches" in " ".join(cmds[cmds.index(c) - 1])
-    assert cmds[-2][:3] == ["docker", "exec", name] and cmds[-2][-3:] == ["-m", "compliance.summarize",
-                                                                          "/results/DGXA100/resnet"]
-    assert cmds[-1] == ["docker", "rm", "-f", name]
+    assert cmds[-2] == execs[-1] and cmds[-1] == ["docker", "rm", "-f", name]
 
 
 def test_run_with_docker_mounts_the_checkpoint_folder(tmp_path):
@@ -160,11 +161,12 @@ def test_run_with_docker_mounts_the_checkpoint_folder(tmp_path):
     assert not (tmp_path / "ckpt").exists(), "a dry run creates nothing"
 
 
-def test_run_with_docker_seeds_follow_seed(tmp_path):
+def test_run_with_docker_passes_the_sets_seed_and_each_experiments_place(tmp_path):
     cmds, log = dry_run("run_with_docker.sh", tmp_path, DGXSYSTEM="DGXH100", NEXP="2", SEED="100")
-    seeds = [docker_env(c)["SEED"] for c in cmds if c[-1:] == ["./run_and_time.sh"]]
-    assert seeds == ["100", "101"] and "seed 101" in log
-    assert all(docker_env(c)["PRECISION"] == "fp16" for c in cmds if c[-1:] == ["./run_and_time.sh"])
+    envs = [docker_env(c) for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    assert [(e["SEED"], e["NEXP"], e["EXPERIMENT_INDEX"]) for e in envs] == [("100", "2", "0"), ("100", "2", "1")]
+    assert "experiment 2 of 2" in log
+    assert all(e["PRECISION"] == "fp16" for e in envs)
 
 
 def test_run_with_docker_refuses_unknown_system_and_missing_image(tmp_path):
@@ -196,13 +198,13 @@ def test_run_sub_dry_run(tmp_path):
         assert exported[0] == "ALL"
         env = dict(e.split("=", 1) for e in exported[1:])
         assert env["CONFIG_FILE"] == "" and "CHECKPOINT_DIR" not in env   # the submit host's path, unset inside
-        assert env["SEED"] == str(7 + i) and env["NEXP"] == "1"
+        assert (env["SEED"], env["NEXP"], env["EXPERIMENT_INDEX"]) == ("7", "2", str(i))
         assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["RDZV_TIMEOUT_S"]) == ("node001", "29500", "300")
         assert env["RESUME"] == "auto"
         assert (env["DATADIR"], env["LOGDIR"]) == ("/data", "/results")
         drop = cmds[cmds.index(c) - 1]
         assert drop[0] == "srun" and "drop_caches" in " ".join(drop) and option_values(drop, "--nodes") == ["2"]
-    assert cmds[-1][-3:] == ["-m", "compliance.summarize", "/results/DGXA100_2x8/resnet"]
+    assert cmds[-1] == trains[-1], "the last experiment's run_and_time.sh gives the set's verdict"
     assert "rendezvous node001:29500" in log
 
 
@@ -252,9 +254,9 @@ def test_docker_experiment_env_makes_one_torchrun(tmp_path):
 
 @needs_run_and_time
 def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
-    cmds, _ = dry_run("run.sub", tmp_path / "launch", DGXSYSTEM="DGXA100_2x8", NEXP="1", **SLURM_2,
+    cmds, _ = dry_run("run.sub", tmp_path / "launch", DGXSYSTEM="DGXA100_2x8", NEXP="2", SEED="40", **SLURM_2,
                       SLURM_SUBMIT_DIR=str(REPO))
-    (experiment,) = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    experiment = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]][1]     # the set's second experiment
     exported = dict(e.split("=", 1) for e in option_values(experiment, "--export")[0].split(",")[1:])
     config = source_config(REPO / "config_DGXA100_2x8.sh")
     # srun gives each task SLURM_NODEID. PRECISION=bf16 because the settings check refuses fp16 without a GPU.
@@ -263,7 +265,7 @@ def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
     assert "--nproc_per_node=8" in torchrun and "--nnodes=2" in torchrun and "--node_rank=1" in torchrun
     assert "--master_addr=node001" in torchrun and "--master_port=29500" in torchrun and "--standalone" not in torchrun
     assert "--rdzv_conf=timeout=300" in torchrun and "--log-file" not in torchrun, "node 0 claims and writes the log"
-    assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == [exported["SEED"]]
+    assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == ["41"]
 
 
 PWNED = "/tmp/launchers_pwned"

@@ -338,7 +338,9 @@ def test_a_checkpoint_folder_held_by_a_live_run_is_refused_before_any_experiment
         holder.communicate("", timeout=60)
     lines = [line for line in out.stderr.splitlines() if "error" in line]
     assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
-    assert f"CHECKPOINT_DIR={ckpt}: held by a live run (pid {holder.pid} on host" in lines[0], lines[0]
+    # The trainer's own words (checkpoint.held_line): the folder, the holder, what to do.
+    assert f"(CHECKPOINT_DIR) {ckpt}: held by a live run (pid {holder.pid} on host" in lines[0], lines[0]
+    assert lines[0].endswith("wait for that run to end, or set another CHECKPOINT_DIR"), lines[0]
     assert "=== experiment" not in out.stderr and not list(tmp_path.rglob("result_*.txt"))
 
 

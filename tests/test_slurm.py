@@ -268,8 +268,9 @@ def test_bare_metal_runs_the_submit_directory_launcher_with_its_environment(cont
         assert (env["DATADIR"], env["LOGDIR"], env["CHECKPOINT_DIR"]) == (
             str(tmp_path / "data"), str(tmp_path / "results"), str(ckpt))
         assert env["CONFIG_FILE"] == str(REPO / "config_DGXA100_2x8.sh"), "the nodes check the config they source"
-        assert (env["SEED"], env["NEXP"], env["RESUME"], env["MASTER_ADDR"]) == (str(7 + i), "1", "auto", "node001")
-    assert cmds[-1] == [f"{venv}/bin/python", "-m", "compliance.summarize", f"{tmp_path}/results/DGXA100_2x8/resnet"]
+        assert (env["SEED"], env["NEXP"], env["EXPERIMENT_INDEX"], env["RESUME"], env["MASTER_ADDR"]) == (
+            "7", "2", str(i), "auto", "node001")
+    assert cmds[-1] == trains[-1], "the last experiment's run_and_time.sh gives the set's verdict"
 
 
 SPLIT = [  # a setting whose value srun --export (or --container-mounts) would split at its comma
