@@ -41,6 +41,19 @@ MAX_GPUS_PER_NODE = 16     # the most GPUs one node has (DGX: 8; HGX-2 class: 16
 SWITCHES = ("DRY_RUN", "BIND_CPU", "CACHE_CLEARED")
 KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_", "SLURM_")
 SHELL_NAMES = {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}
+# Names that two other MLPerf ResNet implementations give settings of this one, and ours (None: the recipe fixes
+# it). NVIDIA: config_DGXH100.sh of mlcommons/training_results_v3.1 and config_L40S_2x4x204.sh of v4.0 (both in
+# NVIDIA/benchmarks/resnet/implementations/*mxnet/); MosaicML: setup.sh and 8xA100_80GB-methods/config.yaml of
+# mlcommons/training_results_v2.0 (MosaicML/benchmarks/resnet/implementations/).
+OTHER_NAMES = {
+    "NUMEPOCHS": ("NVIDIA", "EPOCHS"), "EVAL_PERIOD": ("NVIDIA", "EVAL_EVERY_EPOCHS"),
+    "LABELSMOOTHING": ("NVIDIA", "LABEL_SMOOTHING"), "NETWORK": ("NVIDIA", "ARCH"),
+    "DALI_THREADS": ("NVIDIA", "NUM_WORKERS"), "WD": ("NVIDIA", None), "MOM": ("NVIDIA", None),
+    "OPTIMIZER": ("NVIDIA", None), "LRSCHED": ("NVIDIA", None), "LARSETA": ("NVIDIA", None),
+    "EVAL_OFFSET": ("NVIDIA", None), "BENCHMARK_TOTAL_RUNS": ("MosaicML", "NEXP"),
+    "SYS_GPU_NUM": ("MosaicML", "DGXNGPU"), "MLPERF_ROOT_DIR": ("MosaicML", "LOGDIR"),
+    "BENCHMARK_CONFIG": ("MosaicML", "RECIPE"),
+}
 # What each backend needs installed, and how to get it. Until the loader seam declares this per backend
 # (resnet.data.loaders, h-seam), this is its one table.
 def fail(text: str):
@@ -214,6 +227,20 @@ def check_config(path: Path) -> list[str]:
     return sorted(n for n in names if n not in known and not n.startswith(KNOWN_PREFIXES))
 
 
+def other_name(name: str) -> str | None:
+    """What `name` is when another MLPerf ResNet implementation uses it (OTHER_NAMES), or None."""
+    if name not in OTHER_NAMES:
+        return None
+    who, ours = OTHER_NAMES[name]
+    return (f"{name} is {who}'s name: this package reads {ours}" if ours else f"{name} is {who}'s name for a "
+            "setting this package does not have (its recipe, RECIPE, fixes it: docs/RECIPE.md)")
+
+
+def other_names(environ) -> list[str]:
+    """Warnings for the environment's names that other implementations use (it runs with ours, theirs ignored)."""
+    return [f"environment: {other_name(name)}; {name} is ignored" for name in sorted(environ) if other_name(name)]
+
+
 def misspelt_settings(environ, known=None) -> dict[str, str]:
     """Environment variables that are no setting but look like one: {name: the setting it probably means}.
     Close matches (cutoff 0.8) and a setting's name in other letter case count; others do not, because the
@@ -223,7 +250,7 @@ def misspelt_settings(environ, known=None) -> dict[str, str]:
     upper = {k.upper(): k for k in known}
     found = {}
     for name in environ:
-        if name in known or name.upper().startswith(KNOWN_PREFIXES):
+        if name in known or name.upper().startswith(KNOWN_PREFIXES) or name in OTHER_NAMES:
             continue
         if name.upper() in upper:
             found[name] = upper[name.upper()]
@@ -238,6 +265,9 @@ def config_problems(config: Path) -> list[str]:
     problems = []
     for name in check_config(config):
         close = difflib.get_close_matches(name.upper(), sorted(known_names()), n=1)
+        if other_name(name):
+            problems.append(f"{config}: {other_name(name)}; rename or remove it")
+            continue
         problems.append(f"{config}: unknown setting {name}"
                         + (f"; did you mean {close[0]}?" if close else "; remove it or see README 'Settings'"))
     return problems
@@ -284,6 +314,9 @@ def prepare(environ) -> int:
             print(f"mlperf-resnet: error: {line}", file=sys.stderr)
         return 1
     launch = resolve(environ)
+    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+        for line in other_names(environ):
+            errors.warn(line)
     words = checked_flags(environ)
     held = environ.get("CHECKPOINT_DIR") and launch.node_rank == 0 and not launch.dry_run and \
         Path(environ["CHECKPOINT_DIR"], "owner.lock").exists() and held_checkpoint(environ["CHECKPOINT_DIR"])
@@ -326,6 +359,8 @@ def main(argv=None) -> int:
                 signal.signal(s, signal.SIG_IGN)
             return launchset.run(args)
         problems = env_problems(os.environ) if args.cmd == "check-env" else config_problems(args.config)
+        for line in other_names(os.environ) if args.cmd == "check-env" else []:
+            errors.warn(line)
     except errors.Error as e:
         errors.report(e)
         return e.exit_code

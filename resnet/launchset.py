@@ -122,7 +122,8 @@ def continuing(record: dict, path: Path) -> str:
                 "CHECKPOINT_DIR holds one of it (RESUME=auto; else it starts over)")
     more = f", then {len(rest)} not started (seeds {', '.join(str(e['seed']) for _, e in rest)})" if rest else ""
     earlier = f"; its earlier log {', '.join(e['logs'])} will not count" if e["logs"] else ""
-    return f"continuing the set recorded in {path}: {ended} of {record['nexp']} experiments ended; {what}{more}{earlier}"
+    return (f"continuing the set recorded in {path}: {ended} of {record['nexp']} experiments ended; "
+            f"{what}{more}{earlier}")
 
 
 def experiment_index() -> int | None:

@@ -338,17 +338,14 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
 
 
 def target_warning(target: float) -> str | None:
-    """The one line for a target below MLPerf's (a likely typo named as one), or None. (A higher target is a longer
-    run whose logs still pass MLPerf's.)"""
+    """The one line for a target below MLPerf's (a likely typo named as one); None for a higher one (a longer run)."""
     mlperf = SUBMISSION_TARGET_ACCURACY
-    if target >= mlperf:
-        return None
     typo = next((f" ({mlperf} / {10 ** k}: likely a typo of {mlperf})" for k in (1, 2)
                  if math.isclose(target * 10 ** k, mlperf)), "")
-    if not typo and abs(target - mlperf) <= 0.01:
-        typo = f" (close to {mlperf}: likely meant as {mlperf})"
-    return (f"{BY_FLAG['--target-accuracy'].name}: {target} is below MLPerf's ResNet target {mlperf}{typo}: this is "
-            "not a submission run, no log of it can count (a set of 5 or more exits 5)")
+    typo = typo or (f" (close to {mlperf}: likely meant as {mlperf})" if abs(target - mlperf) <= 0.01 else "")
+    return None if target >= mlperf else (f"{BY_FLAG['--target-accuracy'].name}: {target} is below MLPerf's ResNet "
+                                          f"target {mlperf}{typo}: this is not a submission run, no log of it can "
+                                          "count (a set of 5 or more exits 5)")
 
 
 def _validate_data(args) -> None:

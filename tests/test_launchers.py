@@ -1,9 +1,11 @@
 """The launchers: shell scripts and the Dockerfile lint clean, run_with_docker.sh and run.sub print the right
 commands (DRY_RUN=1, no Docker or SLURM needed), and those commands feed run_and_time.sh correctly."""
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +336,99 @@ def test_the_settings_table_does_not_import_the_launcher():
     assert sh(sys.executable, "-c", probe).returncode == 0
     source = (REPO / "resnet" / "settings.py").read_text()
     assert "import launch" not in source and "from resnet.launch" not in source
+
+
+# ------------------------------------------------------- run_with_docker.sh's set, continued after a stop
+
+FAKE_DOCKER = r"""
+# docker for the tests, with this machine as the container: `run -d ... --volume HOST:PATH[:ro] ... IMAGE ...`
+# records the volumes, `exec --env NAME=VALUE ... CONTAINER ./run_and_time.sh` runs $FAKE_REPO/run_and_time.sh
+# here with those settings (the container's paths mapped back to the host's; $FAKE_OVERRIDES, the tests' tiny run,
+# over the config's) and exits with its status; `rm -f` and the privileged cache drop succeed.
+import json, os, subprocess, sys
+state, args = os.path.join(os.path.dirname(sys.argv[0]), "volumes.json"), sys.argv[1:]
+if args[:2] == ["run", "-d"]:
+    pairs = [args[i + 1].split(":") for i, a in enumerate(args) if a == "--volume"]
+    with open(state, "w") as f:
+        json.dump({path: host for host, path, *_ in pairs}, f)
+if args[:1] != ["exec"]:
+    sys.exit(0)
+with open(state) as f:
+    volumes = json.load(f)
+env, i = {}, 1
+while args[i] == "--env":
+    name, value = args[i + 1].split("=", 1)
+    env[name] = next((host + value[len(path):] for path, host in volumes.items()
+                      if value == path or value.startswith(path + "/")), value)
+    i += 2
+env.update(json.loads(os.environ["FAKE_OVERRIDES"]), PATH=os.environ["PATH"], HOME=os.environ["HOME"],
+           PYTHON=sys.executable)
+sys.exit(subprocess.run([os.environ["FAKE_REPO"] + "/" + args[i + 1]], cwd=os.environ["FAKE_REPO"],
+                        env=env).returncode)
+"""
+
+
+def docker_here(tmp_path: Path, overrides: dict) -> dict:
+    """The environment of a run_with_docker.sh whose docker is FAKE_DOCKER (no sudo: it drops the cache)."""
+    bin_dir = tmp_path / "docker_bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"#!{sys.executable}" + FAKE_DOCKER)
+    (bin_dir / "sudo").write_text("#!/bin/sh\nexit 1\n")     # the host's cache stays (the docker way "drops" it)
+    for tool_ in ("docker", "sudo"):
+        (bin_dir / tool_).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+            "FAKE_REPO": str(REPO), "FAKE_OVERRIDES": json.dumps(overrides)}
+
+
+def inner_launcher(pid: int) -> int:
+    """The run_and_time.sh that the fake container runs (the README: docker exec <name> kill -TERM <its pid>)."""
+    from tests.test_run_and_time import descendants
+
+    def parent(p):
+        return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    found = [p for p in descendants(pid) if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[1:2] ==
+             [f"{REPO}/./run_and_time.sh".encode()]]
+    (launcher,) = [p for p in found if parent(p) not in found]    # not its subshells (the console filter's)
+    return launcher
+
+
+@needs_run_and_time
+def test_run_with_docker_after_a_stop_runs_only_what_is_left_of_the_set(synth_tree, tmp_path):
+    """NEXP=3 through run_with_docker.sh, stopped in experiment 2 (SIGTERM to its run_and_time.sh inside the
+    container); the same command again skips experiment 1, resumes experiment 2 from its checkpoint with its seed,
+    runs experiment 3, says so in one line first, and the set ends with three counted logs, seeds 50, 51, 52."""
+    from tests.conftest import TINY_CONFIG, first
+    from tests.test_run_and_time import Console, finish, wait_for_count
+
+    tiny = {k: v for k, v in TINY_CONFIG.items() if not k.startswith("DGX")}
+    env = {**docker_here(tmp_path, {**tiny, "LOADER": "dali", "EPOCHS": "2", "TARGET_ACCURACY": "0.99"}),
+           "DGXSYSTEM": "CPU", "CONT": "mlperf-resnet:test", "DATADIR": str(synth_tree),
+           "LOGDIR": str(tmp_path / "logs"), "NEXP": "3", "SEED": "50", "CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    proc = subprocess.Popen(["bash", REPO / "run_with_docker.sh"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stderr = proc.stdout      # the Console reads one stream: the script's and the container's lines
+    console = Console(proc)
+    console.wait_for(r"^=== experiment 2/3: seed 51 ")
+    wait_for_count(console, r"^epoch 1/2 ", 2)
+    os.kill(inner_launcher(proc.pid), signal.SIGTERM)
+    stopped = finish(proc, console)
+    assert proc.returncode == 143, stopped[-3000:]
+    assert "run_with_docker.sh: experiment 2 was stopped by a signal (status 143)" in stopped, stopped[-3000:]
+    assert "stopped by SIGTERM after 2 of 3 experiments" in stopped and "1 not started" in stopped
+
+    again = subprocess.run(["bash", REPO / "run_with_docker.sh"], cwd=tmp_path, env=env, text=True,
+                           capture_output=True, timeout=1200)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1, out[-3000:]          # a smoke run of 3 that missed its 0.99
+    said = [line for line in out.splitlines() if "continuing the set recorded in" in line]
+    assert len(said) == 1 and "1 of 3 experiments ended" in said[0], out[-3000:]
+    assert "experiment 1/3 (seed 50) ended in an earlier launch (result_0.txt): skipped" in out
+    assert "resuming the interrupted run" in out and "=== experiment 1/3" not in out
+    results = tmp_path / "logs" / "CPU" / "resnet"
+    record = json.loads((results / "set.json").read_text())
+    assert record["not_counted"] == ["result_1.txt"]
+    assert [e["logs"] for e in record["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"],
+                                                         ["result_3.txt"]]
+    counted = sorted(set(p.name for p in results.glob("result_*.txt")) - set(record["not_counted"]))
+    assert [first(results / name, "seed")["value"] for name in counted] == [50, 51, 52]
+    assert first(results / "result_2.txt", "run_start")["metadata"].get("resumed_from_epoch", 0) >= 1

@@ -105,3 +105,45 @@ def test_an_unreadable_record_is_one_line(tmp_path):
     assert out.returncode == 1 and out.stderr.decode() == (
         f"mlperf-resnet: error: {record}: not a readable set record (JSONDecodeError); move it away to start a new "
         "set in this LOGDIR\n")
+
+
+def test_one_call_per_experiment_runs_only_what_is_left(tmp_path):
+    """As run_with_docker.sh and run.sub call run_and_time.sh (the set's NEXP and SEED, EXPERIMENT_INDEX=i a call): a
+    pass stopped in experiment 2, then the same command: the call of index 0 says what it does and skips experiment
+    1, the next continues experiment 2 with its seed, the last runs experiment 3; each call's verdict is its
+    experiment's until the last, and a set that ends within the pass is not taken for an ended one."""
+    results, env = tmp_path / "results", {"NEXP": "3", "SEED": "20"}
+    results.mkdir()
+    record = results / "set.json"
+
+    def at(i):
+        return {**env, "EXPERIMENT_INDEX": str(i)}
+    assert plan(record, at(0)) == ([(0, 20)], "")
+    run_one(record, results, 0, 0)
+    assert plan(record, at(1)) == ([(1, 21)], "")
+    run_one(record, results, 1, 4, stop="aborted")
+
+    skipped, said = plan(record, at(0))
+    assert skipped == [] and len(said.splitlines()) == 2, said
+    assert "continuing the set recorded in" in said and "1 of 3 experiments ended" in said
+    assert "experiment 1/3 (seed 20) ended in an earlier launch (result_0.txt): skipped" in said
+    assert verb("verdict", "--record", record, results, env=at(0)).returncode == 0
+    assert plan(record, at(1)) == ([(1, 21)], "")
+    run_one(record, results, 1, 2)
+    assert verb("verdict", "--record", record, results, env=at(1)).returncode == 1, "it missed the target"
+    assert plan(record, at(2)) == ([(2, 22)], "")
+    run_one(record, results, 2, 0)
+    saved = json.loads(record.read_text())
+    assert saved["not_counted"] == ["result_1.txt"]
+    assert [e["logs"] for e in saved["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"],
+                                                         ["result_3.txt"]]
+    again, said = plan(record, at(2))            # the set ended in this pass: nothing to run, nothing archived
+    assert again == [] and "has ended" not in said and not (results / "set_0.json").exists()
+
+
+def test_an_experiment_index_outside_the_set_is_one_line(tmp_path):
+    out = verb("prepare", env={"DGXSYSTEM": "CPU", "NEXP": "2", "EXPERIMENT_INDEX": "2", "DATADIR": str(tmp_path),
+                               "LOGDIR": str(tmp_path)})
+    assert out.returncode == 1 and out.stdout == b""
+    assert out.stderr.decode() == ("mlperf-resnet: error: EXPERIMENT_INDEX=2 is not below NEXP=2 (the set's size); fix "
+                                   "or unset EXPERIMENT_INDEX\n")
