@@ -161,10 +161,10 @@ def begin(args) -> int:
     index = experiment_index()
     starts = index in (None, 0)
     record = load(Path(args.shared)) if args.shared else load(path)
-    if args.shared and not seed and not unfinished(record):
+    if args.shared and not seed and starts and not unfinished(record):    # node 0 draws this set's seeds
         record = node_zeros_set(Path(args.shared))
-    if record is not None and not unfinished(record) and not args.shared and starts:
-        if not args.dry_run:
+    if record is not None and not unfinished(record) and starts:     # a new set (node 0 moves the old record)
+        if not args.dry_run and not args.shared:
             say(f"the set recorded in {path} has ended; a new set starts (that record is now "
                 f"{archive(path).name}; its logs stay and the summary of this folder counts them too)")
         record = None

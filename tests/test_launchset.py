@@ -147,3 +147,33 @@ def test_an_experiment_index_outside_the_set_is_one_line(tmp_path):
     assert out.returncode == 1 and out.stdout == b""
     assert out.stderr.decode() == ("mlperf-resnet: error: EXPERIMENT_INDEX=2 is not below NEXP=2 (the set's size); fix "
                                    "or unset EXPERIMENT_INDEX\n")
+
+
+def test_a_node_of_a_set_with_random_seeds_takes_node_zeros_draw(tmp_path):
+    """Without SEED a node > 0 waits (up to RDZV_TIMEOUT_S) for node 0's record of the set and runs its seeds."""
+    results = tmp_path / "results"
+    results.mkdir()
+    shared, env = results / "set.json", {"NEXP": "2", "EXPERIMENT_INDEX": "0", "RDZV_TIMEOUT_S": "1"}
+    alone = verb("begin", "--record", tmp_path / "node1.json", "--shared", shared, "--", *FLAGS, env=env)
+    assert alone.returncode == 1 and alone.stderr.decode() == (
+        f"mlperf-resnet: error: {shared}: node 0 recorded no set within RDZV_TIMEOUT_S; see node 0's console for "
+        "why (or set SEED, so that every node knows the seeds)\n")
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH")}
+    node1 = subprocess.Popen([sys.executable, "-m", "resnet.launch", "begin", "--record", tmp_path / "node1.json",
+                              "--shared", shared, "--", *FLAGS], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**clean, **env, "RDZV_TIMEOUT_S": "300"})
+    node0, _ = plan(shared, env)
+    out, err = node1.communicate(timeout=300)
+    assert node1.returncode == 0, err.decode()
+    assert [tuple(map(int, r.split()[1:])) for r in out.decode().split("\0") if r] == node0 == node0[:1]
+
+
+def test_a_node_runs_the_new_set_that_node_0_starts_after_an_ended_one(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    shared, env = results / "set.json", {"NEXP": "1", "SEED": "9"}
+    plan(shared, env)
+    run_one(shared, results, 0, 0)          # node 0's set has ended: the next launch starts a new one
+    out = verb("begin", "--record", tmp_path / "node1.json", "--shared", shared, "--", *FLAGS,
+               env={**env, "EXPERIMENT_INDEX": "0"})
+    assert out.returncode == 0 and out.stdout.decode().split("\0")[:1] == ["run 0 9"], out.stderr.decode()
