@@ -214,7 +214,7 @@ if [[ -n "$stopped_by" ]]; then
     exit $((128 + $(kill -l "$stopped_by")))
 fi
 if ((node_rank > 0)); then   # global rank 0 wrote the logs into the shared LOGDIR: node 0 checks and scores them
-    echo "=== node $node_rank: $nexp experiments, $errors ended in an error here (node 0 reports the results)" >&2
+    echo "=== node $node_rank: ${#plan[@]} experiments, $errors ended in an error here (node 0 reports the results)" >&2
     exit $((errors > 0))
 fi
 py verdict --record "$record" "$results"
