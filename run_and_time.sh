@@ -3,10 +3,11 @@
 # SEED+i, or random ones), dropping the page cache before each when permitted, then the official checker on every
 # log and the summary. Python decides (`python -m resnet.launch`: every check, the log claim, the set's record
 # set.json, exit meanings, the verdict), bash runs (signals, the experiment loop). The same command after a stop
-# continues the set (README: When things go wrong). DRY_RUN=1 prints each experiment's command, creates nothing.
-# Exit: 0 for a valid summary (NEXP >= 5) or a smoke run all on target (NEXP < 5); 128+N when stopped by signal N
-# (SIGTERM/SIGINT/SIGHUP reach the trainer: checkpoint, run_stop aborted, exit 4). Several nodes: one copy per node
-# (DGXNNODES, MASTER_ADDR[:MASTER_PORT], SLURM_NODEID or NODE_RANK); node 0 claims and checks the logs.
+# continues the set (README: When things go wrong); EXPERIMENT_INDEX=i runs its experiment i alone (for launchers
+# that loop themselves). DRY_RUN=1 prints each experiment's command, creates nothing. Exit: 0 for a valid summary
+# (NEXP >= 5) or a smoke run all on target (NEXP < 5); 5 for a set valid at a TARGET_ACCURACY below 0.759; 128+N
+# when stopped by signal N (SIGTERM/SIGINT/SIGHUP reach the trainer: checkpoint, run_stop aborted, exit 4). Several
+# nodes: one copy per node (DGXNNODES, MASTER_ADDR[:MASTER_PORT], SLURM_NODEID or NODE_RANK); node 0 claims the logs.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" || exit 1
 
@@ -67,9 +68,9 @@ for word in "${prepared[@]}"; do
         "flag "*) FLAGS+=("${word#flag }") ;;
     esac
 done
-if [[ "$dry_run" == 1 && ! -d "${DATADIR:-}" ]]; then
+export MLPERF_RESNET_WARNED=1   # prepare printed the settings' warnings: the trainers do not repeat them
+[[ "$dry_run" != 1 || -d "${DATADIR:-}" ]] ||
     warn "DATADIR=${DATADIR:-} is not a folder on this machine; the commands below are for the machine that has it"
-fi
 
 launcher=(torchrun --nproc_per_node="$gpus" --nnodes="$nodes")
 if ((nodes > 1)); then
@@ -164,8 +165,7 @@ for entry in "${plan[@]}"; do
         log_flag=(--log-file "$log")
     fi
     if [[ -n "$stopped_by" ]]; then     # it came while this experiment was prepared (sync, claim): none starts
-        py record --record "$record" --index "$i" --status none --log "$log"
-        break
+        py record --record "$record" --index "$i" --status none --log "$log"; break
     fi
     cmd=("${launcher[@]}" -m resnet.train "${FLAGS[@]}" --seed "$seed" "${log_flag[@]}" --cache-cleared "$cleared")
     if [[ "$dry_run" == 1 ]]; then
@@ -214,7 +214,7 @@ if [[ -n "$stopped_by" ]]; then
     exit $((128 + $(kill -l "$stopped_by")))
 fi
 if ((node_rank > 0)); then   # global rank 0 wrote the logs into the shared LOGDIR: node 0 checks and scores them
-    echo "=== node $node_rank: $nexp experiments, $errors ended in an error here (node 0 reports the results)" >&2
+    echo "=== node $node_rank: ${#plan[@]} experiments, $errors ended in an error here (node 0 reports the results)" >&2
     exit $((errors > 0))
 fi
 py verdict --record "$record" "$results"

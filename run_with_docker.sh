@@ -6,17 +6,18 @@
 # DGXSYSTEM picks config_${DGXSYSTEM}.sh beside this script; its settings are passed into the container.
 # Per experiment i (0 .. NEXP-1): the host's page cache is dropped (sudo -n sysctl, else a privileged
 # container; the outcome goes in as CACHE_CLEARED=1|0 so that the run logs cache_clear truthfully), then
-# `docker exec ... ./run_and_time.sh` runs one run with NEXP=1 and its own SEED (SEED+i when SEED is set, a
-# fresh random seed otherwise). run_and_time.sh writes the next free $LOGDIR/$DGXSYSTEM/resnet/result_N.txt and
-# checks it; the run's console goes to $LOGDIR/$DGXSYSTEM/console_<stamp>_<i>.log. At the end the set is
-# summarised (`python3 -m compliance.summarize`), and that verdict is the script's exit status. Use a fresh
-# LOGDIR per set: a submission takes exactly five logs.
+# `docker exec ... ./run_and_time.sh` runs experiment i of the set with the set's NEXP and SEED and
+# EXPERIMENT_INDEX=i. run_and_time.sh keeps the set's record in $LOGDIR/$DGXSYSTEM/resnet/set.json (seeds SEED+i,
+# or random ones drawn once), writes the experiment's result_N.txt there, and the call of the last experiment
+# checks every log, summarises the set and gives the verdict: the script's exit status (run_and_time.sh's).
+# Each experiment's console goes to $LOGDIR/$DGXSYSTEM/console_<stamp>_<i>.log. Use a fresh LOGDIR per set.
 # DATADIR is mounted read-only at /data, LOGDIR read-write at /results, and CHECKPOINT_DIR (when set: a host
 # folder, created if missing) read-write at /checkpoints, where the trainer writes last.pt (CHECKPOINT_EVERY_MINUTES
-# needs it); RESUME goes in with it, so running the same command again after a stop continues the interrupted run
-# (RESUME=auto, the default). An experiment stopped by a signal inside the container ends the set. The container
-# is removed on exit; a signal to this script is not passed into the container (stop the run inside it with
-# `docker exec <name> kill -TERM <pid of run_and_time.sh>`).
+# needs it); RESUME goes in with it. The same command again after a stop runs only what is left of the set: the
+# ended experiments are skipped, the interrupted one continues from its checkpoint (RESUME=auto, the default),
+# the ones not started run (the first experiment's console says so in one line). An experiment stopped by a
+# signal inside the container ends the set. The container is removed on exit; a signal to this script is not
+# passed into the container (stop the run inside it with `docker exec <name> kill -TERM <pid of run_and_time.sh>`).
 # DRY_RUN=1 prints every command (after '+ ', shell-quoted) instead of running it: no Docker needed.
 # BIND_CPU=1 is passed through: run_and_time.sh then binds each local rank to the cores of its GPU's socket.
 set -euo pipefail
@@ -106,32 +107,29 @@ run docker run -d --rm --init --name "$cont_name" --gpus all --ipc=host \
     "${volumes[@]}" \
     "$CONT" sleep infinity >/dev/null
 
-if compgen -G "${logdir}/${DGXSYSTEM}/resnet/result_*.txt" >/dev/null; then
-    echo "run_with_docker.sh: warning: ${logdir}/${DGXSYSTEM}/resnet already holds result logs; the new ones" \
-         "are numbered after them and the summary counts them all (use a fresh LOGDIR per set)" >&2
-fi
+# One run_and_time.sh per experiment i, with the set's NEXP and SEED and EXPERIMENT_INDEX=i: the set's record
+# (resnet.launchset) decides what it does (run it, continue it, skip it when it ended); the last gives the verdict.
+status=0
 for ((i = 0; i < NEXP; i++)); do
-    if [[ -n "${SEED:-}" ]]; then seed=$((SEED + i)); else seed=$(((RANDOM << 15) | RANDOM)); fi
-    echo "run_with_docker.sh: experiment ${i} of ${NEXP}, seed ${seed}" >&2
+    echo "run_with_docker.sh: experiment $((i + 1)) of ${NEXP}" >&2
     drop_caches
-    experiment=(docker exec "${env_args[@]}" --env NEXP=1 --env SEED="$seed" --env CACHE_CLEARED="$cache_cleared"
-                "$cont_name" ./run_and_time.sh)
+    experiment=(docker exec "${env_args[@]}" --env NEXP="$NEXP" ${SEED:+--env SEED="$SEED"} --env EXPERIMENT_INDEX="$i"
+                --env CACHE_CLEARED="$cache_cleared" "$cont_name" ./run_and_time.sh)
     if [[ "$dry_run" == 1 ]]; then
         run "${experiment[@]}"
         continue
     fi
-    # Its exit status also carries its summary of the logs so far, incomplete until the last run: the set's
-    # verdict is the summary below.
     console="${logdir}/${DGXSYSTEM}/console_${stamp}_${i}.log"
     status=0
     "${experiment[@]}" 2>&1 | tee "$console" || status=${PIPESTATUS[0]}
     if ((status == 129 || status == 130 || status == 143)); then
-        # run_and_time.sh was stopped by a signal: its run is logged as aborted; start no further experiment.
-        echo "run_with_docker.sh: experiment ${i} was stopped by a signal (status ${status}); no further" \
-             "experiments${ckptdir:+; its checkpoint is in ${ckptdir}: run the same command again to continue it (RESUME=auto)}" >&2
+        # run_and_time.sh was stopped by a signal: it said what is logged and what the checkpoint allows.
+        echo "run_with_docker.sh: experiment $((i + 1)) was stopped by a signal (status ${status}); no further" \
+             "experiments: the same command again continues the set where it stopped" >&2
         exit "$status"
-    elif ((status != 0)); then
-        echo "run_with_docker.sh: experiment ${i}: run_and_time.sh exited with status ${status}; console: ${console}" >&2
+    elif ((status != 0 && i < NEXP - 1)); then
+        echo "run_with_docker.sh: experiment $((i + 1)): run_and_time.sh exited with status ${status}; console:" \
+             "${console}" >&2
     fi
 done
-run docker exec "$cont_name" python3 -m compliance.summarize "/results/${DGXSYSTEM}/resnet"
+exit "$status"   # the last experiment's run_and_time.sh gave the set's verdict (run_and_time.sh: exit statuses)

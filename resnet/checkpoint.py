@@ -72,12 +72,17 @@ def claim(folder: Path) -> None:
     except OSError:
         who = os.pread(fd, 300, 0).decode(errors="replace").strip() or "a live process"
         os.close(fd)
-        raise CheckpointError(f"--checkpoint-dir (CHECKPOINT_DIR) {folder}: held by a live run ({who}); a checkpoint "
-                              "has one owner: wait for that run to end, or set another CHECKPOINT_DIR") from None
+        raise CheckpointError(held_line(folder, who)) from None
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {since}\n".encode(), 0)
     _held[str(folder)] = fd
+
+
+def held_line(folder, who: str) -> str:
+    """The one line refusing a checkpoint folder that the live run `who` holds (the trainer's and the launcher's)."""
+    return (f"--checkpoint-dir (CHECKPOINT_DIR) {folder}: held by a live run ({who}); a checkpoint has one owner: "
+            "wait for that run to end, or set another CHECKPOINT_DIR")
 
 
 def holder(folder) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import os
 import re
 import signal
@@ -28,18 +27,33 @@ from pathlib import Path
 
 from resnet import errors
 
-# Read by the launch scripts rather than by the training process.
+# Read by the launch scripts rather than by the training process. EXPERIMENT_INDEX: set by run_with_docker.sh and
+# run.sub, which call run_and_time.sh once per experiment i of the set (resnet.launchset).
 LAUNCH_NAMES = {"DGXNGPU", "DGXNNODES", "WALLTIME", "NEXP", "SEED", "LOGDIR", "DRY_RUN", "BIND_CPU", "CONFIG_FILE",
-                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON", "RDZV_TIMEOUT_S"}
+                "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "CONT", "CACHE_CLEARED", "PYTHON", "RDZV_TIMEOUT_S",
+                "EXPERIMENT_INDEX"}
 MAX_SEED = 2**31 - 1
 # Whole numbers the launch scripts compute with (bash arithmetic) or hand to torchrun: (least, most).
 LAUNCH_NUMBERS = {"NEXP": (1, None), "DGXNGPU": (1, None), "DGXNNODES": (1, None), "SEED": (0, MAX_SEED),
                   "SLURM_NODEID": (0, None), "NODE_RANK": (0, None), "MASTER_PORT": (1, 65535),
-                  "RDZV_TIMEOUT_S": (1, None)}
+                  "RDZV_TIMEOUT_S": (1, None), "EXPERIMENT_INDEX": (0, None)}
 MAX_GPUS_PER_NODE = 16     # the most GPUs one node has (DGX: 8; HGX-2 class: 16)
 SWITCHES = ("DRY_RUN", "BIND_CPU", "CACHE_CLEARED")
 KNOWN_PREFIXES = ("NCCL_", "OMP_", "CUDA_", "TORCH_", "PYTORCH_", "UCX_", "MKL_", "SLURM_")
 SHELL_NAMES = {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}
+# Names that two other MLPerf ResNet implementations give settings of this one, and ours (None: the recipe fixes
+# it). NVIDIA: config_DGXH100.sh of mlcommons/training_results_v3.1 and config_L40S_2x4x204.sh of v4.0 (both in
+# NVIDIA/benchmarks/resnet/implementations/*mxnet/); MosaicML: setup.sh and 8xA100_80GB-methods/config.yaml of
+# mlcommons/training_results_v2.0 (MosaicML/benchmarks/resnet/implementations/).
+OTHER_NAMES = {
+    "NUMEPOCHS": ("NVIDIA", "EPOCHS"), "EVAL_PERIOD": ("NVIDIA", "EVAL_EVERY_EPOCHS"),
+    "LABELSMOOTHING": ("NVIDIA", "LABEL_SMOOTHING"), "NETWORK": ("NVIDIA", "ARCH"),
+    "DALI_THREADS": ("NVIDIA", "NUM_WORKERS"), "WD": ("NVIDIA", None), "MOM": ("NVIDIA", None),
+    "OPTIMIZER": ("NVIDIA", None), "LRSCHED": ("NVIDIA", None), "LARSETA": ("NVIDIA", None),
+    "EVAL_OFFSET": ("NVIDIA", None), "BENCHMARK_TOTAL_RUNS": ("MosaicML", "NEXP"),
+    "SYS_GPU_NUM": ("MosaicML", "DGXNGPU"), "MLPERF_ROOT_DIR": ("MosaicML", "LOGDIR"),
+    "BENCHMARK_CONFIG": ("MosaicML", "RECIPE"),
+}
 # What each backend needs installed, and how to get it. Until the loader seam declares this per backend
 # (resnet.data.loaders, h-seam), this is its one table.
 def fail(text: str):
@@ -128,6 +142,9 @@ def resolve(environ) -> Launch:
         fail(f"DGXSYSTEM={shown(system)} is no system name (letters, digits, _ . -); fix the config")
     world_size_from_env(environ)
     n = {name: whole(environ, name) for name in LAUNCH_NUMBERS}
+    if (n["EXPERIMENT_INDEX"] or 0) >= (n["NEXP"] or 5):
+        fail(f"EXPERIMENT_INDEX={n['EXPERIMENT_INDEX']} is not below NEXP={n['NEXP'] or 5} (the set's size); fix "
+             "or unset EXPERIMENT_INDEX")
     nodes = n["DGXNNODES"] or 1
     if nodes > 1:
         rank = n["SLURM_NODEID"] if n["SLURM_NODEID"] is not None else n["NODE_RANK"] or 0
@@ -197,8 +214,9 @@ def checked_flags(environ) -> list[str]:
     add_train_arguments(train_parser)
     warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
                                    here=environ.get("DRY_RUN", "0") != "1")
-    for line in warnings:
-        errors.warn(line)
+    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+        for line in warnings:
+            errors.warn(line)
     return words
 
 
@@ -207,6 +225,20 @@ def check_config(path: Path) -> list[str]:
     names = set(config_environ(path))
     known = known_names()
     return sorted(n for n in names if n not in known and not n.startswith(KNOWN_PREFIXES))
+
+
+def other_name(name: str) -> str | None:
+    """What `name` is when another MLPerf ResNet implementation uses it (OTHER_NAMES), or None."""
+    if name not in OTHER_NAMES:
+        return None
+    who, ours = OTHER_NAMES[name]
+    return (f"{name} is {who}'s name: this package reads {ours}" if ours else f"{name} is {who}'s name for a "
+            "setting this package does not have (its recipe, RECIPE, fixes it: docs/RECIPE.md)")
+
+
+def other_names(environ) -> list[str]:
+    """Warnings for the environment's names that other implementations use (it runs with ours, theirs ignored)."""
+    return [f"environment: {other_name(name)}; {name} is ignored" for name in sorted(environ) if other_name(name)]
 
 
 def misspelt_settings(environ, known=None) -> dict[str, str]:
@@ -218,7 +250,7 @@ def misspelt_settings(environ, known=None) -> dict[str, str]:
     upper = {k.upper(): k for k in known}
     found = {}
     for name in environ:
-        if name in known or name.upper().startswith(KNOWN_PREFIXES):
+        if name in known or name.upper().startswith(KNOWN_PREFIXES) or name in OTHER_NAMES:
             continue
         if name.upper() in upper:
             found[name] = upper[name.upper()]
@@ -233,6 +265,9 @@ def config_problems(config: Path) -> list[str]:
     problems = []
     for name in check_config(config):
         close = difflib.get_close_matches(name.upper(), sorted(known_names()), n=1)
+        if other_name(name):
+            problems.append(f"{config}: {other_name(name)}; rename or remove it")
+            continue
         problems.append(f"{config}: unknown setting {name}"
                         + (f"; did you mean {close[0]}?" if close else "; remove it or see README 'Settings'"))
     return problems
@@ -246,16 +281,12 @@ def env_problems(environ) -> list[str]:
 def missing_module(loader: str) -> str | None:
     """The first module the benchmark needs that this python cannot import, with how to install it (the loader's
     library: as its backend declares it; an unknown LOADER is named by `prepare`)."""
-    for module in ("torch", "mlperf_logging", "compliance"):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            return f"no module named {module!r}"
-    from resnet.data.loaders import BACKENDS, declared   # the declarations import no library
+    from resnet.data import loaders   # the seam and the declarations import no library
 
-    return declared(loader).missing() if loader in BACKENDS else None
+    for module in ("torch", "mlperf_logging", "compliance"):
+        if loaders.missing_module(module):
+            return loaders.missing_module(module)
+    return loaders.declared(loader).missing() if loader in loaders.BACKENDS else None
 
 
 def nul_words(words, out=None) -> None:
@@ -265,10 +296,12 @@ def nul_words(words, out=None) -> None:
     out.flush()
 
 
-def checkpoint_holder(folder) -> str | None:
-    from resnet.checkpoint import holder    # imports torch: only when a checkpoint folder has an owner file
+def held_checkpoint(folder) -> str | None:
+    """The trainer's own line refusing `folder` when a live run holds it, else None."""
+    from resnet import checkpoint    # imports torch: only when a checkpoint folder has an owner file
 
-    return holder(folder)
+    who = checkpoint.holder(folder)
+    return checkpoint.held_line(folder, who) if who else None
 
 
 def prepare(environ) -> int:
@@ -281,12 +314,14 @@ def prepare(environ) -> int:
             print(f"mlperf-resnet: error: {line}", file=sys.stderr)
         return 1
     launch = resolve(environ)
+    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+        for line in other_names(environ):
+            errors.warn(line)
     words = checked_flags(environ)
     held = environ.get("CHECKPOINT_DIR") and launch.node_rank == 0 and not launch.dry_run and \
-        Path(environ["CHECKPOINT_DIR"], "owner.lock").exists() and checkpoint_holder(environ["CHECKPOINT_DIR"])
-    if held:     # the trainer refuses it too; said here before any experiment starts
-        fail(f"CHECKPOINT_DIR={shown(environ['CHECKPOINT_DIR'])}: held by a live run ({held}); a checkpoint has "
-             "one owner: wait for that run to end, or set another CHECKPOINT_DIR")
+        Path(environ["CHECKPOINT_DIR"], "owner.lock").exists() and held_checkpoint(environ["CHECKPOINT_DIR"])
+    if held:     # the trainer refuses it too, in the same words; said here before any experiment starts
+        fail(held)
     nul_words([f"set {k}={v}" for k, v in vars(launch).items()] + [f"flag {w}" for w in words])
     return 0
 
@@ -324,6 +359,8 @@ def main(argv=None) -> int:
                 signal.signal(s, signal.SIG_IGN)
             return launchset.run(args)
         problems = env_problems(os.environ) if args.cmd == "check-env" else config_problems(args.config)
+        for line in other_names(os.environ) if args.cmd == "check-env" else []:
+            errors.warn(line)
     except errors.Error as e:
         errors.report(e)
         return e.exit_code

@@ -7,6 +7,10 @@ running, when the launcher itself died) experiment again with its recorded seed 
 its checkpoint), then the ones not started. An experiment that wrote more than one log (stopped, then resumed)
 counts by its last; the earlier ones are listed in `not_counted` (a summary of the folder must skip them).
 A record whose experiments all ended is moved to set_K.json when a new set starts in the same folder.
+A launcher that loops over the experiments itself (run_with_docker.sh, run.sub) calls run_and_time.sh once per
+experiment with the set's NEXP and SEED and EXPERIMENT_INDEX=i: the call runs experiment i of the recorded set (or
+skips it when it ended), the call of index 0 is the one that starts or continues the set (and says so), and the
+last one gives the set's verdict; so the same command after a stop runs only what is left there too.
 
     begin --record R [--shared S] [--dry-run] -- FLAGS...   the plan: NUL-separated "run I SEED" records
     claim --record R --index I RESULTS [--dry-run]          the next free result_N.txt, claimed for experiment I
@@ -23,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from resnet import errors
@@ -117,15 +122,49 @@ def continuing(record: dict, path: Path) -> str:
                 "CHECKPOINT_DIR holds one of it (RESUME=auto; else it starts over)")
     more = f", then {len(rest)} not started (seeds {', '.join(str(e['seed']) for _, e in rest)})" if rest else ""
     earlier = f"; its earlier log {', '.join(e['logs'])} will not count" if e["logs"] else ""
-    return f"continuing the set recorded in {path}: {ended} of {record['nexp']} experiments ended; {what}{more}{earlier}"
+    return (f"continuing the set recorded in {path}: {ended} of {record['nexp']} experiments ended; "
+            f"{what}{more}{earlier}")
+
+
+def experiment_index() -> int | None:
+    """EXPERIMENT_INDEX: the one experiment of the set this call runs (checked by resnet.launch.resolve)."""
+    value = os.environ.get("EXPERIMENT_INDEX", "")
+    return int(value) if value else None
+
+
+def node_zeros_set(shared: Path) -> dict:
+    """A node > 0 of a set with random seeds: node 0's record of it, once node 0 has written it (the seeds are
+    node 0's draw), within RDZV_TIMEOUT_S."""
+    deadline = time.monotonic() + int(os.environ.get("RDZV_TIMEOUT_S") or 300)
+    while True:
+        record = load(shared)
+        if unfinished(record):
+            return record
+        if time.monotonic() > deadline:
+            raise errors.SettingError(f"{shared}: node 0 recorded no set within RDZV_TIMEOUT_S; see node 0's "
+                                      "console for why (or set SEED, so that every node knows the seeds)")
+        time.sleep(0.2)
+
+
+def earlier_logs(folder: Path) -> None:
+    """A new set in a folder that holds logs already: said once, by the call that starts the set."""
+    count = len(list(folder.glob("result_*.txt")))
+    if count:
+        errors.warn(f"{folder} already holds {count} result logs: this set's are numbered after them and the "
+                    "summary of that folder counts them all (use a fresh LOGDIR per set)")
 
 
 def begin(args) -> int:
-    """The experiments still to run, recorded; prints `run I SEED` records (NUL-separated)."""
+    """The experiments still to run, recorded; prints `run I SEED` records (NUL-separated). With EXPERIMENT_INDEX
+    only that experiment's (none when it ended); the call of index 0 starts or continues the set."""
     path, nexp, seed = Path(args.record), int(os.environ.get("NEXP") or 5), os.environ.get("SEED", "")
+    index = experiment_index()
+    starts = index in (None, 0)
     record = load(Path(args.shared)) if args.shared else load(path)
-    if record is not None and not unfinished(record) and not args.shared:
-        if not args.dry_run:
+    if args.shared and not seed and starts and not unfinished(record):    # node 0 draws this set's seeds
+        record = node_zeros_set(Path(args.shared))
+    if record is not None and not unfinished(record) and starts:     # a new set (node 0 moves the old record)
+        if not args.dry_run and not args.shared:
             say(f"the set recorded in {path} has ended; a new set starts (that record is now "
                 f"{archive(path).name}; its logs stay and the summary of this folder counts them too)")
         record = None
@@ -136,14 +175,21 @@ def begin(args) -> int:
         elif why:
             raise errors.SettingError(f"{path}: records an unfinished set with other settings ({why}); run it "
                                       "with its settings to finish it, or choose a fresh LOGDIR for a new set")
-        elif not args.shared:
+        elif not args.shared and starts:
             say(continuing(record, path))
-    record = record if unfinished(record) else fresh(nexp, seed, args.flags)
+    if record is None:
+        record = fresh(nexp, seed, args.flags)
+        if starts and not args.shared:
+            earlier_logs(path.parent)
     if not args.dry_run:
         save(path, record)
     from resnet.launch import nul_words
 
-    nul_words([f"run {i} {e['seed']}" for i, e in enumerate(record["experiments"]) if e["state"] != "ended"])
+    todo = [(i, e) for i, e in enumerate(record["experiments"]) if index in (None, i)]
+    if index is not None and todo and todo[0][1]["state"] == "ended" and not args.shared:
+        say(f"experiment {index + 1}/{nexp} (seed {todo[0][1]['seed']}) ended in an earlier launch "
+            f"({', '.join(todo[0][1]['logs'])}): skipped")
+    nul_words([f"run {i} {e['seed']}" for i, e in todo if e["state"] != "ended"])
     return 0
 
 
@@ -271,18 +317,27 @@ def add_verbs(sub) -> None:
     parsers["stopped"].add_argument("--signal", required=True)
 
 
+EXIT_NOT_MLPERF = 5   # a set of NEXP >= 5 that passed every check at a TARGET_ACCURACY below MLPerf's
+
+
 def verdict(args) -> int:
     """The set's exit status: with NEXP >= 5 (a submission set), 0 when at most one of five missed, every log
-    passed the checker and the summary is valid; with fewer (a smoke run), 0 when every experiment reached the
-    target and every log passed the checker. A set at a target below MLPerf's is never called valid."""
+    passed the checker and the summary is valid, EXIT_NOT_MLPERF when so at a TARGET_ACCURACY below MLPerf's
+    (no log of it can count), else 1; with fewer (a smoke run, at any target), 0 when every experiment reached the
+    target and every log passed the checker, else 1. The call of one experiment (EXPERIMENT_INDEX) before the
+    last: 0 when it reached the target, else 1 (the set's verdict comes with the last)."""
     from resnet.recipe import SUBMISSION_TARGET_ACCURACY as MLPERF
 
     record = load(Path(args.record))
     exps, nexp = record["experiments"], record["nexp"]
+    index = experiment_index()
+    if index is not None and index < nexp - 1:
+        return 0 if exps[index]["exit"] == 0 else 1
     failed = sum(e["exit"] != 0 for e in exps)
     logs = [str(Path(args.results) / e["logs"][-1]) for e in exps if e["logs"]]
     target = os.environ.get("TARGET_ACCURACY", "")
-    below = bool(target) and float(target) != MLPERF
+    other = bool(target) and float(target) != MLPERF
+    below = bool(target) and float(target) < MLPERF
     print(f"=== {nexp} experiments, {failed} did not reach the target or failed (MLPerf tolerates one of five)",
           file=sys.stderr, flush=True)
     checked = 0
@@ -293,7 +348,7 @@ def verdict(args) -> int:
     if any(Path(args.results).glob("result_*.txt")):
         # At the runs' own target when it is not MLPerf's (then "not a submission score"), else summarize's default.
         summary = subprocess.run([sys.executable, "-m", "compliance.summarize",
-                                  *(["--target", target] if below else []), args.results]).returncode
+                                  *(["--target", target] if other else []), args.results]).returncode
     if record["not_counted"]:
         say(f"not runs of this set (interrupted, then continued in a later log): {', '.join(record['not_counted'])}")
     if nexp < 5:
@@ -305,7 +360,8 @@ def verdict(args) -> int:
     ok = failed <= 1 and checked == 0 and summary == 0
     if ok and below:
         say(f"the set completed at TARGET_ACCURACY={target}, below MLPerf's {MLPERF}: not a valid submission "
-            "(its score is no MLPerf score)")
+            f"(no log of it can count; exit {EXIT_NOT_MLPERF})")
+        return EXIT_NOT_MLPERF
     return 0 if ok else 1
 
 

@@ -65,6 +65,8 @@ def _recipe_row(field: str, type_, help_: str, env: str | None = None, **checks)
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = "[1, inf)", "[0, inf)", "(0, 1]"
+# Set by run_and_time.sh for its trainers: the settings' warnings were printed once, at the start of the set.
+WARNED = "MLPERF_RESNET_WARNED"
 RESUME_MODES = ("auto", "0", "1")   # resnet.checkpoint.find_resumable
 SETTINGS = [
     # what the run trains: the recipe and its fields (defaults: the recipe's)
@@ -324,10 +326,7 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
     recipe = recipe_from_args(args, world_size)
     check_recipe(recipe)
     warnings += ema_warnings(recipe)
-    if recipe.target_accuracy < SUBMISSION_TARGET_ACCURACY:
-        warnings.append(f"{BY_FLAG['--target-accuracy'].name}: {recipe.target_accuracy} is below MLPerf's ResNet "
-                        f"target {SUBMISSION_TARGET_ACCURACY}: this is not a submission run, and summarize will not "
-                        "count it as converged")
+    warnings += [line for line in [target_warning(recipe.target_accuracy)] if line]
     for flag in ("--log-file", "--results-dir", "--checkpoint-dir", "--data"):
         if getattr(args, BY_FLAG[flag].dest, None):
             check_path(BY_FLAG[flag].name if flag != "--results-dir" else "--results-dir (LOGDIR)",
@@ -335,7 +334,18 @@ def validate_train_args(args: argparse.Namespace, world_size: int | None = None,
     if here:                  # a dry run previews on a login node: the data may live on the compute nodes only
         _validate_data(args)
     _validate_output(args)
-    return warnings
+    return [] if os.environ.get(WARNED) == "1" else warnings
+
+
+def target_warning(target: float) -> str | None:
+    """The one line for a target below MLPerf's (a likely typo named as one); None for a higher one (a longer run)."""
+    mlperf = SUBMISSION_TARGET_ACCURACY
+    typo = next((f" ({mlperf} / {10 ** k}: likely a typo of {mlperf})" for k in (1, 2)
+                 if math.isclose(target * 10 ** k, mlperf)), "")
+    typo = typo or (f" (close to {mlperf}: likely meant as {mlperf})" if abs(target - mlperf) <= 0.01 else "")
+    return None if target >= mlperf else (f"{BY_FLAG['--target-accuracy'].name}: {target} is below MLPerf's ResNet "
+                                          f"target {mlperf}{typo}: this is not a submission run, no log of it can "
+                                          "count (a set of 5 or more exits 5)")
 
 
 def _validate_data(args) -> None:

@@ -112,5 +112,5 @@ def cpu_benchmark(ffcv_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cpu_result_logs(cpu_benchmark) -> Path:
     out, results = cpu_benchmark
-    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.returncode == 5, out.stderr[-4000:]     # valid at TINY_CONFIG's 0.1, below MLPerf's target: exit 5
     return results

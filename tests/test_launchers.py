@@ -1,9 +1,11 @@
 """The launchers: shell scripts and the Dockerfile lint clean, run_with_docker.sh and run.sub print the right
 commands (DRY_RUN=1, no Docker or SLURM needed), and those commands feed run_and_time.sh correctly."""
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,23 +129,24 @@ def test_run_with_docker_dry_run(tmp_path):
     execs = [c for c in cmds if c[:2] == ["docker", "exec"] and c[-1] == "./run_and_time.sh"]
     assert len(execs) == 3 and all(c[-2] == name for c in execs)
     envs = [docker_env(c) for c in execs]
-    assert len({e["SEED"] for e in envs}) == 3, "one fresh seed per experiment"
+    # The set's size and its place in it; no SEED: run_and_time.sh's record draws the set's seeds once.
+    assert [(e["NEXP"], e["EXPERIMENT_INDEX"]) for e in envs] == [("3", "0"), ("3", "1"), ("3", "2")]
+    assert not any("SEED" in e for e in envs)
     config = source_config(REPO / "config_DGXA100.sh", NEXP=3)
     host_only = ("DATADIR", "LOGDIR", "NEXP", "CONFIG_FILE")      # CONFIG_FILE: a host path, meaningless inside
     for e in envs:
-        assert e["NEXP"] == "1" and e["DATADIR"] == "/data" and e["LOGDIR"] == "/results" and e["BIND_CPU"] == "1"
+        assert e["DATADIR"] == "/data" and e["LOGDIR"] == "/results" and e["BIND_CPU"] == "1"
         assert e["CACHE_CLEARED"] in ("0", "1") and e["DEVICE"] == "cuda" and "CONFIG_FILE" not in e
         assert "CHECKPOINT_DIR" not in e
         assert {k: e[k] for k in config if k not in host_only} == \
                {k: v for k, v in config.items() if k not in host_only}
-    # Order: start, then per experiment the cache drop right before the run, then the summary, the removal last.
+    # Order: start, then per experiment the cache drop right before the run (the last one's run_and_time.sh gives
+    # the set's verdict), the removal last.
     order = [cmds.index(start)] + [cmds.index(c) for c in execs]
     assert order == sorted(order)
     for c in execs:
         assert "drop_caches" in " ".join(cmds[cmds.index(c) - 1])
-    assert cmds[-2][:3] == ["docker", "exec", name] and cmds[-2][-3:] == ["-m", "compliance.summarize",
-                                                                          "/results/DGXA100/resnet"]
-    assert cmds[-1] == ["docker", "rm", "-f", name]
+    assert cmds[-2] == execs[-1] and cmds[-1] == ["docker", "rm", "-f", name]
 
 
 def test_run_with_docker_mounts_the_checkpoint_folder(tmp_path):
@@ -160,11 +163,12 @@ def test_run_with_docker_mounts_the_checkpoint_folder(tmp_path):
     assert not (tmp_path / "ckpt").exists(), "a dry run creates nothing"
 
 
-def test_run_with_docker_seeds_follow_seed(tmp_path):
+def test_run_with_docker_passes_the_sets_seed_and_each_experiments_place(tmp_path):
     cmds, log = dry_run("run_with_docker.sh", tmp_path, DGXSYSTEM="DGXH100", NEXP="2", SEED="100")
-    seeds = [docker_env(c)["SEED"] for c in cmds if c[-1:] == ["./run_and_time.sh"]]
-    assert seeds == ["100", "101"] and "seed 101" in log
-    assert all(docker_env(c)["PRECISION"] == "fp16" for c in cmds if c[-1:] == ["./run_and_time.sh"])
+    envs = [docker_env(c) for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    assert [(e["SEED"], e["NEXP"], e["EXPERIMENT_INDEX"]) for e in envs] == [("100", "2", "0"), ("100", "2", "1")]
+    assert "experiment 2 of 2" in log
+    assert all(e["PRECISION"] == "fp16" for e in envs)
 
 
 def test_run_with_docker_refuses_unknown_system_and_missing_image(tmp_path):
@@ -196,13 +200,13 @@ def test_run_sub_dry_run(tmp_path):
         assert exported[0] == "ALL"
         env = dict(e.split("=", 1) for e in exported[1:])
         assert env["CONFIG_FILE"] == "" and "CHECKPOINT_DIR" not in env   # the submit host's path, unset inside
-        assert env["SEED"] == str(7 + i) and env["NEXP"] == "1"
+        assert (env["SEED"], env["NEXP"], env["EXPERIMENT_INDEX"]) == ("7", "2", str(i))
         assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["RDZV_TIMEOUT_S"]) == ("node001", "29500", "300")
         assert env["RESUME"] == "auto"
         assert (env["DATADIR"], env["LOGDIR"]) == ("/data", "/results")
         drop = cmds[cmds.index(c) - 1]
         assert drop[0] == "srun" and "drop_caches" in " ".join(drop) and option_values(drop, "--nodes") == ["2"]
-    assert cmds[-1][-3:] == ["-m", "compliance.summarize", "/results/DGXA100_2x8/resnet"]
+    assert cmds[-1] == trains[-1], "the last experiment's run_and_time.sh gives the set's verdict"
     assert "rendezvous node001:29500" in log
 
 
@@ -252,9 +256,9 @@ def test_docker_experiment_env_makes_one_torchrun(tmp_path):
 
 @needs_run_and_time
 def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
-    cmds, _ = dry_run("run.sub", tmp_path / "launch", DGXSYSTEM="DGXA100_2x8", NEXP="1", **SLURM_2,
+    cmds, _ = dry_run("run.sub", tmp_path / "launch", DGXSYSTEM="DGXA100_2x8", NEXP="2", SEED="40", **SLURM_2,
                       SLURM_SUBMIT_DIR=str(REPO))
-    (experiment,) = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]]
+    experiment = [c for c in cmds if c[-1:] == ["./run_and_time.sh"]][1]     # the set's second experiment
     exported = dict(e.split("=", 1) for e in option_values(experiment, "--export")[0].split(",")[1:])
     config = source_config(REPO / "config_DGXA100_2x8.sh")
     # srun gives each task SLURM_NODEID. PRECISION=bf16 because the settings check refuses fp16 without a GPU.
@@ -263,7 +267,7 @@ def test_slurm_experiment_env_gives_each_node_its_rank(tmp_path):
     assert "--nproc_per_node=8" in torchrun and "--nnodes=2" in torchrun and "--node_rank=1" in torchrun
     assert "--master_addr=node001" in torchrun and "--master_port=29500" in torchrun and "--standalone" not in torchrun
     assert "--rdzv_conf=timeout=300" in torchrun and "--log-file" not in torchrun, "node 0 claims and writes the log"
-    assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == [exported["SEED"]]
+    assert option_values(torchrun, "--batch-size") == ["128"] and option_values(torchrun, "--seed") == ["41"]
 
 
 PWNED = "/tmp/launchers_pwned"
@@ -332,3 +336,99 @@ def test_the_settings_table_does_not_import_the_launcher():
     assert sh(sys.executable, "-c", probe).returncode == 0
     source = (REPO / "resnet" / "settings.py").read_text()
     assert "import launch" not in source and "from resnet.launch" not in source
+
+
+# ------------------------------------------------------- run_with_docker.sh's set, continued after a stop
+
+FAKE_DOCKER = r"""
+# docker for the tests, with this machine as the container: `run -d ... --volume HOST:PATH[:ro] ... IMAGE ...`
+# records the volumes, `exec --env NAME=VALUE ... CONTAINER ./run_and_time.sh` runs $FAKE_REPO/run_and_time.sh
+# here with those settings (the container's paths mapped back to the host's; $FAKE_OVERRIDES, the tests' tiny run,
+# over the config's) and exits with its status; `rm -f` and the privileged cache drop succeed.
+import json, os, subprocess, sys
+state, args = os.path.join(os.path.dirname(sys.argv[0]), "volumes.json"), sys.argv[1:]
+if args[:2] == ["run", "-d"]:
+    pairs = [args[i + 1].split(":") for i, a in enumerate(args) if a == "--volume"]
+    with open(state, "w") as f:
+        json.dump({path: host for host, path, *_ in pairs}, f)
+if args[:1] != ["exec"]:
+    sys.exit(0)
+with open(state) as f:
+    volumes = json.load(f)
+env, i = {}, 1
+while args[i] == "--env":
+    name, value = args[i + 1].split("=", 1)
+    env[name] = next((host + value[len(path):] for path, host in volumes.items()
+                      if value == path or value.startswith(path + "/")), value)
+    i += 2
+env.update(json.loads(os.environ["FAKE_OVERRIDES"]), PATH=os.environ["PATH"], HOME=os.environ["HOME"],
+           PYTHON=sys.executable)
+sys.exit(subprocess.run([os.environ["FAKE_REPO"] + "/" + args[i + 1]], cwd=os.environ["FAKE_REPO"],
+                        env=env).returncode)
+"""
+
+
+def docker_here(tmp_path: Path, overrides: dict) -> dict:
+    """The environment of a run_with_docker.sh whose docker is FAKE_DOCKER (no sudo: it drops the cache)."""
+    bin_dir = tmp_path / "docker_bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"#!{sys.executable}" + FAKE_DOCKER)
+    (bin_dir / "sudo").write_text("#!/bin/sh\nexit 1\n")     # the host's cache stays (the docker way "drops" it)
+    for tool_ in ("docker", "sudo"):
+        (bin_dir / tool_).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+            "FAKE_REPO": str(REPO), "FAKE_OVERRIDES": json.dumps(overrides)}
+
+
+def inner_launcher(pid: int) -> int:
+    """The run_and_time.sh that the fake container runs (the README: docker exec <name> kill -TERM <its pid>)."""
+    from tests.test_run_and_time import descendants
+
+    def parent(p):
+        return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    found = [p for p in descendants(pid) if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[1:2] ==
+             [f"{REPO}/./run_and_time.sh".encode()]]
+    (launcher,) = [p for p in found if parent(p) not in found]    # not its subshells (the console filter's)
+    return launcher
+
+
+@needs_run_and_time
+def test_run_with_docker_after_a_stop_runs_only_what_is_left_of_the_set(synth_tree, tmp_path):
+    """NEXP=3 through run_with_docker.sh, stopped in experiment 2 (SIGTERM to its run_and_time.sh inside the
+    container); the same command again skips experiment 1, resumes experiment 2 from its checkpoint with its seed,
+    runs experiment 3, says so in one line first, and the set ends with three counted logs, seeds 50, 51, 52."""
+    from tests.conftest import TINY_CONFIG, first
+    from tests.test_run_and_time import Console, finish, wait_for_count
+
+    tiny = {k: v for k, v in TINY_CONFIG.items() if not k.startswith("DGX")}
+    env = {**docker_here(tmp_path, {**tiny, "LOADER": "dali", "EPOCHS": "2", "TARGET_ACCURACY": "0.99"}),
+           "DGXSYSTEM": "CPU", "CONT": "mlperf-resnet:test", "DATADIR": str(synth_tree),
+           "LOGDIR": str(tmp_path / "logs"), "NEXP": "3", "SEED": "50", "CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    proc = subprocess.Popen(["bash", REPO / "run_with_docker.sh"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stderr = proc.stdout      # the Console reads one stream: the script's and the container's lines
+    console = Console(proc)
+    console.wait_for(r"^=== experiment 2/3: seed 51 ")
+    wait_for_count(console, r"^epoch 1/2 ", 2)
+    os.kill(inner_launcher(proc.pid), signal.SIGTERM)
+    stopped = finish(proc, console)
+    assert proc.returncode == 143, stopped[-3000:]
+    assert "run_with_docker.sh: experiment 2 was stopped by a signal (status 143)" in stopped, stopped[-3000:]
+    assert "stopped by SIGTERM after 2 of 3 experiments" in stopped and "1 not started" in stopped
+
+    again = subprocess.run(["bash", REPO / "run_with_docker.sh"], cwd=tmp_path, env=env, text=True,
+                           capture_output=True, timeout=1200)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1, out[-3000:]          # a smoke run of 3 that missed its 0.99
+    said = [line for line in out.splitlines() if "continuing the set recorded in" in line]
+    assert len(said) == 1 and "1 of 3 experiments ended" in said[0], out[-3000:]
+    assert "experiment 1/3 (seed 50) ended in an earlier launch (result_0.txt): skipped" in out
+    assert "resuming the interrupted run" in out and "=== experiment 1/3" not in out
+    results = tmp_path / "logs" / "CPU" / "resnet"
+    record = json.loads((results / "set.json").read_text())
+    assert record["not_counted"] == ["result_1.txt"]
+    assert [e["logs"] for e in record["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"],
+                                                         ["result_3.txt"]]
+    counted = sorted(set(p.name for p in results.glob("result_*.txt")) - set(record["not_counted"]))
+    assert [first(results / name, "seed")["value"] for name in counted] == [50, 51, 52]
+    assert first(results / "result_2.txt", "run_start")["metadata"].get("resumed_from_epoch", 0) >= 1

@@ -105,3 +105,75 @@ def test_an_unreadable_record_is_one_line(tmp_path):
     assert out.returncode == 1 and out.stderr.decode() == (
         f"mlperf-resnet: error: {record}: not a readable set record (JSONDecodeError); move it away to start a new "
         "set in this LOGDIR\n")
+
+
+def test_one_call_per_experiment_runs_only_what_is_left(tmp_path):
+    """As run_with_docker.sh and run.sub call run_and_time.sh (the set's NEXP and SEED, EXPERIMENT_INDEX=i a call): a
+    pass stopped in experiment 2, then the same command: the call of index 0 says what it does and skips experiment
+    1, the next continues experiment 2 with its seed, the last runs experiment 3; each call's verdict is its
+    experiment's until the last, and a set that ends within the pass is not taken for an ended one."""
+    results, env = tmp_path / "results", {"NEXP": "3", "SEED": "20"}
+    results.mkdir()
+    record = results / "set.json"
+
+    def at(i):
+        return {**env, "EXPERIMENT_INDEX": str(i)}
+    assert plan(record, at(0)) == ([(0, 20)], "")
+    run_one(record, results, 0, 0)
+    assert plan(record, at(1)) == ([(1, 21)], "")
+    run_one(record, results, 1, 4, stop="aborted")
+
+    skipped, said = plan(record, at(0))
+    assert skipped == [] and len(said.splitlines()) == 2, said
+    assert "continuing the set recorded in" in said and "1 of 3 experiments ended" in said
+    assert "experiment 1/3 (seed 20) ended in an earlier launch (result_0.txt): skipped" in said
+    assert verb("verdict", "--record", record, results, env=at(0)).returncode == 0
+    assert plan(record, at(1)) == ([(1, 21)], "")
+    run_one(record, results, 1, 2)
+    assert verb("verdict", "--record", record, results, env=at(1)).returncode == 1, "it missed the target"
+    assert plan(record, at(2)) == ([(2, 22)], "")
+    run_one(record, results, 2, 0)
+    saved = json.loads(record.read_text())
+    assert saved["not_counted"] == ["result_1.txt"]
+    assert [e["logs"] for e in saved["experiments"]] == [["result_0.txt"], ["result_1.txt", "result_2.txt"],
+                                                         ["result_3.txt"]]
+    again, said = plan(record, at(2))            # the set ended in this pass: nothing to run, nothing archived
+    assert again == [] and "has ended" not in said and not (results / "set_0.json").exists()
+
+
+def test_an_experiment_index_outside_the_set_is_one_line(tmp_path):
+    out = verb("prepare", env={"DGXSYSTEM": "CPU", "NEXP": "2", "EXPERIMENT_INDEX": "2", "DATADIR": str(tmp_path),
+                               "LOGDIR": str(tmp_path)})
+    assert out.returncode == 1 and out.stdout == b""
+    assert out.stderr.decode() == ("mlperf-resnet: error: EXPERIMENT_INDEX=2 is not below NEXP=2 (the set's size); fix "
+                                   "or unset EXPERIMENT_INDEX\n")
+
+
+def test_a_node_of_a_set_with_random_seeds_takes_node_zeros_draw(tmp_path):
+    """Without SEED a node > 0 waits (up to RDZV_TIMEOUT_S) for node 0's record of the set and runs its seeds."""
+    results = tmp_path / "results"
+    results.mkdir()
+    shared, env = results / "set.json", {"NEXP": "2", "EXPERIMENT_INDEX": "0", "RDZV_TIMEOUT_S": "1"}
+    alone = verb("begin", "--record", tmp_path / "node1.json", "--shared", shared, "--", *FLAGS, env=env)
+    assert alone.returncode == 1 and alone.stderr.decode() == (
+        f"mlperf-resnet: error: {shared}: node 0 recorded no set within RDZV_TIMEOUT_S; see node 0's console for "
+        "why (or set SEED, so that every node knows the seeds)\n")
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH")}
+    node1 = subprocess.Popen([sys.executable, "-m", "resnet.launch", "begin", "--record", tmp_path / "node1.json",
+                              "--shared", shared, "--", *FLAGS], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**clean, **env, "RDZV_TIMEOUT_S": "300"})
+    node0, _ = plan(shared, env)
+    out, err = node1.communicate(timeout=300)
+    assert node1.returncode == 0, err.decode()
+    assert [tuple(map(int, r.split()[1:])) for r in out.decode().split("\0") if r] == node0 == node0[:1]
+
+
+def test_a_node_runs_the_new_set_that_node_0_starts_after_an_ended_one(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    shared, env = results / "set.json", {"NEXP": "1", "SEED": "9"}
+    plan(shared, env)
+    run_one(shared, results, 0, 0)          # node 0's set has ended: the next launch starts a new one
+    out = verb("begin", "--record", tmp_path / "node1.json", "--shared", shared, "--", *FLAGS,
+               env={**env, "EXPERIMENT_INDEX": "0"})
+    assert out.returncode == 0 and out.stdout.decode().split("\0")[:1] == ["run 0 9"], out.stderr.decode()

@@ -69,15 +69,20 @@ class Backend:
         return LAYOUTS[self.reads]
 
     def missing(self) -> str | None:
-        """One line saying that the library is not installed and how to install it; None when it is (its
-        presence only: nothing is imported)."""
-        import importlib.util
+        """One line saying that the library is not installed and how to install it; None when it is."""
+        return missing_module(self.needs, self.install)
 
-        try:
-            found = importlib.util.find_spec(self.needs) is not None
-        except (ImportError, ValueError):   # a parent package that is not there, or not a package
-            found = False
-        return None if found else f"no module named {self.needs!r}; {self.install}"
+
+def missing_module(module: str, install: str = "") -> str | None:
+    """"no module named 'M'" (and how to install it) when this python cannot import `module`, else None: its
+    presence only, nothing is imported (the backends' libraries, and what `python -m resnet.launch deps` needs)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):   # a parent package that is not there, or not a package
+        found = False
+    return None if found else f"no module named {module!r}" + (f"; {install}" if install else "")
 
 
 def declared(loader: str) -> Backend:
