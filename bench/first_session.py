@@ -30,8 +30,8 @@ from resnet.data.loaders import LoaderSpec, declared
 
 SMOKE = os.environ.get("SMOKE") == "1"
 #: part: seconds it may take on the GPU (SMOKE: on a loaded 2-core CPU)
-BUDGETS = {"data": (15, 120), "cuda_tests": (30, 0), "eager": (130, 150), "compiled": (90, 180), "syncs": (15, 0),
-           "ema_eval": (15, 90), "loader": (35, 120), "gpu_decode": (15, 90), "train": (60, 240)}
+BUDGETS = {"data": (15, 120), "cuda_tests": (30, 0), "eager": (130, 150), "compiled": (90, 180), "ema_eval": (15, 90),
+           "loader": (35, 120), "gpu_decode": (15, 90), "train": (60, 240)}
 SIZES = dict(  # GPU, SMOKE
     batch=(256, 2), arch=("resnet50", "resnet18"), warmup=(2, 1), steps=(5, 2), classes=(8, 4), train=(256, 8),
     val=(32, 4), precisions=(("fp16", "bf16"), ("fp32",)), workers=(os.cpu_count() or 1, 1),
@@ -39,7 +39,6 @@ SIZES = dict(  # GPU, SMOKE
 S = SimpleNamespace(**{name: sizes[SMOKE] for name, sizes in SIZES.items()}, device=device(), work=None,
                     sides=[16, 32] if SMOKE else None)   # what each part is given: bench.steps' parts take it too
 S.fields = dict(train_crop_px=S.crop, eval_crop_px=S.eval_crop, eval_resize_px=S.eval_resize)   # SMOKE: toy ones
-CUDA_ONLY = ("cuda_tests", "syncs")
 
 
 def data(s, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under s.work
@@ -103,8 +102,8 @@ def part_train(s, emit):
 
 
 PARTS = {"data": part_data, "cuda_tests": part_cuda_tests, "eager": steps.eager, "compiled": steps.compiled,
-         "syncs": steps.syncs, "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode,
-         "train": part_train}   # each part(S, emit): emit() each result as it comes
+         "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode, "train": part_train}
+# each part(S, emit): emit() each result as it comes
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
     say(f"first_session on {name}{' (SMOKE: toy sizes, the numbers mean nothing)' if SMOKE else ''}; budgets: "
         + ", ".join(f"{k} {v} s" for k, v in budgets.items()) + f"; {sum(budgets.values())} s in all")
     for part, budget in budgets.items():
-        if part in CUDA_ONLY and not torch.cuda.is_available():
+        if part == "cuda_tests" and not torch.cuda.is_available():
             result = dict(status="skipped", seconds=0, budget_s=budget, detail="no CUDA device", rows=[])
         else:
             result = run_part(part, budget, work, args.out, say)

@@ -13,7 +13,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -92,24 +91,6 @@ def compiled(s, emit) -> None:
     emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # ours: plain compiles on its own
 
 
-def syncs(s, emit) -> None:
-    """Host syncs per fp16 step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
-    t, plan = ours(s.device, "fp16", s.batch, s.arch, **s.fields)
-    step, px, n = ours_at(t, plan, s.device), plan.recipe.train_crop_px, t.ema_every_steps
-    step(px)
-    sync(s.device)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            for _ in range(n):
-                step(px)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    found = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
-    emit(dict(px=px, steps=n, syncs_per_step=len(found) / n, first=found[:3]))
-
-
 def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
     """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
     r, batch = plan.recipe, plan.per_device_batch
@@ -178,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", action="store_true", help="what a checkpoint save costs (sync vs async)")
     p.add_argument("--dir", type=Path, help="--checkpoint: the folder saves go to (default: a temporary one)")
     args = p.parse_args(argv)
-    args.device, args.fields = device(), {}   # what eager() takes beside the options
+    args.device, args.fields, rows = device(), {}, []   # what eager() takes beside the options
     if args.ddp:
         result = ddp(args)
     elif args.checkpoint:
@@ -186,7 +167,6 @@ def main(argv=None) -> int:
             result = dict(rows=[checkpoint_cost(arch, Path(tmp), args.steps) for arch in ("resnet_cpu", "resnet50")])
         print(*result["rows"], sep="\n")
     else:
-        rows = []
         eager(args, lambda row: rows.append(row) or print(row, flush=True))
         result = dict(device=torch.cuda.get_device_name() if args.device.type == "cuda" else "cpu", rows=rows)
     if result:
