@@ -17,7 +17,6 @@ final top-1 against minutes, the envelope drawn. Not part of `make test`: the de
 ours, both from resnet_cpu and our torchvision loader (BENCHMARKS.md "Composer's Trainer side by side"); first, in
 the same venv, our methods against composer.functional's (tests/composer_functional.py; RECIPE.md 12.6).
 """
-import argparse
 import functools
 import json
 import os
@@ -28,7 +27,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, run_metadata, synthetic_dataset
+from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, parser, synthetic_dataset, write_json
 from resnet.data.loaders import declared
 
 CONFIG = REPO / "config_CPU.sh"
@@ -51,8 +50,7 @@ VARIANTS = {
     "mild-torchvision": ["--loader", "torchvision"],         # --composer: ours on the loader both trainers use,
     "composer-mild": ["--loader", "torchvision"],            # and Composer's Trainer (composer_train)
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side", "mild-torchvision",
-                                                     "composer-mild")]
+DEFAULT_VARIANTS = [*VARIANTS][:[*VARIANTS].index("baseline-44")]   # baseline-44 and the ones below: by name
 EPOCH_RATIO = {"baseline": 90 / 36, "mild": 1.0, "medium": 135 / 36, "hot": 270 / 36}   # --frontier's recipes
 PROXY_MILD_EPOCHS = 28
 FAILED = dict(status="failed", minutes=None, evals=[], final_top1=None, epoch_at_stop=None)
@@ -169,7 +167,7 @@ def plot_frontier(table: dict, front: list[dict], path: Path) -> None:
         for i, recipe in enumerate(EPOCH_RATIO):
             mine = [row for v, row in table.items() if v.startswith(f"{recipe}-x") and row["final_top1"]["mean"]]
             if mine:
-                    ax.errorbar([r["minutes_all"]["mean"] for r in mine], [r["final_top1"]["mean"] for r in mine],
+                ax.errorbar([r["minutes_all"]["mean"] for r in mine], [r["final_top1"]["mean"] for r in mine],
                             yerr=[r["final_top1"]["sd"] for r in mine], marker="o", capsize=3, color=f"C{i}",
                             label=recipe)
         ax.plot([f["minutes"] for f in front], [f["top1"] for f in front], "k--", lw=1, label="frontier")
@@ -192,8 +190,7 @@ def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> No
 
 def arguments(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """The command line, checked; args.variants: what runs (--frontier and --composer name theirs)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="output folder (must not exist)")
+    p = parser(__doc__, "output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
                    help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44 and the dali ones)")
@@ -261,10 +258,9 @@ def main(argv=None) -> int:
             run = functools.partial(composer_run, python) if v == "composer-mild" else one_run
             r = run(v, seed, base, data, logs)
             runs.append(r)
-            minutes = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min"
-            print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, "
-                  f"final top-1 {r['final_top1']}, wall {r['wall_s']} s" + (f" ({r['error']})" if "error" in r
-                                                                              else ""), flush=True)
+            minutes, error = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min", r.get("error")
+            print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, final top-1 "
+                  f"{r['final_top1']}, wall {r['wall_s']} s" + (f" ({error})" if error else ""), flush=True)
     table = summarise(runs, args.variants, ref=args.variants[0] if args.composer else "mild")
     print_table(table, target)
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
@@ -279,7 +275,7 @@ def main(argv=None) -> int:
         plot_frontier(table, result["frontier"], args.out / "frontier.png")
         print("frontier: " + " -> ".join(f"{f['variant']} ({f['top1']:.3f} in {f['minutes']:.2f} min)"
                                          for f in result["frontier"]))
-    (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
+    write_json(args.out / "proxy.json", result)
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")
     return 0 if all(r["status"] != "failed" for r in runs) else 1
@@ -329,12 +325,9 @@ def composer_run(python: Path, variant: str, seed: int, base: list[str], data: d
 
 def composer_peer(job_path: str) -> int:
     """In Composer's venv: the job (a run on Composer's Trainer, or the functional checks) and its result JSON."""
+    from tests.composer_functional import functional_checks   # our methods against Composer's: kept with the tests
     job = json.loads(Path(job_path).read_text())
-    if job["kind"] == "functional":       # our methods against Composer's: a test, kept with the tests
-        from tests.composer_functional import functional_checks
-        result = functional_checks()
-    else:
-        result = composer_train(job)
+    result = functional_checks() if job["kind"] == "functional" else composer_train(job)
     versions = {name: metadata.version(name) for name in ("mosaicml", "torch", "torchvision")}
     Path(job["result"]).write_text(json.dumps(dict(result, versions=versions), indent=1) + "\n")
     return 0
