@@ -43,14 +43,12 @@ S.fields = dict(train_crop_px=S.crop, eval_crop_px=S.eval_crop, eval_resize_px=S
 
 def data(s, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under s.work
     ffcv = not (SMOKE or declared("ffcv").missing())
-    made = synthetic_dataset(s.work, ffcv, classes=s.classes, train_per_class=s.train, val_per_class=s.val,
-                             size_px=500)
-    return made[loader == "ffcv"]
+    return synthetic_dataset(s.work, ffcv, classes=s.classes, train_per_class=s.train, val_per_class=s.val,
+                             size_px=500)[loader == "ffcv"]
 
 
 def part_data(s, emit):
-    folders = data(s)
-    emit(dict(folders=str(folders), images=len(list(folders.glob("*/*/*.JPEG")))))
+    emit(dict(folders=str(data(s)), images=len(list(data(s).glob("*/*/*.JPEG")))))
 
 
 def part_cuda_tests(s, emit):
@@ -172,7 +170,7 @@ def main(argv=None) -> int:
 
     def say(text):
         print(text, flush=True)
-        log.write(text + "\n")
+        print(text, file=log)
     say(f"first_session on {name}{' (SMOKE: toy sizes, the numbers mean nothing)' if SMOKE else ''}; budgets: "
         + ", ".join(f"{k} {v} s" for k, v in budgets.items()) + f"; {sum(budgets.values())} s in all")
     for part, budget in budgets.items():
