@@ -188,8 +188,8 @@ def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> No
            "top-1 (validation)", draw)
 
 
-def arguments(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line, checked; args.variants: what runs (--frontier and --composer name theirs)."""
+def arguments(argv) -> tuple:
+    """(parser, the command line checked); args.variants: what runs (--frontier and --composer name theirs)."""
     p = parser(__doc__, "output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
