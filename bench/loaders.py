@@ -59,14 +59,12 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
 
 def spec_for(args, device: str = "cpu", **run) -> LoaderSpec:
     """The LoaderSpec of these options; --spec NAME=VALUE sets any other field (a clear error for a wrong name)."""
-    fields = {f.name: f for f in dataclasses.fields(LoaderSpec)}
-    extra = {}
-    for item in args.spec:
-        name, _, value = item.partition("=")
+    fields, extra = {f.name: f.default for f in dataclasses.fields(LoaderSpec)}, {}
+    for name, _, value in (item.partition("=") for item in args.spec):
         if name not in fields:
-            raise SystemExit(f"error: --spec {item}: LoaderSpec has no field {name!r} in this checkout; fields: "
-                             + ", ".join(fields))
-        extra[name] = type(fields[name].default)(value) if fields[name].default is not None else value
+            raise SystemExit(f"error: --spec {name}={value}: LoaderSpec has no field {name!r} in this checkout; "
+                             "fields: " + ", ".join(fields))
+        extra[name] = value if fields[name] is None else type(fields[name])(value)
     given = dict(batch_size=args.batch_size, train_crop_px=args.crop, crop_scale_min=0.08, workers=args.workers,
                  eval_crop_px=args.eval_crop, eval_resize_px=args.eval_resize, device=device,
                  train_precision="fp16" if device.startswith("cuda") else "fp32")
@@ -101,13 +99,12 @@ def measure(loader: str, data: Path, spec: LoaderSpec, warmup: int, batches: int
 
 def backends(args) -> dict:
     """Each backend in this process; `cores`: one decoding thread each (torchvision: in this process), torch one."""
+    rows = []
     if args.mode == "cores":
         torch.set_num_threads(1)
-    rows = []
     for loader in args.loaders:
         workers = args.workers if args.mode == "backends" else 0 if loader == "torchvision" else 1
-        rows.append(measure(loader, data_for(args, loader), spec_for(args, workers=workers), args.warmup,
-                            args.batches))
+        rows.append(measure(loader, data_for(args, loader), spec_for(args, workers=workers), args.warmup, args.batches))
         print(rows[-1], flush=True)
     return dict(mode=args.mode, rows=rows)
 
