@@ -31,8 +31,7 @@ from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, parser, synt
 from resnet.data.loaders import declared
 
 CONFIG = REPO / "config_CPU.sh"
-BASELINE_EPOCHS = 20
-BASELINE = ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4, "--train-crop-px", 56,
+BASELINE = ["--recipe", "baseline", "--epochs", 20, "--eval-every-epochs", 4, "--train-crop-px", 56,
             "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1, "--loss", "ce",
             "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0]
 # Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
@@ -79,12 +78,6 @@ def envelope(table: dict) -> list[dict]:
             if all(top1 > earlier for _, earlier, _ in rows[:i])]
 
 
-def reads_folders(variant: str) -> bool:
-    """Whether the variant's loader reads image folders (DALI, torchvision) rather than the FFCV files."""
-    flags = list(map(str, VARIANTS[variant]))
-    return declared(flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv").reads == "folders"
-
-
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
     from resnet.launch import config_environ, env_to_flags
@@ -108,11 +101,11 @@ def read_log(path: Path) -> dict:
 
 
 def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
-    """data: {"ffcv": FFCV folder, "folders": image folders}, the one its loader reads."""
-    log = logs / f"{variant}-seed{seed}.txt"
-    cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, VARIANTS[variant]),
-           "--data", str(data["folders" if reads_folders(variant) else "ffcv"]), "--seed", str(seed),
-           "--log-file", str(log)]
+    """data: {"beton": FFCV folder, "folders": image folders}: the variant's loader gets what it reads."""
+    log, flags = logs / f"{variant}-seed{seed}.txt", list(map(str, VARIANTS[variant]))
+    loader = flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv"
+    cmd = [sys.executable, "-m", "resnet.train", *base, *flags, "--data", str(data[declared(loader).reads]),
+           "--seed", str(seed), "--log-file", str(log)]
     t0, proc = time.time(), subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     run = dict(variant=variant, seed=seed, exit_code=proc.returncode, wall_s=round(time.time() - t0, 1),
                command=cmd[1:], log=str(log.relative_to(logs.parent)))
@@ -242,7 +235,7 @@ def main(argv=None) -> int:
     python = args.composer and composer_python(args.composer_venv)     # made before OUT: a refusal leaves none
     made = args.seeds and not (args.data and args.folders)
     folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
-    data = dict(ffcv=args.data or ffcv, folders=args.folders or folders)
+    data = dict(beton=args.data or ffcv, folders=args.folders or folders)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
     logs.mkdir(parents=True)
@@ -263,7 +256,7 @@ def main(argv=None) -> int:
                   f"{r['final_top1']}, wall {r['wall_s']} s" + (f" ({error})" if error else ""), flush=True)
     table = summarise(runs, args.variants, ref=args.variants[0] if args.composer else "mild")
     print_table(table, target)
-    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
+    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["beton"]),
                   folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}),
                   added_from=[str(path) for path in args.add_runs], target=target,
                   variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
