@@ -3,6 +3,7 @@ records about where and with what it ran (`run_metadata`), the one plain trainin
 `resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
 overwrites a result."""
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -123,13 +124,14 @@ def plain_step(arch: str, device, precision: str, compile_model: bool = False):
     return step
 
 
-def figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
-    """A PNG at `path` of what draw(ax) plots, titled, gridded, with a legend (matplotlib without a display)."""
+@contextlib.contextmanager
+def figure(path: Path, title: str, xlabel: str, ylabel: str):
+    """with figure(path, ...) as ax: a PNG at `path` of the block's plot, titled, gridded, with a legend (Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    draw(ax)
+    yield ax
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

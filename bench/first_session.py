@@ -138,13 +138,11 @@ def plot(session: dict, path: Path) -> None:
     series = {}
     for r in (r for name in ("eager", "compiled") for r in session["parts"][name]["rows"] if "loop" in r):
         series.setdefault((r["loop"], r["precision"], r["compiled"]), []).append((r["px"], r["img_s"]))
-
-    def draw(ax):
+    with figure(path, f"one training step on {session['device']} (bench.first_session)", "training side, px",
+                "images/s (one device)") as ax:
         for (loop, precision, compiled), points in sorted(series.items()):
             ax.plot(*zip(*sorted(points)), marker="o" if compiled else ".", ls="none" if compiled else "-",
                     label=f"{loop} {precision}{' compiled' if compiled else ''}")
-    figure(path, f"one training step on {session['device']} (bench.first_session)", "training side, px",
-           "images/s (one device)", draw)
 
 
 def main(argv=None) -> int:

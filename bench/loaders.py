@@ -137,17 +137,16 @@ def sweep(args) -> dict:
         fields = [*args.spec, f"hw_decoder_load={load}", *([f"dali_prefetch={prefetch}"] if prefetch else [])]
         with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
             out = Path(tmp) / "r.json"
+            forwarded = [x for k in FORWARDED if getattr(args, k) is not None
+                         for x in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={args.ranks}", "-m", "bench.loaders", "ranks", str(out),
-                                   "--workers", str(threads), *(x for f in fields for x in ("--spec", f)),
-                                   *(x for k in FORWARDED if getattr(args, k) is not None
-                                     for x in (f"--{k.replace('_', '-')}", str(getattr(args, k))))],
+                                   "--workers", str(threads), *(x for f in fields for x in ("--spec", f)), *forwarded],
                                   capture_output=True, text=True)
             r = json.loads(out.read_text()) if out.is_file() else dict(status=f"failed: {proc.stderr[-300:]}")
-        row = dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],
-                   slowest_rank_img_s=r.get("slowest_rank_img_s"), first_batch_s=r.get("train_first_batch_s"))
-        print(row, flush=True)
-        rows.append(row)
+        rows.append(dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],
+                         slowest_rank_img_s=r.get("slowest_rank_img_s"), first_batch_s=r.get("train_first_batch_s")))
+        print(rows[-1], flush=True)
     done = [r for r in rows if r["slowest_rank_img_s"]]
     return dict(loader=args.loader, ranks=args.ranks, rows=rows,
                 best=max(done, key=lambda r: r["slowest_rank_img_s"]) if done else None)

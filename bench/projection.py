@@ -32,7 +32,8 @@ def log_times(path: Path) -> dict:
     ms = {(e["key"], (e.get("metadata") or {}).get("epoch_num")): e["time_ms"] for e in events}
 
     def seconds(stop, start, back):   # {N: s} from `start` at N - back to `stop` at N
-        return {n: (t - ms[start, n - back]) / 1000 for (k, n), t in ms.items() if k == stop and (start, n - back) in ms}
+        return {n: (t - ms[start, n - back]) / 1000 for (key, n), t in ms.items()
+                if key == stop and (start, n - back) in ms}
     epochs, evals = seconds("epoch_stop", "epoch_start", 1), seconds("eval_stop", "eval_start", 0)
     passed = any(e["key"] == "run_stop" and e["metadata"].get("status") == "success" for e in events)
     return dict(epochs=epochs, evals=evals, success_epoch=max(evals or epochs, default=None) if passed else None)
@@ -147,8 +148,8 @@ def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int
                  first_start_s=loader["first_batch_s"], loader_start_s=loader["epoch_start_s"],
                  val_start_s=loader["val_first_batch_s"], eval_img_s=ema["eval_img_s"],
                  ema_update_s=ema["ema_update_s"])
-    return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides "
-                   "(the rest interpolated in px^2)",
+    return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides (the rest "
+                   "interpolated in px^2)",
                    f"loader: {loader['loader']} with {loader['workers']} workers on {cores} cores, "
                    f"x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
 

@@ -128,8 +128,7 @@ def summarise(runs: list[dict], variants: list[str], ref: str = "mild") -> dict:
     for v in variants:
         mine = [r for r in runs if r["variant"] == v]
         reached = [r for r in mine if r["status"] == "success"]
-        table[v] = dict(runs=len(mine), reached=len(reached),
-                        minutes=spread([r["minutes"] for r in reached]),
+        table[v] = dict(runs=len(mine), reached=len(reached), minutes=spread([r["minutes"] for r in reached]),
                         epochs=spread([r["epoch_at_stop"] for r in reached]),
                         final_top1=spread([r["final_top1"] for r in mine if r["final_top1"] is not None]),
                         minutes_all=spread([r["minutes"] for r in mine if r["minutes"] is not None]),
@@ -156,7 +155,8 @@ def print_table(table: dict, target: float) -> None:
 
 
 def plot_frontier(table: dict, front: list[dict], path: Path) -> None:
-    def draw(ax):
+    with figure(path, "CPU proxy: final top-1 against training time, each recipe at several budgets (bench.proxy "
+                "--frontier)", "minutes (run_start -> run_stop)", "final top-1") as ax:
         for i, recipe in enumerate(EPOCH_RATIO):
             mine = [row for v, row in table.items() if v.startswith(f"{recipe}-x") and row["final_top1"]["mean"]]
             if mine:
@@ -165,20 +165,17 @@ def plot_frontier(table: dict, front: list[dict], path: Path) -> None:
                             label=recipe)
         ax.plot([f["minutes"] for f in front], [f["top1"] for f in front], "k--", lw=1, label="frontier")
         ax.set_xscale("log")
-    figure(path, "CPU proxy: final top-1 against training time, each recipe at several budgets (bench.proxy "
-           "--frontier)", "minutes (run_start -> run_stop)", "final top-1", draw)
 
 
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
-    def draw(ax):
+    with figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
+                "top-1 (validation)") as ax:
         for i, v in enumerate(variants):
             for j, r in enumerate(x for x in runs if x["variant"] == v):
                 ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
                         color=f"C{i % 10}", lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
                         label=v if j == 0 else None)
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
-    figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
-           "top-1 (validation)", draw)
 
 
 def arguments(argv) -> tuple:
@@ -257,10 +254,9 @@ def main(argv=None) -> int:
     table = summarise(runs, args.variants, ref=args.variants[0] if args.composer else "mild")
     print_table(table, target)
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["beton"]),
-                  folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}),
-                  added_from=[str(path) for path in args.add_runs], target=target,
-                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
-                  total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+                  folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}), target=target,
+                  added_from=[str(path) for path in args.add_runs], total_minutes=(time.time() - t0) / 60,
+                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, table=table, runs=runs)
     if functional:
         result["functional"] = functional
     if args.frontier:

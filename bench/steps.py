@@ -25,10 +25,8 @@ from resnet.recipe import Plan, amp_dtype, get_recipe, torch_dtype as dtype   # 
 
 def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
          **fields):
-    """(Training, Plan) of the Mild recipe with these settings and `fields`, on ImageNet's counts (so the EMA
-    runs every 20 steps as it will)."""
-    recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
-                                        **fields)
+    """(Training, Plan) of Mild with these settings and `fields`, on ImageNet's counts (the EMA every 20 steps)."""
+    recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size, **fields)
     plan = Plan(recipe, IMAGENET["classes"], IMAGENET["train_images"], IMAGENET["val_images"], world_size)
     return train.build_training(plan, device, compile_backend is not None, compile_backend or "inductor"), plan
 
@@ -95,8 +93,7 @@ def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
     """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
     r, batch = plan.recipe, plan.per_device_batch
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
-    images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device).to(memory_format=torch.channels_last)
     model = t.ema.module.eval()
     with torch.no_grad(), train.autocast(device, amp_dtype(r.eval_precision)):
         ev = time_steps(lambda: model(images), device, warmup, steps)
@@ -116,9 +113,8 @@ def ddp(s) -> dict | None:
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
         t, plan = ours(dev.device, s.precisions[0], s.batch, s.arch, world_size=dev.world_size)
-        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup,
-                    s.steps, rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0],
-                    compiled=False)
+        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup, s.steps,
+                    rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0], compiled=False)
     distributed.shutdown()
     return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
 
@@ -142,9 +138,9 @@ def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
         held_s.append(time.perf_counter() - tic)
         assert saver.wait(), "the async write failed"
         written_s.append(time.perf_counter() - tic)
-    return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1),
-                sync_s=statistics.median(sync_s), async_held_s=statistics.median(held_s),
-                async_written_s=statistics.median(written_s))
+    median = statistics.median
+    return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1), sync_s=median(sync_s),
+                async_held_s=median(held_s), async_written_s=median(written_s))
 
 
 def main(argv=None) -> int:
