@@ -38,8 +38,7 @@ def forever(loader):   # (first of an epoch?, batch) ...
 def timed(loader, warmup: int, batches: int, device=None) -> dict:
     """The one timer: seconds to the first batch (once), then images, wall and this process's CPU seconds of
     `batches` batches after `warmup` more, and the slowest first batch of a later epoch (paid every epoch)."""
-    it = forever(loader)
-    t0 = time.perf_counter()
+    it, t0 = forever(loader), time.perf_counter()
     next(it)
     first = time.perf_counter() - t0
     for _ in range(warmup):
