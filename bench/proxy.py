@@ -183,7 +183,7 @@ def arguments(argv) -> tuple:
     p = parser(__doc__, "output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
-                   help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44 and the dali ones)")
+                   help=f"any of {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
                    f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
     p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the folders "
@@ -246,8 +246,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for v in args.variants:
             run = functools.partial(composer_run, python) if v == "composer-mild" else one_run
-            r = run(v, seed, base, data, logs)
-            runs.append(r)
+            runs.append(r := run(v, seed, base, data, logs))
             minutes, error = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min", r.get("error")
             print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, final top-1 "
                   f"{r['final_top1']}, wall {r['wall_s']} s" + (f" ({error})" if error else ""), flush=True)
