@@ -3,6 +3,7 @@ records about where and with what it ran (`run_metadata`), the one plain trainin
 `resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
 overwrites a result."""
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -51,9 +52,9 @@ def parser(doc: str, out_help: str | None = "the JSON file to write (must not ex
 def _git(*args):
     try:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _version(name):
@@ -70,17 +71,15 @@ def _version(name):
 def run_metadata() -> dict:
     """What a benchmark number needs beside it to be compared later: the commit (and whether the tree had
     uncommitted changes), the library versions (None when absent), the machine and the date (UTC)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    torch = sys.modules.get("torch")   # GPUs only when the caller imported torch already
+    status, torch = _git("status", "--porcelain", "--untracked-files=no"), sys.modules.get("torch")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
-        if torch is not None and torch.cuda.is_available() else []
+        if torch is not None and torch.cuda.is_available() else []   # GPUs only when the caller imported torch
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status),
                 versions=dict(python=platform.python_version(), **{n: _version(n) for n in (
                     "torch", "torchvision", "ffcv", "numpy", "mlperf-logging", "dali")}),
-                machine=dict(cpu=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                       if line.startswith("model name")), None), cores=os.cpu_count(),
-                             cores_usable=len(os.sched_getaffinity(0)), gpus=gpus, system=platform.platform(),
-                             load_average=[round(x, 2) for x in os.getloadavg()]),
+                machine=dict(cpu=cpu, cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)), gpus=gpus,
+                             system=platform.platform(), load_average=[round(x, 2) for x in os.getloadavg()]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -125,13 +124,14 @@ def plain_step(arch: str, device, precision: str, compile_model: bool = False):
     return step
 
 
-def figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
-    """A PNG at `path` of what draw(ax) plots, titled, gridded, with a legend (matplotlib without a display)."""
+@contextlib.contextmanager
+def figure(path: Path, title: str, xlabel: str, ylabel: str):
+    """with figure(path, ...) as ax: a PNG at `path` of the block's plot, titled, gridded, with a legend (Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    draw(ax)
+    yield ax
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -149,12 +149,10 @@ def sync(device) -> None:
 def time_steps(step, device, warmup: int, steps: int) -> dict:
     """Seconds per call of `step()` over `steps` calls after `warmup`, synchronised at the two ends only (the
     trainer never waits for a step)."""
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return dict(step_s=(time.perf_counter() - t0) / steps, warmup_s=round(t0 - started, 2), timed_steps=steps)
+    marks = [time.perf_counter()]
+    for n in (warmup, steps):
+        for _ in range(n):
+            step()
+        sync(device)
+        marks.append(time.perf_counter())
+    return dict(step_s=(marks[2] - marks[1]) / steps, warmup_s=round(marks[1] - marks[0], 2), timed_steps=steps)

@@ -30,8 +30,8 @@ from resnet.data.loaders import LoaderSpec, declared
 
 SMOKE = os.environ.get("SMOKE") == "1"
 #: part: seconds it may take on the GPU (SMOKE: on a loaded 2-core CPU)
-BUDGETS = {"data": (15, 120), "cuda_tests": (30, 0), "eager": (130, 150), "compiled": (90, 180), "syncs": (15, 0),
-           "ema_eval": (15, 90), "loader": (35, 120), "gpu_decode": (15, 90), "train": (60, 240)}
+BUDGETS = {"data": (15, 120), "cuda_tests": (30, 0), "eager": (130, 150), "compiled": (90, 180), "ema_eval": (15, 90),
+           "loader": (35, 120), "gpu_decode": (15, 90), "train": (60, 240)}
 SIZES = dict(  # GPU, SMOKE
     batch=(256, 2), arch=("resnet50", "resnet18"), warmup=(2, 1), steps=(5, 2), classes=(8, 4), train=(256, 8),
     val=(32, 4), precisions=(("fp16", "bf16"), ("fp32",)), workers=(os.cpu_count() or 1, 1),
@@ -39,19 +39,16 @@ SIZES = dict(  # GPU, SMOKE
 S = SimpleNamespace(**{name: sizes[SMOKE] for name, sizes in SIZES.items()}, device=device(), work=None,
                     sides=[16, 32] if SMOKE else None)   # what each part is given: bench.steps' parts take it too
 S.fields = dict(train_crop_px=S.crop, eval_crop_px=S.eval_crop, eval_resize_px=S.eval_resize)   # SMOKE: toy ones
-CUDA_ONLY = ("cuda_tests", "syncs")
 
 
 def data(s, loader: str = "torchvision") -> Path:   # image folders (FFCV: .beton), made once under s.work
     ffcv = not (SMOKE or declared("ffcv").missing())
-    made = synthetic_dataset(s.work, ffcv, classes=s.classes, train_per_class=s.train, val_per_class=s.val,
-                             size_px=500)
-    return made[loader == "ffcv"]
+    return synthetic_dataset(s.work, ffcv, classes=s.classes, train_per_class=s.train, val_per_class=s.val,
+                             size_px=500)[loader == "ffcv"]
 
 
 def part_data(s, emit):
-    folders = data(s)
-    emit(dict(folders=str(folders), images=len(list(folders.glob("*/*/*.JPEG")))))
+    emit(dict(folders=str(data(s)), images=len(list(data(s).glob("*/*/*.JPEG")))))
 
 
 def part_cuda_tests(s, emit):
@@ -103,8 +100,8 @@ def part_train(s, emit):
 
 
 PARTS = {"data": part_data, "cuda_tests": part_cuda_tests, "eager": steps.eager, "compiled": steps.compiled,
-         "syncs": steps.syncs, "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode,
-         "train": part_train}   # each part(S, emit): emit() each result as it comes
+         "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode, "train": part_train}
+# each part(S, emit): emit() each result as it comes
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:
@@ -141,13 +138,11 @@ def plot(session: dict, path: Path) -> None:
     series = {}
     for r in (r for name in ("eager", "compiled") for r in session["parts"][name]["rows"] if "loop" in r):
         series.setdefault((r["loop"], r["precision"], r["compiled"]), []).append((r["px"], r["img_s"]))
-
-    def draw(ax):
+    with figure(path, f"one training step on {session['device']} (bench.first_session)", "training side, px",
+                "images/s (one device)") as ax:
         for (loop, precision, compiled), points in sorted(series.items()):
             ax.plot(*zip(*sorted(points)), marker="o" if compiled else ".", ls="none" if compiled else "-",
                     label=f"{loop} {precision}{' compiled' if compiled else ''}")
-    figure(path, f"one training step on {session['device']} (bench.first_session)", "training side, px",
-           "images/s (one device)", draw)
 
 
 def main(argv=None) -> int:
@@ -173,11 +168,11 @@ def main(argv=None) -> int:
 
     def say(text):
         print(text, flush=True)
-        log.write(text + "\n")
+        print(text, file=log)
     say(f"first_session on {name}{' (SMOKE: toy sizes, the numbers mean nothing)' if SMOKE else ''}; budgets: "
         + ", ".join(f"{k} {v} s" for k, v in budgets.items()) + f"; {sum(budgets.values())} s in all")
     for part, budget in budgets.items():
-        if part in CUDA_ONLY and not torch.cuda.is_available():
+        if part == "cuda_tests" and not torch.cuda.is_available():
             result = dict(status="skipped", seconds=0, budget_s=budget, detail="no CUDA device", rows=[])
         else:
             result = run_part(part, budget, work, args.out, say)

@@ -38,8 +38,7 @@ def forever(loader):   # (first of an epoch?, batch) ...
 def timed(loader, warmup: int, batches: int, device=None) -> dict:
     """The one timer: seconds to the first batch (once), then images, wall and this process's CPU seconds of
     `batches` batches after `warmup` more, and the slowest first batch of a later epoch (paid every epoch)."""
-    it = forever(loader)
-    t0 = time.perf_counter()
+    it, t0 = forever(loader), time.perf_counter()
     next(it)
     first = time.perf_counter() - t0
     for _ in range(warmup):
@@ -59,14 +58,12 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
 
 def spec_for(args, device: str = "cpu", **run) -> LoaderSpec:
     """The LoaderSpec of these options; --spec NAME=VALUE sets any other field (a clear error for a wrong name)."""
-    fields = {f.name: f for f in dataclasses.fields(LoaderSpec)}
-    extra = {}
-    for item in args.spec:
-        name, _, value = item.partition("=")
+    fields, extra = {f.name: f.default for f in dataclasses.fields(LoaderSpec)}, {}
+    for name, _, value in (item.partition("=") for item in args.spec):
         if name not in fields:
-            raise SystemExit(f"error: --spec {item}: LoaderSpec has no field {name!r} in this checkout; fields: "
-                             + ", ".join(fields))
-        extra[name] = type(fields[name].default)(value) if fields[name].default is not None else value
+            raise SystemExit(f"error: --spec {name}={value}: LoaderSpec has no field {name!r} in this checkout; "
+                             "fields: " + ", ".join(fields))
+        extra[name] = value if fields[name] is None else type(fields[name])(value)
     given = dict(batch_size=args.batch_size, train_crop_px=args.crop, crop_scale_min=0.08, workers=args.workers,
                  eval_crop_px=args.eval_crop, eval_resize_px=args.eval_resize, device=device,
                  train_precision="fp16" if device.startswith("cuda") else "fp32")
@@ -101,13 +98,12 @@ def measure(loader: str, data: Path, spec: LoaderSpec, warmup: int, batches: int
 
 def backends(args) -> dict:
     """Each backend in this process; `cores`: one decoding thread each (torchvision: in this process), torch one."""
+    rows = []
     if args.mode == "cores":
         torch.set_num_threads(1)
-    rows = []
     for loader in args.loaders:
         workers = args.workers if args.mode == "backends" else 0 if loader == "torchvision" else 1
-        rows.append(measure(loader, data_for(args, loader), spec_for(args, workers=workers), args.warmup,
-                            args.batches))
+        rows.append(measure(loader, data_for(args, loader), spec_for(args, workers=workers), args.warmup, args.batches))
         print(rows[-1], flush=True)
     return dict(mode=args.mode, rows=rows)
 
@@ -140,17 +136,16 @@ def sweep(args) -> dict:
         fields = [*args.spec, f"hw_decoder_load={load}", *([f"dali_prefetch={prefetch}"] if prefetch else [])]
         with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
             out = Path(tmp) / "r.json"
+            forwarded = [x for k in FORWARDED if getattr(args, k) is not None
+                         for x in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={args.ranks}", "-m", "bench.loaders", "ranks", str(out),
-                                   "--workers", str(threads), *(x for f in fields for x in ("--spec", f)),
-                                   *(x for k in FORWARDED if getattr(args, k) is not None
-                                     for x in (f"--{k.replace('_', '-')}", str(getattr(args, k))))],
+                                   "--workers", str(threads), *(x for f in fields for x in ("--spec", f)), *forwarded],
                                   capture_output=True, text=True)
             r = json.loads(out.read_text()) if out.is_file() else dict(status=f"failed: {proc.stderr[-300:]}")
-        row = dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],
-                   slowest_rank_img_s=r.get("slowest_rank_img_s"), first_batch_s=r.get("train_first_batch_s"))
-        print(row, flush=True)
-        rows.append(row)
+        rows.append(dict(hw_decoder_load=load, threads=threads, prefetch=prefetch, status=r["status"],
+                         slowest_rank_img_s=r.get("slowest_rank_img_s"), first_batch_s=r.get("train_first_batch_s")))
+        print(rows[-1], flush=True)
     done = [r for r in rows if r["slowest_rank_img_s"]]
     return dict(loader=args.loader, ranks=args.ranks, rows=rows,
                 best=max(done, key=lambda r: r["slowest_rank_img_s"]) if done else None)

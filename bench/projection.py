@@ -28,20 +28,15 @@ MOSAICML_LOGS = REPO / "tests" / "data" / "peer_logs" / "v2.0" / "MosaicML" / "8
 def log_times(path: Path) -> dict:
     """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1), evaluation seconds
     {epoch: s} and the epoch at which run_stop said success (or None)."""
-    started, epochs, evals, eval_started, success = {}, {}, {}, {}, None
-    for e in mllog_events(path):
-        key, n = e["key"], (e.get("metadata") or {}).get("epoch_num")
-        if key == "epoch_start":
-            started[n] = e["time_ms"]
-        elif key == "epoch_stop" and n - 1 in started:
-            epochs[n] = (e["time_ms"] - started[n - 1]) / 1000
-        elif key == "eval_start":
-            eval_started[n] = e["time_ms"]
-        elif key == "eval_stop" and n in eval_started:
-            evals[n] = (e["time_ms"] - eval_started[n]) / 1000
-        elif key == "run_stop" and e["metadata"].get("status") == "success":
-            success = max(evals) if evals else max(epochs, default=None)
-    return dict(epochs=epochs, evals=evals, success_epoch=success)
+    events = mllog_events(path)
+    ms = {(e["key"], (e.get("metadata") or {}).get("epoch_num")): e["time_ms"] for e in events}
+
+    def seconds(stop, start, back):   # {N: s} from `start` at N - back to `stop` at N
+        return {n: (t - ms[start, n - back]) / 1000 for (key, n), t in ms.items()
+                if key == stop and (start, n - back) in ms}
+    epochs, evals = seconds("epoch_stop", "epoch_start", 1), seconds("eval_stop", "eval_start", 0)
+    passed = any(e["key"] == "run_stop" and e["metadata"].get("status") == "success" for e in events)
+    return dict(epochs=epochs, evals=evals, success_epoch=max(evals or epochs, default=None) if passed else None)
 
 
 def peer_times(folder: Path = MOSAICML_LOGS) -> dict:
@@ -69,23 +64,20 @@ def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: flo
     loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
     recipe, n, batch = plan.recipe, plan.steps_per_epoch, plan.per_device_batch
     exposed = (1 - overlap) * allreduce_s(params, plan.world_size, bus_gb_s)
-    eval_images = -(-plan.eval_samples // plan.world_size)
-    rows = []
+    eval_images, rows = -(-plan.eval_samples // plan.world_size), []
+    ema_s = (n // plan.ema_every_steps if recipe.ema else 0) * rates["ema_update_s"]   # every epoch the same
+    loader_s = n * batch / rates["loader_img_s"]
     for e in range(through_epoch):
-        px = recipe.resolution_px(e)
-        ema_s = (n // plan.ema_every_steps if recipe.ema else 0) * rates["ema_update_s"]
+        px, evaluates = recipe.resolution_px(e), recipe.evaluates_after(e)
         model_s = n * (batch / rates["model_img_s"][px] + exposed) + ema_s
-        loader_s = n * batch / rates["loader_img_s"]
-        evaluates = recipe.evaluates_after(e)
         eval_s = eval_images / rates["eval_img_s"] + rates["val_start_s"] if evaluates else 0.0
         peer_s = (peer or {}).get("epoch_s", {}).get(e + 1)
         if peer_s is not None and evaluates:
             peer_s += peer["eval_s"].get(e + 1, 0.0)
+        start_s = rates["first_start_s" if e == 0 else "loader_start_s"]
         rows.append(dict(epoch=e + 1, px=px, model_s=round(model_s, 2), loader_s=round(loader_s, 2),
                          bound="model" if model_s >= loader_s else "loader", ema_s=round(ema_s, 2),
-                         eval_s=round(eval_s, 2),
-                         minutes=round((max(model_s, loader_s) + rates["first_start_s" if e == 0 else
-                                                                       "loader_start_s"] + eval_s) / 60, 4),
+                         eval_s=round(eval_s, 2), minutes=round((max(model_s, loader_s) + start_s + eval_s) / 60, 4),
                          peer_minutes=None if peer_s is None else round(peer_s / 60, 4)))
     peer_total = sum(r["peer_minutes"] for r in rows) if peer and all(r["peer_minutes"] for r in rows) else None
     return dict(rows=rows, through_epoch=through_epoch, steps_per_epoch=n, ema_every_steps=plan.ema_every_steps,
@@ -93,13 +85,10 @@ def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: flo
                 peer_total_minutes=None if peer_total is None else round(peer_total, 3))
 
 
-HEADER = (f"{'epoch':>5} {'px':>4} {'model s':>8} {'loader s':>9} {'bound':>6} {'EMA s':>6} {'eval s':>7} "
-          f"{'minutes':>8} {'MosaicML 8xA100 min':>20}")
-
-
 def table(p: dict, title: str, assumed: list[str]) -> str:
-    """The projection as text: its title, what it assumed, one line per epoch, the total ."""
-    out = [f"projection: {title}", *(f"  assumed: {a}" for a in assumed), HEADER]
+    """The projection as text: its title, what it assumed, one line per epoch, the total."""
+    out = [f"projection: {title}", *(f"  assumed: {a}" for a in assumed), f"{'epoch':>5} {'px':>4} {'model s':>8} "
+           f"{'loader s':>9} {'bound':>6} {'EMA s':>6} {'eval s':>7} {'minutes':>8} {'MosaicML 8xA100 min':>20}"]
     for r in p["rows"]:
         peer = "-" if r["peer_minutes"] is None else f"{r['peer_minutes']:.3f}"
         out.append(f"{r['epoch']:5d} {r['px']:4d} {r['model_s']:8.2f} {r['loader_s']:9.2f} {r['bound']:>6} "
@@ -123,13 +112,12 @@ def interpolate(rates: dict, sides: list) -> dict:
 def config_plan(config: Path, counts: dict, gpus: int | None):
     """(train args, Plan) of a config as the trainer reads it, for these counts and `gpus` (default: the config's)."""
     environ = config_environ(config, preset=dict(os.environ))     # a setting exported here overrides the config's
-    world = gpus or world_size_from_env(environ)
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    args = parser.parse_args(env_to_flags(environ))
+    world, train_parser = gpus or world_size_from_env(environ), argparse.ArgumentParser()
+    add_train_arguments(train_parser)
+    args = train_parser.parse_args(env_to_flags(environ))
     read(args)
-    recipe = recipe_from_args(args, world)
-    return args, Plan(recipe, counts["classes"], counts["train_images"], counts["val_images"], world)
+    return args, Plan(recipe_from_args(args, world), counts["classes"], counts["train_images"], counts["val_images"],
+                      world)
 
 
 def measure_here(args, plan, sides: list) -> dict:
@@ -160,8 +148,8 @@ def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int
                  first_start_s=loader["first_batch_s"], loader_start_s=loader["epoch_start_s"],
                  val_start_s=loader["val_first_batch_s"], eval_img_s=ema["eval_img_s"],
                  ema_update_s=ema["ema_update_s"])
-    return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides "
-                   "(the rest interpolated in px^2)",
+    return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides (the rest "
+                   "interpolated in px^2)",
                    f"loader: {loader['loader']} with {loader['workers']} workers on {cores} cores, "
                    f"x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
 
@@ -191,10 +179,8 @@ def report(args, session: dict | None = None) -> dict:
     """The projection `main` prints: rates measured or read, the plan, the table."""
     peer = peer_times()
     through = args.through_epoch or peer["success_epoch"]
-    if args.config:
-        train_args, plan = config_plan(args.config, vars(args), args.gpus)
-    else:
-        plan = Plan(get_recipe("mild"), args.classes, args.train_images, args.val_images, args.gpus or 8)
+    train_args, plan = config_plan(args.config, vars(args), args.gpus) if args.config else (
+        None, Plan(get_recipe("mild"), args.classes, args.train_images, args.val_images, args.gpus or 8))
     sides = [plan.recipe.resolution_px(e) for e in range(through)]
     if not session:
         session = measure_here(train_args, plan, sides) if args.config else json.loads(args.session.read_text())

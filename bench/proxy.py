@@ -17,7 +17,6 @@ final top-1 against minutes, the envelope drawn. Not part of `make test`: the de
 ours, both from resnet_cpu and our torchvision loader (BENCHMARKS.md "Composer's Trainer side by side"); first, in
 the same venv, our methods against composer.functional's (tests/composer_functional.py; RECIPE.md 12.6).
 """
-import argparse
 import functools
 import json
 import os
@@ -28,12 +27,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, run_metadata, synthetic_dataset
+from bench.common import DEFAULT_CACHE, REPO, figure, mllog_events, parser, synthetic_dataset, write_json
 from resnet.data.loaders import declared
 
 CONFIG = REPO / "config_CPU.sh"
-BASELINE_EPOCHS = 20
-BASELINE = ["--recipe", "baseline", "--epochs", BASELINE_EPOCHS, "--eval-every-epochs", 4, "--train-crop-px", 56,
+BASELINE = ["--recipe", "baseline", "--epochs", 20, "--eval-every-epochs", 4, "--train-crop-px", 56,
             "--eval-crop-px", 56, "--eval-resize-px", 64, "--resize-initial-scale", 1, "--loss", "ce",
             "--label-smoothing", 0.1, "--blurpool", 0, "--ema", 0, "--log-bias-init", 0]
 # Each variant: the flags added to config_CPU.sh's. Later flags win, so these override the config.
@@ -51,8 +49,7 @@ VARIANTS = {
     "mild-torchvision": ["--loader", "torchvision"],         # --composer: ours on the loader both trainers use,
     "composer-mild": ["--loader", "torchvision"],            # and Composer's Trainer (composer_train)
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("baseline-44", "dali", "dali-side", "mild-torchvision",
-                                                     "composer-mild")]
+DEFAULT_VARIANTS = [*VARIANTS][:[*VARIANTS].index("baseline-44")]   # baseline-44 and the ones below: by name
 EPOCH_RATIO = {"baseline": 90 / 36, "mild": 1.0, "medium": 135 / 36, "hot": 270 / 36}   # --frontier's recipes
 PROXY_MILD_EPOCHS = 28
 FAILED = dict(status="failed", minutes=None, evals=[], final_top1=None, epoch_at_stop=None)
@@ -81,12 +78,6 @@ def envelope(table: dict) -> list[dict]:
             if all(top1 > earlier for _, earlier, _ in rows[:i])]
 
 
-def reads_folders(variant: str) -> bool:
-    """Whether the variant's loader reads image folders (DALI, torchvision) rather than the FFCV files."""
-    flags = list(map(str, VARIANTS[variant]))
-    return declared(flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv").reads == "folders"
-
-
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
     from resnet.launch import config_environ, env_to_flags
@@ -110,11 +101,11 @@ def read_log(path: Path) -> dict:
 
 
 def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
-    """data: {"ffcv": FFCV folder, "folders": image folders}, the one its loader reads."""
-    log = logs / f"{variant}-seed{seed}.txt"
-    cmd = [sys.executable, "-m", "resnet.train", *base, *map(str, VARIANTS[variant]),
-           "--data", str(data["folders" if reads_folders(variant) else "ffcv"]), "--seed", str(seed),
-           "--log-file", str(log)]
+    """data: {"beton": FFCV folder, "folders": image folders}: the variant's loader gets what it reads."""
+    log, flags = logs / f"{variant}-seed{seed}.txt", list(map(str, VARIANTS[variant]))
+    loader = flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv"
+    cmd = [sys.executable, "-m", "resnet.train", *base, *flags, "--data", str(data[declared(loader).reads]),
+           "--seed", str(seed), "--log-file", str(log)]
     t0, proc = time.time(), subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     run = dict(variant=variant, seed=seed, exit_code=proc.returncode, wall_s=round(time.time() - t0, 1),
                command=cmd[1:], log=str(log.relative_to(logs.parent)))
@@ -137,8 +128,7 @@ def summarise(runs: list[dict], variants: list[str], ref: str = "mild") -> dict:
     for v in variants:
         mine = [r for r in runs if r["variant"] == v]
         reached = [r for r in mine if r["status"] == "success"]
-        table[v] = dict(runs=len(mine), reached=len(reached),
-                        minutes=spread([r["minutes"] for r in reached]),
+        table[v] = dict(runs=len(mine), reached=len(reached), minutes=spread([r["minutes"] for r in reached]),
                         epochs=spread([r["epoch_at_stop"] for r in reached]),
                         final_top1=spread([r["final_top1"] for r in mine if r["final_top1"] is not None]),
                         minutes_all=spread([r["minutes"] for r in mine if r["minutes"] is not None]),
@@ -165,38 +155,35 @@ def print_table(table: dict, target: float) -> None:
 
 
 def plot_frontier(table: dict, front: list[dict], path: Path) -> None:
-    def draw(ax):
+    with figure(path, "CPU proxy: final top-1 against training time, each recipe at several budgets (bench.proxy "
+                "--frontier)", "minutes (run_start -> run_stop)", "final top-1") as ax:
         for i, recipe in enumerate(EPOCH_RATIO):
             mine = [row for v, row in table.items() if v.startswith(f"{recipe}-x") and row["final_top1"]["mean"]]
             if mine:
-                    ax.errorbar([r["minutes_all"]["mean"] for r in mine], [r["final_top1"]["mean"] for r in mine],
+                ax.errorbar([r["minutes_all"]["mean"] for r in mine], [r["final_top1"]["mean"] for r in mine],
                             yerr=[r["final_top1"]["sd"] for r in mine], marker="o", capsize=3, color=f"C{i}",
                             label=recipe)
         ax.plot([f["minutes"] for f in front], [f["top1"] for f in front], "k--", lw=1, label="frontier")
         ax.set_xscale("log")
-    figure(path, "CPU proxy: final top-1 against training time, each recipe at several budgets (bench.proxy "
-           "--frontier)", "minutes (run_start -> run_stop)", "final top-1", draw)
 
 
 def plot(runs: list[dict], variants: list[str], target: float, path: Path) -> None:
-    def draw(ax):
+    with figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
+                "top-1 (validation)") as ax:
         for i, v in enumerate(variants):
             for j, r in enumerate(x for x in runs if x["variant"] == v):
                 ax.plot([e["minutes"] for e in r["evals"]], [e["top1"] for e in r["evals"]], marker=".",
                         color=f"C{i % 10}", lw=2.2 if v in ("mild", "baseline") else 1.0, alpha=0.85,
                         label=v if j == 0 else None)
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
-    figure(path, "CPU proxy: top-1 against time, every seed (bench.proxy)", "minutes since run_start",
-           "top-1 (validation)", draw)
 
 
-def arguments(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line, checked; args.variants: what runs (--frontier and --composer name theirs)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="output folder (must not exist)")
+def arguments(argv) -> tuple:
+    """(parser, the command line checked); args.variants: what runs (--frontier and --composer name theirs)."""
+    p = parser(__doc__, "output folder (must not exist)")
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
-                   help=f"any of {', '.join(VARIANTS)} (default: all but baseline-44 and the dali ones)")
+                   help=f"any of {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
                    f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
     p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the folders "
@@ -245,7 +232,7 @@ def main(argv=None) -> int:
     python = args.composer and composer_python(args.composer_venv)     # made before OUT: a refusal leaves none
     made = args.seeds and not (args.data and args.folders)
     folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
-    data = dict(ffcv=args.data or ffcv, folders=args.folders or folders)
+    data = dict(beton=args.data or ffcv, folders=args.folders or folders)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
     logs.mkdir(parents=True)
@@ -259,19 +246,16 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for v in args.variants:
             run = functools.partial(composer_run, python) if v == "composer-mild" else one_run
-            r = run(v, seed, base, data, logs)
-            runs.append(r)
-            minutes = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min"
-            print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, "
-                  f"final top-1 {r['final_top1']}, wall {r['wall_s']} s" + (f" ({r['error']})" if "error" in r
-                                                                              else ""), flush=True)
+            runs.append(r := run(v, seed, base, data, logs))
+            minutes, error = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min", r.get("error")
+            print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, final top-1 "
+                  f"{r['final_top1']}, wall {r['wall_s']} s" + (f" ({error})" if error else ""), flush=True)
     table = summarise(runs, args.variants, ref=args.variants[0] if args.composer else "mild")
     print_table(table, target)
-    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["ffcv"]),
-                  folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}),
-                  added_from=[str(path) for path in args.add_runs], target=target,
-                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants},
-                  total_minutes=(time.time() - t0) / 60, table=table, runs=runs)
+    result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["beton"]),
+                  folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}), target=target,
+                  added_from=[str(path) for path in args.add_runs], total_minutes=(time.time() - t0) / 60,
+                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, table=table, runs=runs)
     if functional:
         result["functional"] = functional
     if args.frontier:
@@ -279,7 +263,7 @@ def main(argv=None) -> int:
         plot_frontier(table, result["frontier"], args.out / "frontier.png")
         print("frontier: " + " -> ".join(f"{f['variant']} ({f['top1']:.3f} in {f['minutes']:.2f} min)"
                                          for f in result["frontier"]))
-    (args.out / "proxy.json").write_text(json.dumps(dict(metadata=run_metadata(), **result), indent=1) + "\n")
+    write_json(args.out / "proxy.json", result)
     plot(runs, args.variants, target, args.out / "proxy.png")
     print(f"wrote {args.out / 'proxy.json'} and {args.out / 'proxy.png'}")
     return 0 if all(r["status"] != "failed" for r in runs) else 1
@@ -329,12 +313,9 @@ def composer_run(python: Path, variant: str, seed: int, base: list[str], data: d
 
 def composer_peer(job_path: str) -> int:
     """In Composer's venv: the job (a run on Composer's Trainer, or the functional checks) and its result JSON."""
+    from tests.composer_functional import functional_checks   # our methods against Composer's: kept with the tests
     job = json.loads(Path(job_path).read_text())
-    if job["kind"] == "functional":       # our methods against Composer's: a test, kept with the tests
-        from tests.composer_functional import functional_checks
-        result = functional_checks()
-    else:
-        result = composer_train(job)
+    result = functional_checks() if job["kind"] == "functional" else composer_train(job)
     versions = {name: metadata.version(name) for name in ("mosaicml", "torch", "torchvision")}
     Path(job["result"]).write_text(json.dumps(dict(result, versions=versions), indent=1) + "\n")
     return 0

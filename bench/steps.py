@@ -13,7 +13,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -26,10 +25,8 @@ from resnet.recipe import Plan, amp_dtype, get_recipe, torch_dtype as dtype   # 
 
 def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
          **fields):
-    """(Training, Plan) of the Mild recipe with these settings and `fields`, on ImageNet's counts (so the EMA
-    runs every 20 steps as it will)."""
-    recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size,
-                                        **fields)
+    """(Training, Plan) of Mild with these settings and `fields`, on ImageNet's counts (the EMA every 20 steps)."""
+    recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size, **fields)
     plan = Plan(recipe, IMAGENET["classes"], IMAGENET["train_images"], IMAGENET["val_images"], world_size)
     return train.build_training(plan, device, compile_backend is not None, compile_backend or "inductor"), plan
 
@@ -92,30 +89,11 @@ def compiled(s, emit) -> None:
     emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # ours: plain compiles on its own
 
 
-def syncs(s, emit) -> None:
-    """Host syncs per fp16 step of ours (torch.cuda.set_sync_debug_mode) over one EMA period, its update included."""
-    t, plan = ours(s.device, "fp16", s.batch, s.arch, **s.fields)
-    step, px, n = ours_at(t, plan, s.device), plan.recipe.train_crop_px, t.ema_every_steps
-    step(px)
-    sync(s.device)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            for _ in range(n):
-                step(px)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    found = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
-    emit(dict(px=px, steps=n, syncs_per_step=len(found) / n, first=found[:3]))
-
-
 def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
     """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
     r, batch = plan.recipe, plan.per_device_batch
     ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
-    images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device).to(memory_format=torch.channels_last)
     model = t.ema.module.eval()
     with torch.no_grad(), train.autocast(device, amp_dtype(r.eval_precision)):
         ev = time_steps(lambda: model(images), device, warmup, steps)
@@ -135,9 +113,8 @@ def ddp(s) -> dict | None:
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
         t, plan = ours(dev.device, s.precisions[0], s.batch, s.arch, world_size=dev.world_size)
-        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup,
-                    s.steps, rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0],
-                    compiled=False)
+        timed_sides(ours_at(t, plan, dev.device), s.sides, dev.device, s.batch * dev.world_size, s.warmup, s.steps,
+                    rows.append, cudnn_benchmark=bench, loop="ours-ddp", precision=s.precisions[0], compiled=False)
     distributed.shutdown()
     return dict(world_size=dev.world_size, device=str(dev.device), rows=rows) if dev.is_main else None
 
@@ -161,9 +138,9 @@ def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
         held_s.append(time.perf_counter() - tic)
         assert saver.wait(), "the async write failed"
         written_s.append(time.perf_counter() - tic)
-    return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1),
-                sync_s=statistics.median(sync_s), async_held_s=statistics.median(held_s),
-                async_written_s=statistics.median(written_s))
+    median = statistics.median
+    return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1), sync_s=median(sync_s),
+                async_held_s=median(held_s), async_written_s=median(written_s))
 
 
 def main(argv=None) -> int:
@@ -178,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", action="store_true", help="what a checkpoint save costs (sync vs async)")
     p.add_argument("--dir", type=Path, help="--checkpoint: the folder saves go to (default: a temporary one)")
     args = p.parse_args(argv)
-    args.device, args.fields = device(), {}   # what eager() takes beside the options
+    args.device, args.fields, rows = device(), {}, []   # what eager() takes beside the options
     if args.ddp:
         result = ddp(args)
     elif args.checkpoint:
@@ -186,7 +163,6 @@ def main(argv=None) -> int:
             result = dict(rows=[checkpoint_cost(arch, Path(tmp), args.steps) for arch in ("resnet_cpu", "resnet50")])
         print(*result["rows"], sep="\n")
     else:
-        rows = []
         eager(args, lambda row: rows.append(row) or print(row, flush=True))
         result = dict(device=torch.cuda.get_device_name() if args.device.type == "cuda" else "cpu", rows=rows)
     if result:
