@@ -673,3 +673,13 @@ def test_peak_memory_does_not_grow_with_the_data_set(tmp_path):
         peaks[per_class] = [int(kb) / 1024 for kb in run.stdout.split()[-2:]]
     for small, large in zip(peaks[8], peaks[48]):
         assert large - small < 6, peaks
+
+
+def test_one_cpu_prepare_exits(tree, tmp_path):
+    """On one CPU (a pinned process, a container's cpuset) numba's TBB layer, used from FFCV's threads, hung the
+    process at exit after it had written everything (numba#10556): the command must end, and the set be whole."""
+    one_cpu = min(os.sched_getaffinity(0))
+    run = _prepare_cli(tree, tmp_path / "out", "--workers", 2, timeout=600,
+                       preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}))
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUTS)
