@@ -1,5 +1,6 @@
 """Shared fixtures (a small synthetic data set in ImageNet layout and its FFCV files, made once per session;
-CPU benchmark logs) and the helpers that read MLPerf logs."""
+CPU benchmark logs), the helpers that read MLPerf logs, and how the suite shares two cores (`make test`: pytest-xdist,
+two workers)."""
 import json
 import os
 import signal
@@ -19,6 +20,36 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # nothing), while the processes it starts get SIGHUP at its default on exec, so the SIGHUP tests can trap it.
 if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
+# One torch thread in each test process and in every trainer it starts (the variable is inherited; run_and_time()
+# passes it on): `make test` runs two workers on CI's two cores, and torch's OpenMP threads spin-wait, so two
+# threads a process would oversubscribe them (torch up to 3x slower). A test that wants more threads sets them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Under `make test` (pytest -n 2 --dist loadgroup): the tests of one module share a worker (a module fixture is
+# built once), and so do the tests that read the five-seed benchmark (cpu_benchmark, built once a worker) wherever
+# they live. The groups that take longest start first, so that neither worker is left with a long one at the end
+# (their order, slowest first, from `pytest --durations=0` under `make test`; the other groups follow in file order).
+BENCHMARK_FIXTURES = {"cpu_benchmark", "cpu_result_logs"}
+SLOW_GROUPS = ("cpu_benchmark", "tests/test_run_and_time.py", "tests/test_slurm.py", "tests/test_faults.py",
+               "tests/test_bench.py", "tests/test_train.py")
+
+
+def xdist_group(item) -> str:
+    """The benchmark's readers (a fixture, or a fixture's name as a parameter: test_compliance_package) are one
+    group; the other tests are grouped by module."""
+    reads = any(name in item.fixturenames or name in item.nodeid for name in BENCHMARK_FIXTURES)
+    return "cpu_benchmark" if reads else item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    rank = {name: i for i, name in enumerate(SLOW_GROUPS)}
+    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))
 
 
 def events(log: Path) -> list[dict]:
@@ -98,7 +129,7 @@ def run_and_time(env: dict, timeout=900) -> subprocess.CompletedProcess:
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     return subprocess.run(["./run_and_time.sh"], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={"PATH": path, "HOME": os.environ.get("HOME", "/root"), "PYTHON": sys.executable,
-                               **TINY_CONFIG, **env})
+                               "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], **TINY_CONFIG, **env})
 
 
 @pytest.fixture(scope="session")
