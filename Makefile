@@ -43,11 +43,11 @@ $(FFCV_DIR)/.done: $(SYNTH_DIR)/.done
 benchmark: $(FFCV_DIR)/.done
 	source ./config_CPU.sh && PATH=$(CURDIR)/.venv/bin:$$PATH LOGDIR=results/cpu-$(STAMP) ./run_and_time.sh
 
-# Two workers (pytest-xdist), CI's two cores; a module's tests stay on one worker, the slowest groups start first
-# (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+# Two pytest-xdist workers, CI's two cores (TEST_WORKERS=0: one process; TEST_WORKERS=auto: one per core). A module's
+# tests stay on one worker, the slowest modules start first, session data is built once (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: .venv/.installed
-	.venv/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	.venv/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean-data:
 	rm -rf data
