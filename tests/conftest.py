@@ -30,12 +30,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Under `make test` (pytest -n 2 --dist loadfile): a module's tests share a worker (a module fixture is built once),
 # and the modules that take longest start first, so that neither worker is left with a long one at the end (slowest
-# first, from `pytest --durations`; the other modules follow in file order). Session fixtures: built_once.
+# first, as `make test`'s --durations shows them; the other modules follow in file order). Session data: built_once.
 SLOW_MODULES = ("test_run_and_time.py", "test_faults.py", "test_slurm.py", "test_train.py", "test_bench.py",
                 "test_methods.py", "test_data_prepare.py", "test_data_loaders.py")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):      # a pytest-xdist worker
         rank = {name: i for i, name in enumerate(SLOW_MODULES)}
