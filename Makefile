@@ -43,8 +43,12 @@ $(FFCV_DIR)/.done: $(SYNTH_DIR)/.done
 benchmark: $(FFCV_DIR)/.done
 	source ./config_CPU.sh && PATH=$(CURDIR)/.venv/bin:$$PATH LOGDIR=results/cpu-$(STAMP) ./run_and_time.sh
 
+# Two pytest-xdist workers, CI's two cores (TEST_WORKERS=0: one process; TEST_WORKERS=auto: one per core). A module's
+# tests stay on one worker, the slowest modules start first, session data is built once (tests/conftest.py); the
+# slowest tests are listed at the end (what to make cheaper next).
+TEST_WORKERS ?= 2
 test: .venv/.installed
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 clean-data:
 	rm -rf data

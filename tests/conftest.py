@@ -1,7 +1,10 @@
 """Shared fixtures (a small synthetic data set in ImageNet layout and its FFCV files, made once per session;
-CPU benchmark logs) and the helpers that read MLPerf logs."""
+CPU benchmark logs), the helpers that read MLPerf logs, and how the suite shares two cores (`make test`: pytest-xdist,
+two workers)."""
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +22,40 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # nothing), while the processes it starts get SIGHUP at its default on exec, so the SIGHUP tests can trap it.
 if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
+# One torch thread in each test process and in every trainer it starts (the variable is inherited; TINY_CONFIG
+# passes it on): `make test` runs two workers on CI's two cores, and torch's OpenMP threads spin-wait, so two
+# threads a process would oversubscribe them (torch up to 3x slower). A test that wants more threads sets them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Under `make test` (pytest -n 2 --dist loadfile): a module's tests share a worker (a module fixture is built once),
+# and the modules that take longest start first, so that neither worker is left with a long one at the end (slowest
+# first, as `make test`'s --durations shows them; the other modules follow in file order). Session data: built_once.
+SLOW_MODULES = ("test_run_and_time.py", "test_faults.py", "test_slurm.py", "test_train.py", "test_bench.py",
+                "test_methods.py", "test_data_prepare.py", "test_data_loaders.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):      # a pytest-xdist worker
+        rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def built_once(request, name: str, build) -> Path:
+    """The folder `name` that `build(folder)` fills, built once a test run: under pytest-xdist the workers share
+    their base folders' parent, and the first worker to ask builds it while the others wait on its lock."""
+    root = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    if hasattr(request.config, "workerinput"):
+        root = root.parent
+    folder, built = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # released when the file closes
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)   # a worker's failed build
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
 
 
 def events(log: Path) -> list[dict]:
@@ -67,22 +104,20 @@ def cli(*args, check=True, env=None, timeout=600, **kw):
 
 
 @pytest.fixture(scope="session")
-def synth_tree(tmp_path_factory) -> Path:
+def synth_tree(request) -> Path:
     """4 classes x (48 train + 12 val) images of 48 px."""
-    out = tmp_path_factory.mktemp("synth") / "tree"
     from resnet.data.synth import make_synthetic
 
-    make_synthetic(out, classes=4, train_per_class=48, val_per_class=12, size_px=48, seed=1, progress=False)
-    return out
+    return built_once(request, "synth", lambda out: make_synthetic(
+        out / "tree", classes=4, train_per_class=48, val_per_class=12, size_px=48, seed=1, progress=False)) / "tree"
 
 
 @pytest.fixture(scope="session")
-def ffcv_data(synth_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ffcv") / "data"
+def ffcv_data(synth_tree, request) -> Path:
     from resnet.data.prepare import prepare
 
-    prepare(synth_tree, out, workers=2, log=open(os.devnull, "w"))
-    return out
+    return built_once(request, "ffcv", lambda out: prepare(
+        synth_tree, out / "data", workers=2, log=open(os.devnull, "w"))) / "data"
 
 
 TINY_CONFIG = {  # config_CPU.sh's shape, shrunk so that one run takes seconds
@@ -90,6 +125,7 @@ TINY_CONFIG = {  # config_CPU.sh's shape, shrunk so that one run takes seconds
     "EPOCHS": "2", "BATCHSIZE": "16", "EVAL_EVERY_EPOCHS": "1", "TARGET_ACCURACY": "0.1", "PRECISION": "fp32",
     "NUM_WORKERS": "1", "TRAIN_CROP_PX": "32", "EVAL_CROP_PX": "32", "EVAL_RESIZE_PX": "36", "WARMUP_EPOCHS": "1",
     "SUBMISSION_ORG": "tests", "SUBMISSION_STATUS": "research",
+    "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],  # not a setting: one torch thread (see the top of this file)
 }   # the recipe's EMA, in epochs, on 12 steps an epoch: an update every step, half-life 1.9 steps
 
 
@@ -102,11 +138,18 @@ def run_and_time(env: dict, timeout=900) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def cpu_benchmark(ffcv_data, tmp_path_factory):
-    """Five seeds of the real benchmark path (run_and_time.sh -> torchrun -> resnet.train) on the CPU."""
-    logdir = tmp_path_factory.mktemp("logdir")
-    out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(logdir), "NEXP": "5", "SEED": "100"})
-    return out, logdir / "CPU" / "resnet"
+def cpu_benchmark(ffcv_data, request):
+    """Five seeds of the real benchmark path (run_and_time.sh -> torchrun -> resnet.train) on the CPU, run once for
+    test_run_and_time and test_compliance_package (their workers share it): its console and its results folder."""
+    def build(folder):
+        (folder / "logdir").mkdir()
+        out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(folder / "logdir"), "NEXP": "5", "SEED": "100"})
+        (folder / "console.json").write_text(json.dumps([out.returncode, out.stdout, out.stderr]))
+
+    folder = built_once(request, "cpu_benchmark", build)
+    returncode, stdout, stderr = json.loads((folder / "console.json").read_text())
+    out = subprocess.CompletedProcess(["./run_and_time.sh"], returncode, stdout, stderr)
+    return out, folder / "logdir" / "CPU" / "resnet"
 
 
 @pytest.fixture(scope="session")
