@@ -15,19 +15,11 @@ def import_ffcv():
     """Import FFCV 1.0.2 without two costs of its own at import, keeping what the trainer set:
     - its pipeline compiler sets torch's thread count to 1: restored to what it was;
     - fields/rgb_image.py builds a numba typed Dict of two constants (IMAGE_MODES) that only Python code reads:
-      compiling that Dict takes ~4.5 s of every process that imports FFCV; a plain dict answers the same.
-    And on one CPU (affinity or a container's cpuset) numba's TBB layer, used from FFCV's threads, hangs the process
-    at exit (numba#10556, oneTBB#2056: no TBB worker thread, a task left in another thread's slot): there, unless
-    NUMBA_THREADING_LAYER says otherwise, numba's OpenMP layer."""
+      compiling that Dict takes ~4.5 s of every process that imports FFCV; a plain dict answers the same."""
     if "ffcv.fields.rgb_image" in sys.modules:
         return
-    import os
-
     import numba.typed
     import torch
-
-    if "NUMBA_THREADING_LAYER" not in os.environ and len(os.sched_getaffinity(0)) < 2:
-        numba.config.THREADING_LAYER = "omp"
 
     threads, typed_dict = torch.get_num_threads(), vars(numba.typed).get("Dict")
     numba.typed.Dict = dict
