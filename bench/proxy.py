@@ -4,14 +4,14 @@ with config_CPU.sh's flags plus its variant's (VARIANTS), every variant of a see
 
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
-    python -m bench.proxy OUT --frontier 0.5 1 2 4 [--variants baseline mild medium hot] [--seeds 1 2 3]
+    python -m bench.proxy OUT --frontier 0.1 0.2 0.4 [--variants baseline mild medium hot] [--seeds 1 2 3]
     python -m bench.proxy OUT --composer [--seeds 1 2 3] [--composer-venv DIR]
 
 --frontier: the time-accuracy frontier of MosaicML's recipes (RECIPE.md section 12): each recipe at each budget (a
 multiple of the proxy's 28 Mild epochs; each recipe keeps its epoch ratio to Mild from mosaicml/examples: Baseline
 90, Mild 36, Medium 135, Hot 270 ImageNet epochs), the whole budget trained (target 1.0), one evaluation at the end,
 all on the torchvision loader (Hot's RandAugment needs decoded images; one loader keeps the minutes comparable);
-final top-1 against minutes, the envelope drawn. Not part of `make test`: the default grid is hours on 2 cores.
+final top-1 against minutes, the envelope drawn. Not part of `make test`: 0.1 0.2 0.4 x 3 seeds is ~50 min on 2 cores.
 
 --composer: Mild on Composer's own Trainer and algorithms (mosaicml 0.32.1 in a venv of its own, made once) beside
 ours, both from resnet_cpu and our torchvision loader (BENCHMARKS.md "Composer's Trainer side by side"); first, in
