@@ -359,6 +359,7 @@ def test_two_trainers_never_share_a_checkpoint_folder(ffcv_data, tmp_path):
                           "--log-file", tmp_path / "a.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (ckpt / "last.pt").exists(), a)
+        a.send_signal(signal.SIGSTOP)   # A lives (stopped) while B tries, however long B takes on a busy machine
         assert holder(ckpt).startswith(f"pid {a.pid} on host ")
         b = cli("train", *args, "--seed", "2", "--log-file", tmp_path / "b.txt", check=False)
         lines = error_lines(b.stderr)
@@ -367,6 +368,7 @@ def test_two_trainers_never_share_a_checkpoint_folder(ffcv_data, tmp_path):
         assert not (tmp_path / "b.txt").exists()
     finally:
         a.send_signal(signal.SIGTERM)
+        a.send_signal(signal.SIGCONT)
         _, err = a.communicate(timeout=120)
     assert a.returncode == 4 and "SIGTERM: checkpoint written" in err, err
     assert holder(ckpt) is None
