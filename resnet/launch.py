@@ -284,8 +284,8 @@ def missing_module(loader: str) -> str | None:
     from resnet.data import loaders   # the seam and the declarations import no library
 
     for module in ("torch", "mlperf_logging", "compliance"):
-        if loaders.missing_module(module):
-            return loaders.missing_module(module)
+        if missing := loaders.missing_module(module):
+            return missing
     return loaders.declared(loader).missing() if loader in loaders.BACKENDS else None
 
 
