@@ -11,6 +11,12 @@ import contextlib
 import sys
 
 
+#: The trainer's exit statuses (resnet.train's SUCCESS ... STOPPED) in the launcher's words: stdlib only, so the
+#: launcher says them without importing torch.
+EXIT_MEANINGS = {0: "reached the target", 1: "error", 2: "target not reached", 3: "non-finite loss",
+                 4: "stopped by a signal"}
+
+
 class Error(Exception):
     """A problem the user can fix; str() is '<where>: <problem>; <fix>'."""
 

@@ -18,7 +18,8 @@ last one gives the set's verdict; so the same command after a stop runs only wha
     stopped --record R --index I --signal NAME              the stop sentence (what the checkpoint allows)
     verdict --record R RESULTS                              checker + summary + the set's exit status
 
-Exit statuses are resnet.train's (EXIT_MEANINGS); the target is resnet.recipe's SUBMISSION_TARGET_ACCURACY.
+Exit statuses are resnet.train's (in words: resnet.errors.EXIT_MEANINGS); the target is resnet.recipe's
+SUBMISSION_TARGET_ACCURACY.
 """
 from __future__ import annotations
 
@@ -228,11 +229,10 @@ def run_stop_status(log: Path) -> str | None:
 
 
 def meaning(status: str) -> str:
-    from resnet.train import EXIT_MEANINGS
-
     if status.lstrip("-").isdigit() and int(status) < 0:
         return f"killed by signal {status[1:]}"
-    return EXIT_MEANINGS.get(int(status), "unexpected exit status") if status.isdigit() else "unexpected exit status"
+    return errors.EXIT_MEANINGS.get(int(status), "unexpected exit status") if status.isdigit() else \
+        "unexpected exit status"
 
 
 def record_end(args) -> int:

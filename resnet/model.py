@@ -14,6 +14,7 @@ from torchvision.ops import StochasticDepth
 
 from resnet.algorithms.blurpool import apply_blurpool
 from resnet.errors import SettingError
+from resnet.recipe import ARCHS
 
 
 class SmallInputResNet(torchvision.models.ResNet):
@@ -45,10 +46,6 @@ class SmallInputResNet(torchvision.models.ResNet):
 def resnet_cpu(num_classes: int) -> nn.Module:
     """The CPU benchmark's network: widths 16-32-64-128, one BasicBlock per stage (~0.3 M parameters)."""
     return SmallInputResNet(num_classes)
-
-
-#: Network names an ARCH setting may take: torchvision's ResNets, and the CPU stand-in.
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_cpu")
 
 
 def initialise(model: nn.Module, num_classes: int, log_bias_init: bool) -> None:

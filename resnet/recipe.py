@@ -56,11 +56,15 @@ def needs_grad_scaler(precision: str) -> bool:
     return PRECISIONS[precision].grad_scaler
 
 
+#: Network names an ARCH setting may take: torchvision's ResNets, and the CPU stand-in (resnet.model builds them).
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_cpu")
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
     # 1. model and initialisation
-    arch: str = "resnet50"                 # a name in resnet.model.ARCHS; resnet50 is v1.5 (stride on the 3x3 conv)
+    arch: str = "resnet50"                 # a name in ARCHS; resnet50 is v1.5 (stride on the 3x3 conv)
     log_bias_init: bool = True             # fc bias = -ln(num_classes): initial sigmoid outputs ~ 1/num_classes
     # 2. BlurPool surgery (strided convs with >= 16 input channels, and max-pools)
     blurpool: bool = True

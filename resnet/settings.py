@@ -19,7 +19,7 @@ from typing import Callable
 from compliance import ComplianceError, check_plain_name
 from resnet.data.loaders import LOADERS, data_hint, declared
 from resnet.errors import SettingError
-from resnet.recipe import LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
+from resnet.recipe import ARCHS, LOSSES, PRECISIONS, RECIPES, SUBMISSION_TARGET_ACCURACY, Recipe
 
 
 def bool01(text) -> bool:
@@ -29,12 +29,6 @@ def bool01(text) -> bool:
     if text not in ("0", "1"):
         raise ValueError(text)
     return text == "1"
-
-
-def _archs() -> tuple:
-    from resnet.model import ARCHS   # imports torchvision: only when an ARCH is checked
-
-    return ARCHS
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,7 @@ RESUME_MODES = ("auto", "0", "1")   # resnet.checkpoint.find_resumable
 SETTINGS = [
     # what the run trains: the recipe and its fields (defaults: the recipe's)
     Setting("RECIPE", "--recipe", str, "the recipe", default="mild", choices=tuple(RECIPES)),
-    _recipe_row("arch", str, "network (resnet.model.ARCHS)", choices=_archs),
+    _recipe_row("arch", str, "network (resnet.recipe.ARCHS)", choices=ARCHS),
     _recipe_row("epochs", int, "training epochs", within=POSITIVE),
     Setting("BATCHSIZE", "--batch-size", int, "batch per device (global = this x processes)", within=POSITIVE),
     _recipe_row("global_batch_size", int, "global batch (instead of --batch-size)", env="GLOBAL_BATCHSIZE",

@@ -11,7 +11,7 @@ graphs, tunes cuDNN)
 A stop signal during set-up (loading, compiling, warming up) is a stop too: the run ends before run_start, with
 its console line, no log and exit 4, also when the signal killed the warm-up's compiler processes.
 
-Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal (EXIT_MEANINGS).
+Exit status: 0 success, 1 error, 2 target not reached, 3 non-finite loss, 4 stopped by a signal (errors.EXIT_MEANINGS).
 """
 import argparse
 import contextlib
@@ -43,9 +43,7 @@ from resnet.stopping import SetUpStopped, StopRequest, stop_line
 
 NAME = "train"
 HELP = "run one timed training run (under torchrun for several devices)"
-SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
-EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "target not reached",
-                 NON_FINITE: "non-finite loss", STOPPED: "stopped by a signal"}   # the launcher's words too
+SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4   # EXIT_MEANINGS: resnet.errors
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8

@@ -1,6 +1,5 @@
 """Progressive resizing (RECIPE.md section 7): train on smaller images early, full size at the end."""
-import torch
-import torch.nn.functional as F
+from __future__ import annotations
 
 
 def progressive_resize_px(epoch: int, total_epochs: int, full_px: int, initial_scale: float, delay: float,
@@ -17,6 +16,9 @@ def progressive_resize_px(epoch: int, total_epochs: int, full_px: int, initial_s
 
 def resize_batch(images: torch.Tensor, side_px: int) -> torch.Tensor:
     """Nearest-neighbour shrink of a batch to side_px x side_px (explicit size, not a scale factor)."""
+    import torch    # here: the schedule above is plain arithmetic, which the launcher uses without torch
+    import torch.nn.functional as F
+
     if side_px >= images.shape[-1] and side_px >= images.shape[-2]:
         return images
     out = F.interpolate(images, size=(side_px, side_px), mode="nearest")
