@@ -28,6 +28,14 @@ if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
 # threads a process would oversubscribe them (torch up to 3x slower). A test that wants more threads sets them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# FFCV compiles its loading pipeline with numba in every process that builds a loader: ~12 s of the ~19 s a tiny
+# training run takes, paid by every trainer the launcher, signal and fault tests start. Those trainers run with
+# numba's JIT off (NUMBA_DISABLE_JIT=1: the same FFCV code, reading the same .beton files, interpreted; a tiny run
+# then takes ~7 s). FFCV under the JIT is what test_data_loaders (in the test process), test_train's compliant run,
+# the five-seed benchmark (`cpu_benchmark`) and the SIGTERM-with-FFCV test run: they set JIT to "0".
+NO_JIT = {"NUMBA_DISABLE_JIT": "1"}
+JIT = {"NUMBA_DISABLE_JIT": "0"}
+
 # Under `make test` (pytest -n 2 --dist loadfile): a module's tests share a worker (a module fixture is built once),
 # and the modules that take longest start first, so that neither worker is left with a long one at the end (slowest
 # first, as `make test`'s --durations shows them; the other modules follow in file order). Session data: built_once.
@@ -98,9 +106,10 @@ def fake_data(tmp_path: Path) -> Path:
 
 
 def cli(*args, check=True, env=None, timeout=600, **kw):
-    """Run `mlperf-resnet ARGS` as a user would, in a fresh process."""
+    """Run `mlperf-resnet ARGS` as a user would, in a fresh process (`train`: numba's JIT off unless env says)."""
     return subprocess.run([sys.executable, "-m", "resnet.cli", *map(str, args)], capture_output=True, text=True,
-                          check=check, env={**os.environ, **(env or {})}, timeout=timeout, cwd=kw.get("cwd", REPO))
+                          check=check, env={**os.environ, **(NO_JIT if args[:1] == ("train",) else {}), **(env or {})},
+                          timeout=timeout, cwd=kw.get("cwd", REPO))
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +135,7 @@ TINY_CONFIG = {  # config_CPU.sh's shape, shrunk so that one run takes seconds
     "NUM_WORKERS": "1", "TRAIN_CROP_PX": "32", "EVAL_CROP_PX": "32", "EVAL_RESIZE_PX": "36", "WARMUP_EPOCHS": "1",
     "SUBMISSION_ORG": "tests", "SUBMISSION_STATUS": "research",
     "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],  # not a setting: one torch thread (see the top of this file)
+    **NO_JIT,                                          # not a setting either: FFCV interpreted (see the top)
 }   # the recipe's EMA, in epochs, on 12 steps an epoch: an update every step, half-life 1.9 steps
 
 
@@ -143,7 +153,8 @@ def cpu_benchmark(ffcv_data, request):
     test_run_and_time and test_compliance_package (their workers share it): its console and its results folder."""
     def build(folder):
         (folder / "logdir").mkdir()
-        out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(folder / "logdir"), "NEXP": "5", "SEED": "100"})
+        out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(folder / "logdir"), "NEXP": "5", "SEED": "100",
+                            **JIT})
         (folder / "console.json").write_text(json.dumps([out.returncode, out.stdout, out.stderr]))
 
     folder = built_once(request, "cpu_benchmark", build)

@@ -18,7 +18,7 @@ import pytest
 
 from compliance.check import check_log
 from compliance.summarize import summarize_dir
-from tests.conftest import REPO, TINY_CONFIG, events, first, run_and_time, run_stop
+from tests.conftest import JIT, REPO, TINY_CONFIG, events, first, run_and_time, run_stop
 
 
 @pytest.fixture
@@ -211,7 +211,8 @@ def test_a_signal_reaches_the_trainer_and_stops_the_set(ffcv_data, synth_tree, t
     ckpt = tmp_path / "ckpt"
     data = ffcv_data if loader == "ffcv" else synth_tree
     proc = start_run_and_time({"DATADIR": str(data), "LOADER": loader, "LOGDIR": str(tmp_path), "NEXP": "2",
-                               "SEED": "11", "EPOCHS": "30", "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(ckpt)},
+                               "SEED": "11", "EPOCHS": "30", "TARGET_ACCURACY": "0.99", "CHECKPOINT_DIR": str(ckpt),
+                               **JIT},
                               stdout=subprocess.DEVNULL)
     console = Console(proc)
     log = tmp_path / "CPU" / "resnet" / "result_0.txt"
