@@ -1,5 +1,4 @@
-"""What the benchmarks share: the synthetic data sets (made once), `run_metadata`, the one plain training step, the
-pipelined step timer, and the JSON writer that never overwrites a result."""
+"""What the benchmarks share: synthetic data, `run_metadata`, the one plain step, the step timer, the JSON writer."""
 import argparse
 import contextlib
 import datetime

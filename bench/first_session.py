@@ -3,7 +3,7 @@
     python -m bench.first_session OUT            # session.json, session.png, session.log, result_0.txt
     SMOKE=1 python -m bench.first_session OUT    # every part at toy sizes on the CPU: proves the script
 
-Each part (PARTS) runs in its own process within its budget (BUDGETS); one that overruns is cut, keeping its rows.
+Each part (PARTS) runs in its own process within its budget (BUDGETS); one that overruns is cut (its rows kept).
 """
 import argparse
 import importlib.util
@@ -186,4 +186,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

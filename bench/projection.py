@@ -1,8 +1,7 @@
 """The projection: minutes to train on N devices from rates measured on one, saying what it assumed (BENCHMARKS.md).
 
     python -m bench.projection --session OUT/session.json [--gpus 8] [--bus-gb-s 400] [--overlap 0.8]
-    python -m bench.projection --config config_CPU.sh --train-images 1280 --val-images 960 --classes 16
-                                                    # measure here (the CPU proxy's validation)
+    python -m bench.projection --config config_CPU.sh --train-images 1280 --val-images 960 --classes 16   # measure here
 Counts are flags (default ImageNet's), never a subset's: they give the trainer's steps per epoch and EMA cadence.
 """
 import argparse
@@ -51,10 +50,8 @@ def peer_times(folder: Path = MOSAICML_LOGS) -> dict:
                 success_epoch=statistics.mode(passed) if passed else None, logs=len(logs))
 
 
-def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int,
-            peer: dict | None = None) -> dict:
-    """Rows per epoch 1..through_epoch and the total minutes from rates: model_img_s {px: per device},
-    loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
+def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int, peer=None) -> dict:
+    """Rows per epoch 1..through_epoch and the total minutes, from `rates` (session_rates'; img/s a device or rank)."""
     recipe, n, batch = plan.recipe, plan.steps_per_epoch, plan.per_device_batch
     world = plan.world_size   # one ring all-reduce of the fp32 gradients a step: 2 (N-1)/N x bytes / bus bandwidth
     exposed = (1 - overlap) * 2 * (world - 1) / world * params * 4 / (bus_gb_s * 1e9)
@@ -95,8 +92,7 @@ def table(p: dict, title: str, assumed: list[str]) -> str:
 
 
 def interpolate(rates: dict, sides: list) -> dict:
-    """{px: images/s} at every side from those measured: seconds per image linear in px^2 (the work of a
-    convolutional network grows with the area) between the nearest measured sides, constant beyond them."""
+    """{px: images/s} at every side: s/image linear in px^2 (work grows with area) between measured ones, flat past."""
     import numpy as np
     known = sorted(rates)
     s = np.interp([px * px for px in sides], [k * k for k in known], [1 / rates[k] for k in known])
@@ -109,9 +105,9 @@ def measure_here(args, plan, sides: list) -> dict:
     t, s = train.build_training(plan, dev), SimpleNamespace(device=dev, warmup=5, steps=20)
     steps.timed_sides(steps.ours_at(t, plan, dev), sorted({sides[0], sides[len(sides) // 2], sides[-1]}), dev,
                       batch, 5, 20, rows.append, loop="ours", precision=plan.recipe.precision, compiled=False)
-    steps.ema_eval(s, ema.append, (t, plan))
     spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, workers=args.workers, device=str(dev))
     loader = loaders.measure(args.loader, Path(args.data), spec, 2, 40)
+    steps.ema_eval(s, ema.append, (t, plan))
     return dict(device=str(dev), cores=len(os.sched_getaffinity(0)),
                 parts=dict(eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=ema)))
 

@@ -192,14 +192,12 @@ def main(argv=None) -> int:
             p.error(f"--add-runs {path}: its runs used other config_CPU.sh flags than today's; run them again")
         earlier += [dict(r, source=str(path)) for r in old_runs if r["variant"] in args.variants]
     pairs = [(r["variant"], r["seed"]) for r in earlier] + [(v, s) for s in args.seeds for v in args.variants]
-    twice = sorted(pair for pair in set(pairs) if pairs.count(pair) > 1)
-    if twice:
+    if twice := sorted(pair for pair in set(pairs) if pairs.count(pair) > 1):
         p.error(f"--add-runs: {twice[0][0]} seed {twice[0][1]} would be counted twice; give other seeds")
     if not pairs:
         p.error("nothing to do: give --seeds, or --add-runs to tabulate earlier runs")
     python = args.composer and composer_python(args.composer_venv)     # made before OUT: a refusal leaves none
-    made = args.seeds and not (args.data and args.folders)
-    folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
+    folders, ffcv = (None, None) if not args.seeds or (args.data and args.folders) else synthetic_dataset(DEFAULT_CACHE)
     data = dict(beton=args.data or ffcv, folders=args.folders or folders)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
@@ -338,4 +336,4 @@ def composer_train(job: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(composer_peer(sys.argv[2]) if sys.argv[1:2] == ["--composer-peer"] else main())
+    raise SystemExit(composer_peer(sys.argv[2]) if sys.argv[1:2] == ["--composer-peer"] else main())

@@ -4,7 +4,6 @@
     torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
     python -m bench.steps OUT.json --checkpoint [--steps 3] [--dir DIR]   # sync vs async save (BENCHMARKS.md)
 """
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from statistics import median
 
 import torch
 
-from bench.common import IMAGENET, device, parser, plain_step, sync, time_steps, write_json
+from bench.common import IMAGENET, device, parser, plain_step, time_steps, write_json
 from resnet import checkpoint, distributed, train
 from resnet.data.loaders import LoaderSpec
 from resnet.recipe import Plan, amp_dtype, get_recipe, torch_dtype as dtype   # steps.dtype: tests/test_cuda.py
@@ -63,7 +62,7 @@ def eager(s, emit) -> None:
 
 
 def compiled(s, emit) -> None:
-    """The trainer's warm_up of 2 epochs (seconds, graphs), both loops compiled at its sides, graphs compiled after."""
+    """The trainer's warm_up of 2 epochs (seconds, graphs), both loops compiled at its sides, recompiles after (0)."""
     def counting(gm, example_inputs):   # s.backend, counting the graphs it compiles
         counting.graphs += 1
         return torch._dynamo.lookup_backend(s.backend)(gm, example_inputs)
@@ -71,11 +70,9 @@ def compiled(s, emit) -> None:
     torch._dynamo.reset()
     t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, compile_backend=counting,
                    **{"epochs": 2, "warmup_epochs": 1, **s.fields})
-    started = time.perf_counter()
-    sides = train.warm_up(t, plan, LoaderSpec.from_recipe(plan.recipe, batch_size=s.batch, device=str(s.device)),
-                          (s.batch,))
-    sync(s.device)
-    emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counting.graphs))
+    spec, sides = LoaderSpec.from_recipe(plan.recipe, batch_size=s.batch, device=str(s.device)), []
+    took = time_steps(lambda: sides.extend(train.warm_up(t, plan, spec, (s.batch,))), s.device, 0, 1)
+    emit(dict(part="warm_up", sides=sides, seconds=round(took["step_s"], 2), graphs=counting.graphs))
     before = counting.graphs
     plain = plain_step(s.arch, s.device, s.precisions[0], compile_model=s.backend == "inductor")
     both(s, t, plan, plain, sides, True, emit)
@@ -154,4 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
