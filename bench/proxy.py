@@ -3,7 +3,7 @@
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
     python -m bench.proxy OUT --frontier 0.1 0.2 0.4 [--variants baseline mild medium hot]   # + frontier.png
-    python -m bench.proxy OUT --composer [--composer-venv DIR]   # Mild on Composer's Trainer beside ours
+    python -m bench.proxy OUT --composer [--seeds 1 2 3] [--composer-venv DIR]   # Mild on Composer's Trainer too
 """
 import functools
 import json
