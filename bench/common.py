@@ -1,7 +1,4 @@
-"""What the benchmarks share: the synthetic data sets (made once into a cache folder), the facts every result
-records about where and with what it ran (`run_metadata`), the one plain training step the trainer's own
-`resnet.train.train_step` is compared with, the pipelined timer of a step, and the JSON writer that never
-overwrites a result."""
+"""What the benchmarks share: synthetic data, `run_metadata`, the one plain step, the step timer, the JSON writer."""
 import argparse
 import contextlib
 import datetime
@@ -21,8 +18,7 @@ IMAGENET = dict(classes=1000, train_images=1_281_167, val_images=50_000)
 
 
 def synthetic_dataset(cache: Path, ffcv: bool = True, **settings):
-    """(image folders, FFCV folder or None) of `mlperf-resnet synth` data under `cache` (by default the `make
-    benchmark` set's settings, resnet.data.synth.DEFAULTS; size_px=500: ImageNet's geometry), made once."""
+    """(image folders, FFCV folder or None) of synthetic data (default: `make benchmark`'s) under `cache`, made once."""
     from resnet.data.synth import DEFAULTS, make_synthetic
     s = {**DEFAULTS, **settings}
     name = f"c{s['classes']}-t{s['train_per_class']}-v{s['val_per_class']}-{s['size_px']}px"
@@ -41,11 +37,13 @@ def mllog_events(path: Path) -> list[dict]:
             if ":::MLLOG" in line]
 
 
-def parser(doc: str, out_help: str | None = "the JSON file to write (must not exist)") -> argparse.ArgumentParser:
-    """A command's parser: its module's docstring as the help, then (unless None) the output path."""
+def parser(doc: str, out_help: str | None = "the JSON file to write (must not exist)", **ints: int):
+    """A command's parser: its module's docstring as the help, the output path (unless None), --NAME N for `ints`."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if out_help:
         p.add_argument("out", type=Path, help=out_help)
+    for name, default in ints.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     return p
 
 
@@ -69,8 +67,7 @@ def _version(name):
 
 
 def run_metadata() -> dict:
-    """What a benchmark number needs beside it to be compared later: the commit (and whether the tree had
-    uncommitted changes), the library versions (None when absent), the machine and the date (UTC)."""
+    """What a number needs to be compared later: the commit (dirty?), library versions, the machine, the date (UTC)."""
     status, torch = _git("status", "--porcelain", "--untracked-files=no"), sys.modules.get("torch")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch is not None and torch.cuda.is_available() else []   # GPUs only when the caller imported torch
@@ -100,9 +97,7 @@ def device():   # the GPU when there is one
 
 
 def plain_step(arch: str, device, precision: str, compile_model: bool = False):
-    """The one plain training step, step(images, labels) -> loss: torchvision's `arch` in channels-last, forward
-    and cross-entropy under autocast, scaled backward, torch.optim.SGD, zero_grad - nothing else (no LR
-    schedule, EMA, resize or checks)."""
+    """step(images, labels) -> loss: torchvision's `arch`, cross-entropy, SGD; no LR schedule, EMA, resize or checks."""
     import torch
     import torchvision
 
@@ -140,15 +135,14 @@ def figure(path: Path, title: str, xlabel: str, ylabel: str):
     plt.close(fig)
 
 
-def sync(device) -> None:
+def sync(device) -> None:   # waits for a CUDA device's queue; nothing to wait for elsewhere (or None)
     import torch
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_steps(step, device, warmup: int, steps: int) -> dict:
-    """Seconds per call of `step()` over `steps` calls after `warmup`, synchronised at the two ends only (the
-    trainer never waits for a step)."""
+    """Seconds a call of `step()` over `steps` after `warmup`, synced at the ends only (the trainer never waits)."""
     marks = [time.perf_counter()]
     for n in (warmup, steps):
         for _ in range(n):

@@ -1,11 +1,9 @@
-"""The first GPU session (README, "7. The first GPU session"): what one NVIDIA GPU with its image's packages and
-no data set can tell us, in about 7 minutes, as four files in OUT (new or empty):
+"""The first GPU session (README section 7): what one GPU and its image, no data set, tell us in ~7 min, in OUT:
 
     python -m bench.first_session OUT            # session.json, session.png, session.log, result_0.txt
     SMOKE=1 python -m bench.first_session OUT    # every part at toy sizes on the CPU: proves the script
 
-Each part (PARTS) runs in its own process within its budget (BUDGETS, printed first); one that overruns is cut,
-says so and keeps the rows it printed, and the next part still runs.
+Each part (PARTS) runs in its own process within its budget (BUDGETS); one that overruns is cut (its rows kept).
 """
 import argparse
 import importlib.util
@@ -26,7 +24,7 @@ import torch
 from bench import loaders, projection, steps
 from bench.common import REPO, device, figure, parser, synthetic_dataset, time_steps, write_json
 from compliance.check import check_log
-from resnet.data.loaders import LoaderSpec, declared
+from resnet.data.loaders import declared
 
 SMOKE = os.environ.get("SMOKE") == "1"
 #: part: seconds it may take on the GPU (SMOKE: on a loaded 2-core CPU)
@@ -35,9 +33,9 @@ BUDGETS = {"data": (15, 120), "cuda_tests": (30, 0), "eager": (130, 150), "compi
 SIZES = dict(  # GPU, SMOKE
     batch=(256, 2), arch=("resnet50", "resnet18"), warmup=(2, 1), steps=(5, 2), classes=(8, 4), train=(256, 8),
     val=(32, 4), precisions=(("fp16", "bf16"), ("fp32",)), workers=(os.cpu_count() or 1, 1),
-    loader_batch=(256, 8), backend=("inductor", "eager"), crop=(176, 32), eval_crop=(224, 32), eval_resize=(232, 36))
-S = SimpleNamespace(**{name: sizes[SMOKE] for name, sizes in SIZES.items()}, device=device(), work=None,
-                    sides=[16, 32] if SMOKE else None)   # what each part is given: bench.steps' parts take it too
+    batch_size=(256, 8), backend=("inductor", "eager"), crop=(176, 32), eval_crop=(224, 32), eval_resize=(232, 36))
+S = SimpleNamespace(**{name: sizes[SMOKE] for name, sizes in SIZES.items()}, device=device(), work=None, spec=[],
+                    sides=[16, 32] if SMOKE else None)   # each part's settings (batch: steps', batch_size: loaders')
 S.fields = dict(train_crop_px=S.crop, eval_crop_px=S.eval_crop, eval_resize_px=S.eval_resize)   # SMOKE: toy ones
 
 
@@ -63,10 +61,8 @@ def part_loader(s, emit):
         if SMOKE and loader != "torchvision":
             emit(dict(loader=loader, status="not run under SMOKE (tests/test_data_loaders.py runs it)"))
             continue
-        on = "cpu" if loader == "torchvision" else str(s.device)
-        spec = LoaderSpec(batch_size=s.loader_batch, crop_scale_min=0.08, workers=s.workers, device=on,
-                          train_precision="fp16" if on.startswith("cuda") else "fp32", **s.fields)
-        emit(loaders.measure(loader, data(s, loader), spec, 2, 2 * s.classes * s.train // s.loader_batch))
+        spec = loaders.spec_for(s, "cpu" if loader == "torchvision" else str(s.device))   # as bench.loaders makes it
+        emit(loaders.measure(loader, data(s, loader), spec, 2, 2 * s.classes * s.train // s.batch_size))
 
 
 def part_gpu_decode(s, emit):   # torchvision.io.decode_jpeg of the training JPEGs, 32 a call (CUDA: nvJPEG)
@@ -83,7 +79,7 @@ def part_train(s, emit):
     log, dev = Path(os.environ["SESSION_OUT"]) / "result_0.txt", s.device
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "resnet.train",
            "--recipe", "mild", "--arch", s.arch, "--epochs", "2", "--warmup-epochs", "1", "--eval-every-epochs", "2",
-           "--target-accuracy", "0.05", "--batch-size", str(s.loader_batch), "--loader", "torchvision",
+           "--target-accuracy", "0.05", "--batch-size", str(s.batch_size), "--loader", "torchvision",
            "--precision", "fp16" if dev.type == "cuda" else "fp32", "--workers", str(s.workers), "--data",
            str(data(s)), "--platform", "first_session", "--seed", "1", "--log-file", str(log), "--device", dev.type,
            *(word for field, px in s.fields.items() for word in (f"--{field.replace('_', '-')}", str(px)))]
@@ -101,7 +97,6 @@ def part_train(s, emit):
 
 PARTS = {"data": part_data, "cuda_tests": part_cuda_tests, "eager": steps.eager, "compiled": steps.compiled,
          "ema_eval": steps.ema_eval, "loader": part_loader, "gpu_decode": part_gpu_decode, "train": part_train}
-# each part(S, emit): emit() each result as it comes
 
 
 def run_part(name: str, budget: float, work: Path, out: Path, say=print) -> dict:
@@ -149,22 +144,19 @@ def main(argv=None) -> int:
     p = parser(__doc__, "the folder to write (new or empty); with --part: the work folder")
     p.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.part:   # one part, in its own process: each result one `RESULT {json}` line as it comes
+    if args.part:   # one part(S, emit) in its own process: each result emitted one `RESULT {json}` line as it comes
         torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA
         S.work = args.out
         return PARTS[args.part](S, lambda row: print("RESULT " + json.dumps(row, default=str), flush=True))
     if not torch.cuda.is_available() and not SMOKE:
-        raise SystemExit("first_session: error: no CUDA device visible; this script measures a GPU (SMOKE=1 proves "
-                         "it on the CPU)")
+        raise SystemExit("first_session: error: no CUDA device visible; SMOKE=1 proves the script on the CPU")
     if args.out.exists() and any(args.out.iterdir()):
-        raise SystemExit(f"first_session: error: {args.out} is not empty; choose a new or empty folder (results are "
-                         "never overwritten)")
+        raise SystemExit(f"first_session: error: {args.out} is not empty; choose a new or empty folder")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="first-session-"))     # the data: never among OUT's files
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     session = dict(device=name, cores=len(os.sched_getaffinity(0)), smoke=SMOKE, work=str(work), parts={})
-    budgets = {part: b[SMOKE] for part, b in BUDGETS.items()}
-    log = open(args.out / "session.log", "w")
+    budgets, log = {part: b[SMOKE] for part, b in BUDGETS.items()}, open(args.out / "session.log", "w")
 
     def say(text):
         print(text, flush=True)
@@ -172,10 +164,9 @@ def main(argv=None) -> int:
     say(f"first_session on {name}{' (SMOKE: toy sizes, the numbers mean nothing)' if SMOKE else ''}; budgets: "
         + ", ".join(f"{k} {v} s" for k, v in budgets.items()) + f"; {sum(budgets.values())} s in all")
     for part, budget in budgets.items():
-        if part == "cuda_tests" and not torch.cuda.is_available():
-            result = dict(status="skipped", seconds=0, budget_s=budget, detail="no CUDA device", rows=[])
-        else:
-            result = run_part(part, budget, work, args.out, say)
+        skip = part == "cuda_tests" and not torch.cuda.is_available()
+        result = dict(status="skipped", seconds=0, budget_s=budget, detail="no CUDA device", rows=[]) if skip else \
+            run_part(part, budget, work, args.out, say)
         session["parts"][part] = result
         say(f"{result['status'].upper()}: {part} ({result['seconds']} s): {result['detail']}")
     try:   # bench.projection's table for 8 of this device, from the rates measured above
@@ -195,4 +186,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,12 +1,10 @@
-"""The loader benchmark: one timer (first batch, images, wall and CPU seconds) for every backend, per core and per
-rank, on synthetic ImageNet-geometry JPEGs (500 px long side) or on --data.
+"""The loader benchmark: one timer for every backend, per core and per rank, on synthetic 500 px JPEGs or --data.
 
     python -m bench.loaders backends|cores OUT.json [--loaders ...] [--workers 2] [--crop 176] [--batches 20]
     torchrun --nproc_per_node=8 -m bench.loaders ranks OUT.json --data /data/imagenet --loader dali --workers 6
     python -m bench.loaders sweep OUT.json --data /data/imagenet --ranks 8 --hw-loads 0.65 0.99 --threads 4 6 8 \
         --prefetch 2 5                 # DALI: hardware-decoder share x threads x prefetch, one torchrun each
-A backend not installed says "not installed here"; `--spec FIELD=VALUE` sets any other LoaderSpec field (the
-training images' dtype: fp16 on CUDA, else fp32, or --spec train_precision=...).
+A backend not installed says so; `--spec FIELD=VALUE` sets any other LoaderSpec field (train_precision: fp16 on CUDA).
 """
 import dataclasses
 import itertools
@@ -36,8 +34,7 @@ def forever(loader):   # (first of an epoch?, batch) ...
 
 
 def timed(loader, warmup: int, batches: int, device=None) -> dict:
-    """The one timer: seconds to the first batch (once), then images, wall and this process's CPU seconds of
-    `batches` batches after `warmup` more, and the slowest first batch of a later epoch (paid every epoch)."""
+    """The first batch's seconds; images, wall and CPU seconds of `batches` after `warmup`; the slowest epoch start."""
     it, t0 = forever(loader), time.perf_counter()
     next(it)
     first = time.perf_counter() - t0
@@ -48,8 +45,7 @@ def timed(loader, warmup: int, batches: int, device=None) -> dict:
         t, (new, (x, _y)) = time.perf_counter(), next(it)
         images += len(x)
         restarts += [time.perf_counter() - t] if new else []
-    if device is not None:
-        sync(device)
+    sync(device)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return dict(first_batch_s=round(first, 3), epoch_start_s=round(max(restarts), 3), images=images,
                 wall_s=round(wall, 3), cpu_s=round(cpu, 3), img_s=round(images / wall, 1),
@@ -75,9 +71,8 @@ def data_for(args, loader: str) -> Path | None:
     if args.data or declared(loader).missing():
         return args.data and Path(args.data)
     beton = declared(loader).reads == "beton"
-    folders, betons = synthetic_dataset(args.cache, beton, classes=4, train_per_class=args.images // 4,
-                                        val_per_class=8, size_px=500)
-    return betons if beton else folders
+    return synthetic_dataset(args.cache, beton, classes=4, train_per_class=args.images // 4, val_per_class=8,
+                             size_px=500)[beton]
 
 
 def measure(loader: str, data: Path, spec: LoaderSpec, warmup: int, batches: int) -> dict:
@@ -152,7 +147,8 @@ def sweep(args) -> dict:
 
 
 def parse_args(argv=None):
-    p = parser(__doc__, None)
+    p = parser(__doc__, None, workers=2, batch_size=64, crop=176, eval_crop=224, eval_resize=232, batches=20,
+               warmup=3)   # workers: per rank
     p.add_argument("mode", choices=("backends", "cores", "ranks", "sweep"))
     p.add_argument("out", type=Path, help="the JSON file to write (must not exist)")
     p.add_argument("--data", help="image folders (FFCV: its .beton folder); default: synthetic, made once")
@@ -160,9 +156,6 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=400, help="synthetic training images (4 classes)")
     p.add_argument("--loader", choices=tuple(BACKENDS), default="dali", help="ranks, sweep: the backend")
     p.add_argument("--loaders", nargs="+", choices=tuple(BACKENDS), default=list(BACKENDS), help="backends, cores")
-    for flag, default in (("--workers", 2), ("--batch-size", 64), ("--crop", 176), ("--eval-crop", 224),
-                          ("--eval-resize", 232), ("--batches", 20), ("--warmup", 3)):   # workers: per rank
-        p.add_argument(flag, type=int, default=default)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--spec", action="append", default=[], metavar="FIELD=VALUE", help="any other LoaderSpec field")
     p.add_argument("--ranks", type=int, default=1, help="sweep: ranks loading at once")
@@ -181,4 +174,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

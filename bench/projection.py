@@ -1,17 +1,15 @@
-"""The projection: minutes to train for N devices of the model measured, from rates measured on one of them,
-saying what it measured and what it assumed (the formula: BENCHMARKS.md, "The first GPU session").
+"""The projection: minutes to train on N devices from rates measured on one, saying what it assumed (BENCHMARKS.md).
 
     python -m bench.projection --session OUT/session.json [--gpus 8] [--bus-gb-s 400] [--overlap 0.8]
-    python -m bench.projection --config config_CPU.sh --train-images 1280 --val-images 960 --classes 16
-                                                    # measure here (the CPU proxy's validation)
+    python -m bench.projection --config config_CPU.sh --train-images 1280 --val-images 960 --classes 16   # measure here
 Counts are flags (default ImageNet's), never a subset's: they give the trainer's steps per epoch and EMA cadence.
 """
 import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench import loaders, steps
 from bench.common import IMAGENET, REPO, device, mllog_events, parser
@@ -26,8 +24,7 @@ MOSAICML_LOGS = REPO / "tests" / "data" / "peer_logs" / "v2.0" / "MosaicML" / "8
 
 
 def log_times(path: Path) -> dict:
-    """One MLPerf log's epoch seconds {completed epoch: s} (epoch_start N -> epoch_stop N+1), evaluation seconds
-    {epoch: s} and the epoch at which run_stop said success (or None)."""
+    """One MLPerf log's seconds of each epoch and evaluation {epoch: s}, and the epoch of success (or None)."""
     events = mllog_events(path)
     ms = {(e["key"], (e.get("metadata") or {}).get("epoch_num")): e["time_ms"] for e in events}
 
@@ -53,18 +50,12 @@ def peer_times(folder: Path = MOSAICML_LOGS) -> dict:
                 success_epoch=statistics.mode(passed) if passed else None, logs=len(logs))
 
 
-def allreduce_s(params: int, gpus: int, bus_gb_s: float) -> float:
-    """One ring all-reduce of the fp32 gradients: 2 (N-1)/N x bytes / bus bandwidth (0 on one device)."""
-    return 2 * (gpus - 1) / gpus * params * 4 / (bus_gb_s * 1e9)
-
-
-def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int,
-            peer: dict | None = None) -> dict:
-    """Rows per epoch 1..through_epoch and the total minutes from rates: model_img_s {px: per device},
-    loader_img_s (per rank), loader_start_s, val_start_s, eval_img_s, ema_update_s."""
+def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: float, params: int, peer=None) -> dict:
+    """Rows per epoch 1..through_epoch and the total minutes, from `rates` (session_rates'; img/s a device or rank)."""
     recipe, n, batch = plan.recipe, plan.steps_per_epoch, plan.per_device_batch
-    exposed = (1 - overlap) * allreduce_s(params, plan.world_size, bus_gb_s)
-    eval_images, rows = -(-plan.eval_samples // plan.world_size), []
+    world = plan.world_size   # one ring all-reduce of the fp32 gradients a step: 2 (N-1)/N x bytes / bus bandwidth
+    exposed = (1 - overlap) * 2 * (world - 1) / world * params * 4 / (bus_gb_s * 1e9)
+    eval_images, rows = -(-plan.eval_samples // world), []
     ema_s = (n // plan.ema_every_steps if recipe.ema else 0) * rates["ema_update_s"]   # every epoch the same
     loader_s = n * batch / rates["loader_img_s"]
     for e in range(through_epoch):
@@ -79,10 +70,10 @@ def project(plan, rates: dict, through_epoch: int, overlap: float, bus_gb_s: flo
                          bound="model" if model_s >= loader_s else "loader", ema_s=round(ema_s, 2),
                          eval_s=round(eval_s, 2), minutes=round((max(model_s, loader_s) + start_s + eval_s) / 60, 4),
                          peer_minutes=None if peer_s is None else round(peer_s / 60, 4)))
-    peer_total = sum(r["peer_minutes"] for r in rows) if peer and all(r["peer_minutes"] for r in rows) else None
+    peer_total = round(sum(r["peer_minutes"] for r in rows), 3) if all(r["peer_minutes"] for r in rows) else None
     return dict(rows=rows, through_epoch=through_epoch, steps_per_epoch=n, ema_every_steps=plan.ema_every_steps,
                 allreduce_exposed_ms=round(exposed * 1e3, 3), total_minutes=round(sum(r["minutes"] for r in rows), 3),
-                peer_total_minutes=None if peer_total is None else round(peer_total, 3))
+                peer_total_minutes=peer_total)
 
 
 def table(p: dict, title: str, assumed: list[str]) -> str:
@@ -101,41 +92,28 @@ def table(p: dict, title: str, assumed: list[str]) -> str:
 
 
 def interpolate(rates: dict, sides: list) -> dict:
-    """{px: images/s} at every side from those measured: seconds per image linear in px^2 (the work of a
-    convolutional network grows with the area) between the nearest measured sides, constant beyond them."""
+    """{px: images/s} at every side: s/image linear in px^2 (work grows with area) between measured ones, flat past."""
     import numpy as np
     known = sorted(rates)
     s = np.interp([px * px for px in sides], [k * k for k in known], [1 / rates[k] for k in known])
     return {px: float(1 / v) for px, v in zip(sides, s)}
 
 
-def config_plan(config: Path, counts: dict, gpus: int | None):
-    """(train args, Plan) of a config as the trainer reads it, for these counts and `gpus` (default: the config's)."""
-    environ = config_environ(config, preset=dict(os.environ))     # a setting exported here overrides the config's
-    world, train_parser = gpus or world_size_from_env(environ), argparse.ArgumentParser()
-    add_train_arguments(train_parser)
-    args = train_parser.parse_args(env_to_flags(environ))
-    read(args)
-    return args, Plan(recipe_from_args(args, world), counts["classes"], counts["train_images"], counts["val_images"],
-                      world)
-
-
 def measure_here(args, plan, sides: list) -> dict:
-    """The config's rates here, as a first session records them: ours at 3 of the sides, its loader, the EMA and
-    the evaluation."""
-    dev, batch, rows = device(), plan.per_device_batch, []
-    t = train.build_training(plan, dev)
+    """The config's rates measured here as a first session records them: ours at 3 sides, loader, EMA, evaluation."""
+    dev, batch, rows, ema = device(), plan.per_device_batch, [], []
+    t, s = train.build_training(plan, dev), SimpleNamespace(device=dev, warmup=5, steps=20)
     steps.timed_sides(steps.ours_at(t, plan, dev), sorted({sides[0], sides[len(sides) // 2], sides[-1]}), dev,
                       batch, 5, 20, rows.append, loop="ours", precision=plan.recipe.precision, compiled=False)
     spec = LoaderSpec.from_recipe(plan.recipe, batch_size=batch, workers=args.workers, device=str(dev))
-    loader, ema = loaders.measure(args.loader, Path(args.data), spec, 2, 40), steps.ema_and_eval(t, plan, dev, 5, 20)
+    loader = loaders.measure(args.loader, Path(args.data), spec, 2, 40)
+    steps.ema_eval(s, ema.append, (t, plan))
     return dict(device=str(dev), cores=len(os.sched_getaffinity(0)),
-                parts=dict(eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=[ema])))
+                parts=dict(eager=dict(rows=rows), loader=dict(rows=[loader]), ema_eval=dict(rows=ema)))
 
 
 def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int | None) -> tuple[dict, list]:
-    """(rates, assumptions) of a first session: ours eager (interpolated between sides), its first loader (the
-    torchvision one) scaled to `cores_per_gpu`, the EMA and the evaluation."""
+    """(rates, assumptions) of a session: ours eager, interpolated; its first loader scaled to `cores_per_gpu`."""
     parts = session["parts"]
     eager = [r for r in parts["eager"]["rows"] if r.get("loop") == "ours" and not r["compiled"]]
     if not eager:
@@ -149,38 +127,36 @@ def session_rates(session: dict, precision: str, sides: list, cores_per_gpu: int
                  val_start_s=loader["val_first_batch_s"], eval_img_s=ema["eval_img_s"],
                  ema_update_s=ema["ema_update_s"])
     return rates, [f"model: ours eager {precision}, measured at {len(model)} of {len(sides)} sides (the rest "
-                   "interpolated in px^2)",
-                   f"loader: {loader['loader']} with {loader['workers']} workers on {cores} cores, "
-                   f"x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
+                   "interpolated in px^2)", f"loader: {loader['loader']} with {loader['workers']} workers on {cores} "
+                   f"cores, x {scale:.2f} for {cores_per_gpu or cores} cores per GPU"]
 
 
 def parse_args(argv=None):
-    p = parser(__doc__, None)
+    p = parser(__doc__, None, **IMAGENET)   # the counts: --classes, --train-images, --val-images
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--session", type=Path, help="a first session's session.json: project its GPU")
     src.add_argument("--config", type=Path, help="measure this config_<SYSTEM>.sh here and project it")
     p.add_argument("--gpus", type=int, help="devices of the model measured (default 8; --config: the config's)")
     p.add_argument("--cores-per-gpu", type=int, help="--session: CPU cores per GPU there (default: as measured)")
-    p.add_argument("--bus-gb-s", type=float, default=400.0, help="all-reduce bus bandwidth, GB/s (assumed; "
-                   "default 400: NVLink 4 nccl-tests busbw order)")
+    p.add_argument("--bus-gb-s", type=float, default=400.0, help="all-reduce bus GB/s, assumed (NVLink 4's busbw)")
     p.add_argument("--overlap", type=float, default=0.8, help="share of the all-reduce hidden by backward")
-    for name, default in IMAGENET.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     p.add_argument("--through-epoch", type=int, help="default: MosaicML's runs' epoch of success (27)")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    print(report(parse_args(argv))["text"], flush=True)
-    return 0
-
-
 def report(args, session: dict | None = None) -> dict:
-    """The projection `main` prints: rates measured or read, the plan, the table."""
+    """The projection (its `text`: the table printed): rates measured or read, the plan, the rows."""
     peer = peer_times()
     through = args.through_epoch or peer["success_epoch"]
-    train_args, plan = config_plan(args.config, vars(args), args.gpus) if args.config else (
-        None, Plan(get_recipe("mild"), args.classes, args.train_images, args.val_images, args.gpus or 8))
+    train_args, recipe, world = None, get_recipe("mild"), args.gpus or 8
+    if args.config:   # the config as the trainer reads it (a setting exported here overrides the config's)
+        environ, train_parser = config_environ(args.config, preset=dict(os.environ)), argparse.ArgumentParser()
+        add_train_arguments(train_parser)
+        train_args = train_parser.parse_args(env_to_flags(environ))
+        read(train_args)
+        world = args.gpus or world_size_from_env(environ)
+        recipe = recipe_from_args(train_args, world)
+    plan = Plan(recipe, args.classes, args.train_images, args.val_images, world)
     sides = [plan.recipe.resolution_px(e) for e in range(through)]
     if not session:
         session = measure_here(train_args, plan, sides) if args.config else json.loads(args.session.read_text())
@@ -200,4 +176,4 @@ def report(args, session: dict | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    print(report(parse_args())["text"])

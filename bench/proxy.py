@@ -1,21 +1,9 @@
-"""The CPU proxy benchmark (BENCHMARKS.md): time to target of Mild against the Baseline (RECIPE.md section 11, at
-the proxy's geometry) and against Mild without each of its methods, each a real `python -m resnet.train` run
-with config_CPU.sh's flags plus its variant's (VARIANTS), every variant of a seed before the next seed.
+"""The CPU proxy benchmark (BENCHMARKS.md): time to target of Mild, the Baseline, Mild without each method (VARIANTS).
 
     python -m bench.proxy OUT [--seeds 1 2 3] [--variants mild baseline ...] [--data DIR] [--folders DIR]
                           [--add-runs JSON ...]     # OUT (new): proxy.json, proxy.png, logs/
-    python -m bench.proxy OUT --frontier 0.1 0.2 0.4 [--variants baseline mild medium hot] [--seeds 1 2 3]
-    python -m bench.proxy OUT --composer [--seeds 1 2 3] [--composer-venv DIR]
-
---frontier: the time-accuracy frontier of MosaicML's recipes (RECIPE.md section 12): each recipe at each budget (a
-multiple of the proxy's 28 Mild epochs; each recipe keeps its epoch ratio to Mild from mosaicml/examples: Baseline
-90, Mild 36, Medium 135, Hot 270 ImageNet epochs), the whole budget trained (target 1.0), one evaluation at the end,
-all on the torchvision loader (Hot's RandAugment needs decoded images; one loader keeps the minutes comparable);
-final top-1 against minutes, the envelope drawn. Not part of `make test`: 0.1 0.2 0.4 x 3 seeds is ~50 min on 2 cores.
-
---composer: Mild on Composer's own Trainer and algorithms (mosaicml 0.32.1 in a venv of its own, made once) beside
-ours, both from resnet_cpu and our torchvision loader (BENCHMARKS.md "Composer's Trainer side by side"); first, in
-the same venv, our methods against composer.functional's (tests/composer_functional.py; RECIPE.md 12.6).
+    python -m bench.proxy OUT --frontier 0.1 0.2 0.4 [--variants baseline mild medium hot]   # + frontier.png
+    python -m bench.proxy OUT --composer [--seeds 1 2 3] [--composer-venv DIR]   # Mild on Composer's Trainer too
 """
 import functools
 import json
@@ -57,27 +45,6 @@ COMPOSER_VENV = REPO / ".venv-composer"
 COMPOSER_PINS = ("mosaicml==0.32.1", "torch==2.7.0", "torchvision==0.22.0")   # mosaicml 0.32.1 takes torch 2.6-2.7.0
 
 
-def frontier_variants(recipes: list[str], budgets: list[float]) -> list[str]:
-    """Registers (in VARIANTS) and names each recipe's run at each budget, cheapest budget first."""
-    names = []
-    for budget in budgets:
-        for recipe in recipes:
-            epochs = max(1, round(PROXY_MILD_EPOCHS * budget * EPOCH_RATIO[recipe]))
-            names.append(f"{recipe}-x{budget:g}")
-            VARIANTS[names[-1]] = [*(BASELINE if recipe == "baseline" else ["--recipe", recipe]), "--loader",
-                                   "torchvision", "--epochs", epochs, "--eval-every-epochs", epochs,
-                                   "--warmup-epochs", min(8, epochs / 2), "--target-accuracy", 1.0]
-    return names
-
-
-def envelope(table: dict) -> list[dict]:
-    """The frontier: the runs no cheaper one beats in mean final top-1, in order of mean minutes."""
-    rows = sorted(((row["minutes_all"]["mean"], row["final_top1"]["mean"], v) for v, row in table.items()
-                   if row["final_top1"]["mean"] is not None))
-    return [dict(variant=v, minutes=minutes, top1=top1) for i, (minutes, top1, v) in enumerate(rows)
-            if all(top1 > earlier for _, earlier, _ in rows[:i])]
-
-
 def config_flags(config: Path = CONFIG) -> list[str]:
     """The train flags config_CPU.sh gives (as run_and_time.sh would pass them), without the results folder."""
     from resnet.launch import config_environ, env_to_flags
@@ -101,17 +68,15 @@ def read_log(path: Path) -> dict:
 
 
 def one_run(variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
-    """data: {"beton": FFCV folder, "folders": image folders}: the variant's loader gets what it reads."""
+    """The run's fields (data: {"beton": FFCV folder, "folders": image folders}: its loader gets what it reads)."""
     log, flags = logs / f"{variant}-seed{seed}.txt", list(map(str, VARIANTS[variant]))
     loader = flags[flags.index("--loader") + 1] if "--loader" in flags else "ffcv"
     cmd = [sys.executable, "-m", "resnet.train", *base, *flags, "--data", str(data[declared(loader).reads]),
            "--seed", str(seed), "--log-file", str(log)]
     t0, proc = time.time(), subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    run = dict(variant=variant, seed=seed, exit_code=proc.returncode, wall_s=round(time.time() - t0, 1),
-               command=cmd[1:], log=str(log.relative_to(logs.parent)))
-    if not log.is_file() or ":::MLLOG" not in log.read_text():
-        return dict(run, **FAILED, error=last_line(proc))
-    return dict(run, **read_log(log))
+    logged = read_log(log) if log.is_file() and ":::MLLOG" in log.read_text() else None
+    return dict(exit_code=proc.returncode, wall_s=round(time.time() - t0, 1), command=cmd[1:],
+                log=str(log.relative_to(logs.parent)), **(logged or dict(FAILED, error=last_line(proc))))
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:
@@ -184,19 +149,15 @@ def arguments(argv) -> tuple:
     p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=None, choices=[*VARIANTS, *EPOCH_RATIO], metavar="VARIANT",
                    help=f"any of {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
-    p.add_argument("--data", type=Path, help="FFCV folder (default: make benchmark's data set, made under "
-                   f"{DEFAULT_CACHE.relative_to(REPO)} if missing)")
-    p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the folders "
-                   "the default data set was made from)")
-    p.add_argument("--frontier", type=float, nargs="+", metavar="BUDGET",
-                   help="the recipes' frontier at these budgets (--variants then names recipes: "
-                   f"{', '.join(EPOCH_RATIO)}, all by default)")
+    p.add_argument("--data", type=Path, help=f"FFCV folder (default: make benchmark's, made in {DEFAULT_CACHE})")
+    p.add_argument("--folders", type=Path, help="its image folders, for the dali variants (default: the default's)")
+    p.add_argument("--frontier", type=float, nargs="+", metavar="BUDGET", help="the recipes' frontier at these "
+                   f"budgets (--variants then names recipes: {', '.join(EPOCH_RATIO)}, all by default)")
     p.add_argument("--add-runs", type=Path, nargs="+", default=[], metavar="JSON",
                    help="proxy.json files of earlier runs with the same config_CPU.sh flags and other seeds")
-    p.add_argument("--composer", action="store_true", help="Mild on Composer's Trainer beside ours, both on the "
-                   "torchvision loader, and our methods against composer.functional's (in Composer's venv)")
-    p.add_argument("--composer-venv", type=Path, default=COMPOSER_VENV, help="Composer's venv, made there once "
-                   f"(default: {COMPOSER_VENV.relative_to(REPO)})")
+    p.add_argument("--composer", action="store_true", help="Mild on Composer's Trainer beside ours (torchvision "
+                   "loader both), our methods against composer.functional's")
+    p.add_argument("--composer-venv", type=Path, default=COMPOSER_VENV, help=f"made once (default: {COMPOSER_VENV})")
     args = p.parse_args(argv)
     if args.out.exists():
         p.error(f"{args.out} already exists; choose a new folder (results are never overwritten)")
@@ -206,7 +167,14 @@ def arguments(argv) -> tuple:
     if args.frontier:
         if min(args.frontier) <= 0 or not set(args.variants or EPOCH_RATIO) <= set(EPOCH_RATIO):
             p.error(f"--frontier takes positive budgets and, as --variants, recipes among {', '.join(EPOCH_RATIO)}")
-        args.variants = frontier_variants(args.variants or list(EPOCH_RATIO), args.frontier)
+        recipes, args.variants = args.variants or list(EPOCH_RATIO), []
+        for budget in args.frontier:   # each recipe's run at each budget, cheapest first, registered in VARIANTS
+            for recipe in recipes:
+                epochs = max(1, round(PROXY_MILD_EPOCHS * budget * EPOCH_RATIO[recipe]))
+                args.variants.append(f"{recipe}-x{budget:g}")
+                VARIANTS[args.variants[-1]] = [*(BASELINE if recipe == "baseline" else ["--recipe", recipe]),
+                                               "--loader", "torchvision", "--epochs", epochs, "--eval-every-epochs",
+                                               epochs, "--warmup-epochs", min(8, epochs / 2), "--target-accuracy", 1.0]
     args.variants = args.variants or DEFAULT_VARIANTS
     return p, args
 
@@ -224,14 +192,12 @@ def main(argv=None) -> int:
             p.error(f"--add-runs {path}: its runs used other config_CPU.sh flags than today's; run them again")
         earlier += [dict(r, source=str(path)) for r in old_runs if r["variant"] in args.variants]
     pairs = [(r["variant"], r["seed"]) for r in earlier] + [(v, s) for s in args.seeds for v in args.variants]
-    twice = sorted(pair for pair in set(pairs) if pairs.count(pair) > 1)
-    if twice:
+    if twice := sorted(pair for pair in set(pairs) if pairs.count(pair) > 1):
         p.error(f"--add-runs: {twice[0][0]} seed {twice[0][1]} would be counted twice; give other seeds")
     if not pairs:
         p.error("nothing to do: give --seeds, or --add-runs to tabulate earlier runs")
     python = args.composer and composer_python(args.composer_venv)     # made before OUT: a refusal leaves none
-    made = args.seeds and not (args.data and args.folders)
-    folders, ffcv = synthetic_dataset(DEFAULT_CACHE) if made else (None, None)
+    folders, ffcv = (None, None) if not args.seeds or (args.data and args.folders) else synthetic_dataset(DEFAULT_CACHE)
     data = dict(beton=args.data or ffcv, folders=args.folders or folders)
     target = float(base[base.index("--target-accuracy") + 1]) if "--target-accuracy" in base else 0.759
     logs = args.out / "logs"
@@ -240,13 +206,12 @@ def main(argv=None) -> int:
     for v in args.variants:
         print(f"  {v}: {' '.join(map(str, VARIANTS[v])) or '(config_CPU.sh as is)'}", flush=True)
     runs, t0 = list(earlier), time.time()
-    functional = args.composer and peer(python, dict(kind="functional"), logs / "functional.json")
-    if functional:
+    if functional := args.composer and peer(python, dict(kind="functional"), logs / "functional.json"):
         print("composer.functional:", json.dumps(functional), flush=True)
     for seed in args.seeds:
         for v in args.variants:
             run = functools.partial(composer_run, python) if v == "composer-mild" else one_run
-            runs.append(r := run(v, seed, base, data, logs))
+            runs.append(r := dict(variant=v, seed=seed, **run(v, seed, base, data, logs)))
             minutes, error = "-" if r["minutes"] is None else f"{r['minutes']:.2f} min", r.get("error")
             print(f"{v:<24} seed {seed}: {r['status']:<8} {minutes:>9}, epoch {r['epoch_at_stop']}, final top-1 "
                   f"{r['final_top1']}, wall {r['wall_s']} s" + (f" ({error})" if error else ""), flush=True)
@@ -255,11 +220,13 @@ def main(argv=None) -> int:
     result = dict(config=str(CONFIG.relative_to(REPO)), config_flags=base, data=str(data["beton"]),
                   folders=str(data["folders"]), seeds=sorted({r["seed"] for r in runs}), target=target,
                   added_from=[str(path) for path in args.add_runs], total_minutes=(time.time() - t0) / 60,
-                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, table=table, runs=runs)
-    if functional:
-        result["functional"] = functional
-    if args.frontier:
-        result["frontier"] = envelope(table)
+                  variants={v: list(map(str, VARIANTS[v])) for v in args.variants}, table=table, runs=runs,
+                  **({"functional": functional} if functional else {}))
+    if args.frontier:   # the envelope: the runs no cheaper one beats in mean final top-1, in order of mean minutes
+        rows = sorted((row["minutes_all"]["mean"], row["final_top1"]["mean"], v) for v, row in table.items()
+                      if row["final_top1"]["mean"] is not None)
+        result["frontier"] = [dict(variant=v, minutes=minutes, top1=top1) for i, (minutes, top1, v) in enumerate(rows)
+                              if all(top1 > cheaper for _, cheaper, _ in rows[:i])]
         plot_frontier(table, result["frontier"], args.out / "frontier.png")
         print("frontier: " + " -> ".join(f"{f['variant']} ({f['top1']:.3f} in {f['minutes']:.2f} min)"
                                          for f in result["frontier"]))
@@ -270,8 +237,7 @@ def main(argv=None) -> int:
 
 
 def composer_python(venv: Path) -> Path:
-    """The Python of Composer's venv, made on first use (pip, COMPOSER_PINS) and reused after (a file in it records the
-    pins it was made with); SystemExit in one line when it cannot be made."""
+    """The Python of Composer's venv, made once (COMPOSER_PINS, recorded in it); SystemExit in one line if it cannot."""
     python, made = venv / "bin" / "python", venv / "composer-pins.txt"
     if made.is_file() and made.read_text().split() == list(COMPOSER_PINS):
         return python
@@ -287,8 +253,7 @@ def composer_python(venv: Path) -> Path:
 
 
 def peer(python: Path, job: dict, path: Path) -> dict:
-    """`job` done by `python -m bench.proxy --composer-peer JOB` in Composer's venv (this repo on its path): the result
-    it writes at `path` (its output beside, .log), or a failed run with its last line."""
+    """The result `job` writes at `path` run in Composer's venv (output in .log beside), or a failed run's fields."""
     job_file, log, t0 = path.with_suffix(".job"), path.with_suffix(".log"), time.time()
     job_file.write_text(json.dumps(dict(job, result=str(path))))
     proc = subprocess.run([str(python), "-m", "bench.proxy", "--composer-peer", str(job_file)], cwd=REPO,
@@ -300,15 +265,15 @@ def peer(python: Path, job: dict, path: Path) -> dict:
 
 
 def composer_run(python: Path, variant: str, seed: int, base: list[str], data: dict, logs: Path) -> dict:
-    """The seed's run on Composer's Trainer of the recipe our run of it logged (recipe_fields), as one_run's result."""
+    """The seed's run on Composer's Trainer of the recipe our run of it logged (recipe_fields), as one_run's."""
     log = logs / f"mild-torchvision-seed{seed}.txt"
     events = mllog_events(log) if log.is_file() else []
     recipe = next((e["value"] for e in events if e["key"] == "recipe_fields"), None)
     if recipe is None:
-        return dict(variant=variant, seed=seed, wall_s=0.0, **FAILED, error=f"{log.name} logged no recipe to run")
+        return dict(wall_s=0.0, **FAILED, error=f"{log.name} logged no recipe to run")
     job = dict(kind="train", recipe=recipe, seed=seed, workers=int(base[base.index("--workers") + 1]),
                folders=str(data["folders"]))
-    return dict(variant=variant, seed=seed, **peer(python, job, logs / f"{variant}-seed{seed}.json"))
+    return peer(python, job, logs / f"{variant}-seed{seed}.json")
 
 
 def composer_peer(job_path: str) -> int:
@@ -322,8 +287,7 @@ def composer_peer(job_path: str) -> int:
 
 
 def peer_run(evals: list[dict], target: float, images_per_epoch: int) -> dict:
-    """A Composer run's evaluations (minutes since FIT_START, completed epochs, top-1) as one_run's fields, up to the
-    first top-1 above `target` (success) or the last (aborted)."""
+    """A Composer run's evaluations as one_run's fields, up to the first above `target` (success) or all (aborted)."""
     hit = next((i for i, e in enumerate(evals) if e["top1"] > target), None)
     evals = evals if hit is None else evals[:hit + 1]
     return dict(status="aborted" if hit is None else "success", minutes=evals[-1]["minutes"], evals=evals,
@@ -331,9 +295,7 @@ def peer_run(evals: list[dict], target: float, images_per_epoch: int) -> dict:
 
 
 def composer_train(job: dict) -> dict:
-    """In Composer's venv: the recipe on Composer's Trainer and algorithms (Mild's), from our model builder (resnet_cpu,
-    our init, before any method) and our torchvision loader. Minutes: FIT_START (model, loaders and surgery done, as
-    our run_start) to the EVAL_END whose top-1 passes the target (as our run_stop)."""
+    """In Composer's venv: the recipe's run on Composer's Trainer (our model and loader), FIT_START to the target."""
     import torch
     from composer import Callback, Trainer, algorithms as ca
     from composer.loss import binary_cross_entropy_with_logits
@@ -374,4 +336,4 @@ def composer_train(job: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(composer_peer(sys.argv[2]) if sys.argv[1:2] == ["--composer-peer"] else main())
+    raise SystemExit(composer_peer(sys.argv[2]) if sys.argv[1:2] == ["--composer-peer"] else main())

@@ -1,30 +1,23 @@
-"""The step benchmark: the trainer's own `resnet.train.train_step` ("ours") against the one plain step
-(bench.common.plain_step) on random device tensors as the loader yields them, pipelined images/s of one device.
+"""The step benchmark: pipelined images/s of our `train_step` against the one plain step, on loader-like tensors.
 
     python -m bench.steps OUT.json [--precisions fp16 bf16] [--sides 88 176] [--batch 256]
     torchrun --nproc_per_node=N -m bench.steps OUT.json --ddp   # ours under DDP on every rank (CPU: gloo)
-    python -m bench.steps OUT.json --checkpoint [--steps 3] [--dir DIR]   # what a checkpoint costs the clock
-
---checkpoint: medians over --steps saves of the CPU proxy's (`resnet_cpu`) and ResNet-50's state: seconds of a
-synchronous save (snapshot, checksum, torch.save), and of `checkpoint.Saver.save` holding the training thread (the
-copy to host buffers made by a first, untimed save, as in a run) and until its thread has written it to DIR's disk.
+    python -m bench.steps OUT.json --checkpoint [--steps 3] [--dir DIR]   # sync vs async save (BENCHMARKS.md)
 """
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
-from bench.common import IMAGENET, device, parser, plain_step, sync, time_steps, write_json
+from bench.common import IMAGENET, device, parser, plain_step, time_steps, write_json
 from resnet import checkpoint, distributed, train
 from resnet.data.loaders import LoaderSpec
 from resnet.recipe import Plan, amp_dtype, get_recipe, torch_dtype as dtype   # steps.dtype: tests/test_cuda.py
 
 
-def ours(device, precision: str, batch: int, arch: str = "resnet50", world_size: int = 1, compile_backend=None,
-         **fields):
+def ours(device, precision: str, batch: int, arch="resnet50", world_size=1, compile_backend=None, **fields):
     """(Training, Plan) of Mild with these settings and `fields`, on ImageNet's counts (the EMA every 20 steps)."""
     recipe = get_recipe("mild").replace(precision=precision, arch=arch, global_batch_size=batch * world_size, **fields)
     plan = Plan(recipe, IMAGENET["classes"], IMAGENET["train_images"], IMAGENET["val_images"], world_size)
@@ -69,8 +62,7 @@ def eager(s, emit) -> None:
 
 
 def compiled(s, emit) -> None:
-    """The trainer's warm_up of a 2-epoch schedule (seconds, graphs), both loops compiled at its 2 sides, and the
-    graphs compiled after the warm-up (the trainer needs 0)."""
+    """The trainer's warm_up of 2 epochs (seconds, graphs), both loops compiled at its sides, recompiles after (0)."""
     def counting(gm, example_inputs):   # s.backend, counting the graphs it compiles
         counting.graphs += 1
         return torch._dynamo.lookup_backend(s.backend)(gm, example_inputs)
@@ -78,33 +70,27 @@ def compiled(s, emit) -> None:
     torch._dynamo.reset()
     t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, compile_backend=counting,
                    **{"epochs": 2, "warmup_epochs": 1, **s.fields})
-    started = time.perf_counter()
-    sides = train.warm_up(t, plan, LoaderSpec.from_recipe(plan.recipe, batch_size=s.batch, device=str(s.device)),
-                          (s.batch,))
-    sync(s.device)
-    emit(dict(part="warm_up", sides=sides, seconds=round(time.perf_counter() - started, 2), graphs=counting.graphs))
+    spec, sides = LoaderSpec.from_recipe(plan.recipe, batch_size=s.batch, device=str(s.device)), []
+    took = time_steps(lambda: sides.extend(train.warm_up(t, plan, spec, (s.batch,))), s.device, 0, 1)
+    emit(dict(part="warm_up", sides=sides, seconds=round(took["step_s"], 2), graphs=counting.graphs))
     before = counting.graphs
     plain = plain_step(s.arch, s.device, s.precisions[0], compile_model=s.backend == "inductor")
     both(s, t, plan, plain, sides, True, emit)
     emit(dict(part="recompiles_after_warm_up", graphs=counting.graphs - before))   # ours: plain compiles on its own
 
 
-def ema_and_eval(t, plan, device, warmup: int, steps: int) -> dict:
-    """One EMA update's seconds, and images/s of the evaluation forward at the recipe's crop and precision."""
-    r, batch = plan.recipe, plan.per_device_batch
-    ema = time_steps(lambda: t.ema.update_parameters(t.model), device, warmup, steps)
+def ema_eval(s, emit, built=None) -> None:
+    """emit(): one EMA update's seconds, the evaluation forward's images/s; of `built` (Training, Plan) or of Mild."""
+    t, plan = built or ours(s.device, s.precisions[0], s.batch, s.arch, **s.fields)
+    r, batch, device = plan.recipe, plan.per_device_batch, s.device
+    ema = time_steps(lambda: t.ema.update_parameters(t.model), device, s.warmup, s.steps)
     images = torch.randn(batch, 3, r.eval_crop_px, r.eval_crop_px, device=device).to(memory_format=torch.channels_last)
     model = t.ema.module.eval()
     with torch.no_grad(), train.autocast(device, amp_dtype(r.eval_precision)):
-        ev = time_steps(lambda: model(images), device, warmup, steps)
+        ev = time_steps(lambda: model(images), device, s.warmup, s.steps)
     model.train()
-    return dict(ema_update_s=ema["step_s"], eval_px=r.eval_crop_px, eval_precision=r.eval_precision,
-                eval_img_s=round(batch / ev["step_s"], 1))
-
-
-def ema_eval(s, emit) -> None:
-    t, plan = ours(s.device, s.precisions[0], s.batch, s.arch, **s.fields)
-    emit(ema_and_eval(t, plan, s.device, s.warmup, s.steps))
+    emit(dict(ema_update_s=ema["step_s"], eval_px=r.eval_crop_px, eval_precision=r.eval_precision,
+              eval_img_s=round(batch / ev["step_s"], 1)))
 
 
 def ddp(s) -> dict | None:
@@ -120,9 +106,7 @@ def ddp(s) -> dict | None:
 
 
 def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
-    recipe = get_recipe("mild").replace(arch=arch, global_batch_size=2, train_crop_px=32, eval_crop_px=32,
-                                        eval_resize_px=36)
-    t = train.build_training(Plan(recipe, 1000, 1000, 100, 1), torch.device("cpu"))
+    t, _ = ours(torch.device("cpu"), "fp16", 2, arch, train_crop_px=32, eval_crop_px=32, eval_resize_px=36)
     train.train_step(t, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), 32)   # momentum buffers, EMA
     parts, progress = t.parts(), checkpoint.RunProgress(1, {}, run_start_ms=1)
     saver, sync_s, held_s, written_s = checkpoint.Saver(folder / "async.pt", None, True, progress), [], [], []
@@ -138,19 +122,15 @@ def checkpoint_cost(arch: str, folder: Path, repeats: int) -> dict:
         held_s.append(time.perf_counter() - tic)
         assert saver.wait(), "the async write failed"
         written_s.append(time.perf_counter() - tic)
-    median = statistics.median
     return dict(arch=arch, file_mb=round((folder / "async.pt").stat().st_size / 1e6, 1), sync_s=median(sync_s),
                 async_held_s=median(held_s), async_written_s=median(written_s))
 
 
 def main(argv=None) -> int:
-    p = parser(__doc__)
+    p = parser(__doc__, batch=256, warmup=5, steps=20)   # --batch: per device
     p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=("fp16", "bf16", "fp32"))
     p.add_argument("--sides", type=int, nargs="+", default=[88, 128, 176])
-    p.add_argument("--batch", type=int, default=256, help="per device")
     p.add_argument("--arch", default="resnet50", help="the network of both loops (torchvision's name)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ddp", action="store_true", help="under torchrun: ours with DDP on every rank, no more")
     p.add_argument("--checkpoint", action="store_true", help="what a checkpoint save costs (sync vs async)")
     p.add_argument("--dir", type=Path, help="--checkpoint: the folder saves go to (default: a temporary one)")
@@ -171,4 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -128,7 +128,7 @@ def test_mosaicml_epoch_times_come_from_their_logs():
 
 
 def test_projection_names_the_slower_side_and_adds_what_recurs():
-    from bench.projection import allreduce_s, interpolate, project
+    from bench.projection import interpolate, project
     from resnet.recipe import MILD, Plan
 
     plan = Plan(MILD, 1000, 1_281_167, 50_000, 8)
@@ -138,8 +138,8 @@ def test_projection_names_the_slower_side_and_adds_what_recurs():
     result = project(plan, rates, 27, overlap=0.5, bus_gb_s=100.0, params=25_000_000)
     rows = result["rows"]
     assert (result["steps_per_epoch"], result["ema_every_steps"]) == (625, 20)
-    exposed = 0.5 * allreduce_s(25_000_000, 8, 100.0)
-    assert exposed == pytest.approx(0.5 * 2 * 7 / 8 * 1e8 / 1e11) and result["allreduce_exposed_ms"] > 0
+    exposed = 0.5 * 2 * 7 / 8 * 1e8 / 1e11     # half of a ring all-reduce of 100 MB at 100 GB/s, 8 ranks
+    assert result["allreduce_exposed_ms"] == pytest.approx(exposed * 1e3, abs=1e-3)
     assert rows[0]["bound"] == "loader" and rows[-1]["bound"] == "model"        # 88 px: 20k > 5k img/s
     assert rows[0]["loader_s"] == pytest.approx(625 * 256 / 5000, abs=0.01)
     assert rows[0]["ema_s"] == pytest.approx(31 * 0.01, abs=1e-3)
