@@ -18,7 +18,7 @@ import pytest
 
 from compliance.check import check_log
 from compliance.summarize import summarize_dir
-from tests.conftest import JIT, REPO, TINY_CONFIG, events, first, run_and_time, run_stop
+from tests.conftest import JIT, NOT_SETTINGS, REPO, TINY_CONFIG, events, first, run_and_time, run_stop
 
 
 @pytest.fixture
@@ -657,7 +657,7 @@ def test_a_stop_during_set_up_is_a_stop_with_no_log(synth_tree, tmp_path):
     """SIGINT as soon as the trainer can take it, while it sets up (COMPILE=1: its warm-up compiles for tens of
     seconds): exit 4 at once, its one line, no traceback, no log, nothing timed."""
     tiny = {k: v for k, v in TINY_CONFIG.items()
-            if k not in ("DGXSYSTEM", "DGXNGPU", "DGXNNODES", "LOADER", "OMP_NUM_THREADS")}
+            if k not in ("DGXSYSTEM", "DGXNGPU", "DGXNNODES", "LOADER", *NOT_SETTINGS)}
     from resnet.settings import BY_ENV
 
     flags = [w for k, v in tiny.items() for w in (BY_ENV[k].flag, v)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from compliance.summarize import summarize_dir
-from tests.conftest import REPO, TINY_CONFIG, events, run_stop
+from tests.conftest import NO_JIT, REPO, TINY_CONFIG, events, run_stop
 
 CLUSTER_SH = REPO / "tests" / "slurm_cluster.sh"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
@@ -30,8 +30,8 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 # The two nodes share this machine's cores: one torch thread each (with two each, on a loaded 2-core machine, an
 # epoch took 5x longer). NEXP, SEED, EPOCHS, EVAL_EVERY_EPOCHS, TARGET_ACCURACY, RDZV_TIMEOUT_S: the job's
 # environment may set them.
-FIXED = {**TINY_CONFIG, "DGXSYSTEM": "CPU_2x1", "DGXNNODES": "2", "DEVICE": "cpu", "LOADER": "torchvision",
-         "OMP_NUM_THREADS": "1"}
+FIXED = {**{k: v for k, v in TINY_CONFIG.items() if k not in NO_JIT}, "DGXSYSTEM": "CPU_2x1", "DGXNNODES": "2",
+         "DEVICE": "cpu", "LOADER": "torchvision", "OMP_NUM_THREADS": "1"}   # (no FFCV here: no NUMBA_DISABLE_JIT)
 OVERRIDABLE = ("NEXP", "EPOCHS", "EVAL_EVERY_EPOCHS", "TARGET_ACCURACY")
 TARGET = TINY_CONFIG["TARGET_ACCURACY"]
 
