@@ -31,10 +31,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # FFCV compiles its loading pipeline with numba in every process that builds a loader: ~12 s of the ~19 s a tiny
 # training run takes, paid by every trainer the launcher, signal and fault tests start. Those trainers run with
 # numba's JIT off (NUMBA_DISABLE_JIT=1: the same FFCV code, reading the same .beton files, interpreted; a tiny run
-# then takes ~7 s). FFCV under the JIT is what test_data_loaders (in the test process), test_train's compliant run,
-# the five-seed benchmark (`cpu_benchmark`) and the SIGTERM-with-FFCV test run: they set JIT to "0".
+# then takes ~7 s). FFCV under the JIT is what test_data_loaders runs (in the test process), and test_train's
+# compliant run and the SIGTERM-with-FFCV test (a trainer and its loader threads signalled) set JIT.
 NO_JIT = {"NUMBA_DISABLE_JIT": "1"}
 JIT = {"NUMBA_DISABLE_JIT": "0"}
+
+
+def no_jit() -> dict:
+    """The environment of a trainer the test starts itself: this one, FFCV interpreted (NO_JIT)."""
+    return {**os.environ, **NO_JIT}
+
 
 # Under `make test` (pytest -n 2 --dist loadfile): a module's tests share a worker (a module fixture is built once),
 # and the modules that take longest start first, so that neither worker is left with a long one at the end (slowest
@@ -154,8 +160,7 @@ def cpu_benchmark(ffcv_data, request):
     test_run_and_time and test_compliance_package (their workers share it): its console and its results folder."""
     def build(folder):
         (folder / "logdir").mkdir()
-        out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(folder / "logdir"), "NEXP": "5", "SEED": "100",
-                            **JIT})
+        out = run_and_time({"DATADIR": str(ffcv_data), "LOGDIR": str(folder / "logdir"), "NEXP": "5", "SEED": "100"})
         (folder / "console.json").write_text(json.dumps([out.returncode, out.stdout, out.stderr]))
 
     folder = built_once(request, "cpu_benchmark", build)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from compliance.check import check_log
-from tests.conftest import REPO, cli, events, run_stop
+from tests.conftest import REPO, cli, events, no_jit, run_stop
 from tests.test_train import TINY, torchrun
 
 
@@ -47,7 +47,7 @@ def resumable(ffcv_data, tmp_path, *extra, stop=signal.SIGTERM):
     args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
             "--seed", "5", "--checkpoint-dir", ckpt, *extra]
     proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--log-file",
-                             tmp_path / "first.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             tmp_path / "first.txt"], cwd=REPO, env=no_jit(), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt / "last.pt").exists():
         time.sleep(0.05)
@@ -108,8 +108,8 @@ def test_a_log_that_cannot_be_written_stops_the_run_in_one_line(ffcv_data, tmp_p
     log = tmp_path / "result_0.txt"
     proc = subprocess.run([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data", str(ffcv_data),
                            "--log-file", str(log), "--epochs", "30", "--eval-every-epochs", "1",
-                           "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, preexec_fn=limited_file_size(6000))
+                           "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, env=no_jit(), capture_output=True,
+                          text=True, timeout=600, preexec_fn=limited_file_size(6000))
     assert proc.returncode == 1, proc.stderr[-2000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "cannot write the MLPerf log" in lines[0], proc.stderr[-2000:]
@@ -130,7 +130,7 @@ def test_a_failed_checkpoint_write_warns_and_the_run_goes_on(ffcv_data, tmp_path
     proc = subprocess.run([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data", str(ffcv_data),
                            "--log-file", str(log), "--epochs", "2", "--eval-every-epochs", "2",
                            "--target-accuracy", "0.01", "--seed", "1", "--checkpoint-dir", str(ckpt)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env=no_jit(), capture_output=True, text=True, timeout=600,
                           preexec_fn=limited_file_size(1_000_000))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: checkpoint" in proc.stderr and "training goes on" in proc.stderr
@@ -144,7 +144,8 @@ def test_a_stop_without_checkpoint_folder_does_not_promise_a_resume(ffcv_data, t
     log = tmp_path / "result_0.txt"
     proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, TINY), "--data",
                              str(ffcv_data), "--log-file", str(log), "--epochs", "50", "--eval-every-epochs", "50",
-                             "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--target-accuracy", "1.0", "--seed", "1"], cwd=REPO, env=no_jit(),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "epoch_start" in log.read_text()):
         time.sleep(0.05)
@@ -309,7 +310,7 @@ def test_a_stop_after_a_failed_checkpoint_write_says_so(ffcv_data, tmp_path):
     """The disk takes the log (KBs) but not the checkpoint (MBs): the stop line must not claim a checkpoint."""
     args = [*TINY, "--data", ffcv_data, "--epochs", "30", "--eval-every-epochs", "30", "--target-accuracy", "1.0",
             "--checkpoint-dir", tmp_path / "ck", "--log-file", tmp_path / "a.txt"]
-    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args)], cwd=REPO, env=no_jit(),
                             stderr=subprocess.PIPE, text=True, preexec_fn=limited_file_size(1 << 20))
     seen = []
     for line in proc.stderr:               # wait for the event: the first epoch's failed checkpoint
@@ -356,7 +357,7 @@ def test_two_trainers_never_share_a_checkpoint_folder(ffcv_data, tmp_path):
     args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
             "--checkpoint-dir", ckpt]
     a = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--seed", "1",
-                          "--log-file", tmp_path / "a.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                          "--log-file", tmp_path / "a.txt"], cwd=REPO, env=no_jit(), stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (ckpt / "last.pt").exists(), a)
         a.send_signal(signal.SIGSTOP)   # A lives (stopped) while B tries, however long B takes on a busy machine

@@ -15,7 +15,7 @@ from resnet.algorithms import colout_batch, label_smoothed_bce, mixup_batch, sam
 from resnet.algorithms.sam import sam_ascent
 from resnet.errors import SettingError
 from resnet.recipe import MILD, Plan
-from tests.conftest import REPO, cli, events, run_stop
+from tests.conftest import REPO, cli, events, no_jit, run_stop
 from tests.test_train import TINY, final_weights
 
 
@@ -293,7 +293,8 @@ def test_a_stopped_hot_run_resumes_to_the_uninterrupted_weights(synth_tree, tmp_
     cli("train", *common, "--checkpoint-dir", tmp_path / "straight", "--log-file", tmp_path / "a.txt", check=False)
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, common), "--checkpoint-dir",
-                             resumed, "--log-file", tmp_path / "b.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             resumed, "--log-file", tmp_path / "b.txt"], cwd=REPO, env=no_jit(),
+                            stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:                       # the first epoch's line comes after its checkpoint is written
         if line.startswith("epoch 1/"):
             proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from compliance.check import check_log
-from tests.conftest import JIT, REPO, cli, events, first, keys, run_stop
+from tests.conftest import JIT, REPO, cli, events, first, keys, no_jit, run_stop
 
 TINY = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train-crop-px", "32",
         "--eval-crop-px", "32", "--eval-resize-px", "36", "--workers", "1", "--warmup-epochs", "1",
@@ -62,7 +62,7 @@ def test_non_finite_loss_aborts_at_the_next_check(ffcv_data, tmp_path):
 
 def torchrun(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "resnet.train", *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                             "-m", "resnet.train", *map(str, args)], cwd=REPO, env=no_jit(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -113,7 +113,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(synth_tree, tm
     cli("train", *common, "--checkpoint-dir", straight, "--log-file", tmp_path / "a.txt", check=False)
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, common), "--checkpoint-dir",
-                             resumed, "--log-file", tmp_path / "b.txt"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             resumed, "--log-file", tmp_path / "b.txt"], cwd=REPO, env=no_jit(),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (resumed / "last.pt").exists():
         time.sleep(0.05)
@@ -141,7 +142,7 @@ def test_timed_checkpoints_survive_sigkill_and_resume(ffcv_data, tmp_path):
     args = [*TINY, "--data", ffcv_data, "--epochs", "3", "--eval-every-epochs", "3", "--target-accuracy", "1.0",
             "--seed", "5", "--checkpoint-dir", ckpt, "--checkpoint-every-minutes", "0.001"]
     proc = subprocess.Popen([sys.executable, "-m", "resnet.cli", "train", *map(str, args), "--log-file",
-                             tmp_path / "a.txt"], cwd=REPO, stderr=subprocess.DEVNULL)
+                             tmp_path / "a.txt"], cwd=REPO, env=no_jit(), stderr=subprocess.DEVNULL)
     deadline, state = time.time() + 300, None
     while time.time() < deadline:
         if (ckpt / "last.pt").exists():
