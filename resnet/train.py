@@ -225,6 +225,10 @@ def set_up(args: argparse.Namespace, dev, started: float):
     seed = distributed.broadcast_int(seed if seed is not None else random.SystemRandom().randrange(2**31))
     torch.manual_seed(seed)
     random.seed(seed)
+    identity = dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size)
+    if saved:    # another run's checkpoint is refused before the loaders are built (on ImageNet: a minute or more)
+        check_resumed_batch(saved.identity, recipe)
+        checkpoint.check_resumable(saved, identity)
     spec = LoaderSpec.from_recipe(recipe, decode_to_side=args.decode_to_side, batch_size=recipe.global_batch_size //
                                   dev.world_size, workers=args.workers, device=str(dev.device), rank=dev.rank,
                                   world_size=dev.world_size, seed=seed, hw_decoder_load=args.dali_hw_decoder_load,
@@ -236,12 +240,11 @@ def set_up(args: argparse.Namespace, dev, started: float):
                                "is 1.0 whatever the model learns; use a data set of at least 2 classes")
     plan = Plan(recipe, info.num_classes, info.train_samples, info.eval_samples, dev.world_size)
     plan.check()
-    run = RunProgress(seed, dict(recipe=dataclasses.asdict(recipe), world_size=dev.world_size, data=info.identity()))
+    run = RunProgress(seed, dict(identity, data=info.identity()))
     distributed.check_same(run.identity, checkpoint.setting_name)    # every node launched with the same settings
     t = build_training(plan, dev.device, args.compile)
     if state:
-        check_resumed_batch(saved.identity, recipe)
-        checkpoint.check_resumable(saved, run.identity)
+        checkpoint.check_resumable(saved, run.identity)     # the data set's identity, now that it is read
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
         if dev.is_main:
