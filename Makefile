@@ -31,7 +31,8 @@ system-libs:
 	$(PIP) install -q -e '.[ffcv,dali,dev]'
 	touch $@
 
-$(SYNTH_DIR)/.done: .venv/.installed
+# Order-only on the venv: a reinstall (a pyproject.toml change) keeps the data made (`make clean-data` remakes it).
+$(SYNTH_DIR)/.done: | .venv/.installed
 	.venv/bin/mlperf-resnet synth $(SYNTH_DIR) $(SYNTH_ARGS)
 	touch $@
 
