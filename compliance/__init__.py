@@ -46,15 +46,16 @@ def check_plain_name(what: str, value: str) -> None:
     raise ComplianceError(f"{what}: {value!r} is not a plain name ({PLAIN_NAME_RULE}); {fix}")
 
 
-def main(command, argv=None) -> int:
-    """Run one compliance command module on its own (`python -m compliance.check ...`): parse its arguments,
-    run it, and turn a ComplianceError into the single line `mlperf-resnet: error: ...` and a non-zero exit."""
+def main(command, argv=None, errors=(ComplianceError,)) -> int:
+    """Run one command module on its own (`python -m compliance.check ...`; resnet's through resnet.errors.main):
+    parse its arguments, run it, and turn one of `errors` into the single line `mlperf-resnet: error: ...` and a
+    non-zero exit. A command module has NAME, add_arguments(parser) and run(args) -> exit code."""
     parser = argparse.ArgumentParser(prog=f"mlperf-resnet {command.NAME}", description=command.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     command.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return command.run(args)
-    except ComplianceError as e:
+    except errors as e:
         print(f"{ERROR_PREFIX}{e}", file=sys.stderr, flush=True)
         return e.exit_code

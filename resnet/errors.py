@@ -6,7 +6,6 @@ through `main`) prints it as the single line `mlperf-resnet: error: <text>` and 
 library can be used from someone else's code without ending their process. A problem that does not stop
 anything is one console line from `warn`: `mlperf-resnet: warning: <text>`.
 """
-import argparse
 import contextlib
 import sys
 
@@ -46,17 +45,9 @@ def warn(message: str) -> None:
         print(f"mlperf-resnet: warning: {message}", file=sys.stderr, flush=True)
 
 
-def main(command, argv=None, errors=(Error,)) -> int:
-    """Run one command module on its own (`python -m resnet.data.synth ...`).
+def main(command, argv=None) -> int:
+    """Run one command module on its own (`python -m resnet.data.synth ...`): compliance's runner, with this
+    package's errors. A command module imports no command layer."""
+    from compliance import main as run_command   # compliance imports nothing of resnet
 
-    A command module has NAME, HELP, add_arguments(parser) and run(args) -> exit code, and imports no
-    command layer: this function (and `resnet.cli`) is what calls it."""
-    parser = argparse.ArgumentParser(prog=f"mlperf-resnet {command.NAME}", description=command.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    command.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return command.run(args)
-    except errors as e:
-        report(e)
-        return getattr(e, "exit_code", 1)
+    return run_command(command, argv, errors=(Error,))

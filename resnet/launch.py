@@ -204,6 +204,11 @@ def env_to_flags(environ, rows=None) -> list[str]:
     return words
 
 
+def starts_set(environ) -> bool:
+    """Whether this call starts its set (EXPERIMENT_INDEX unset or 0): a set's warnings are said once, there."""
+    return environ.get("EXPERIMENT_INDEX", "") in ("", "0")
+
+
 def checked_flags(environ) -> list[str]:
     """The train flags, every one checked as the trainer will (warnings printed once, here)."""
     from resnet.settings import add_train_arguments, validate_train_args
@@ -214,7 +219,7 @@ def checked_flags(environ) -> list[str]:
     add_train_arguments(train_parser)
     warnings = validate_train_args(train_parser.parse_args(words), world_size=world,
                                    here=environ.get("DRY_RUN", "0") != "1")
-    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+    if starts_set(environ):
         for line in warnings:
             errors.warn(line)
     return words
@@ -314,7 +319,7 @@ def prepare(environ) -> int:
             print(f"mlperf-resnet: error: {line}", file=sys.stderr)
         return 1
     launch = resolve(environ)
-    if environ.get("EXPERIMENT_INDEX", "") in ("", "0"):    # once a set: at its start
+    if starts_set(environ):
         for line in other_names(environ):
             errors.warn(line)
     words = checked_flags(environ)

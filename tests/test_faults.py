@@ -502,18 +502,13 @@ def test_a_one_class_data_set_is_refused(tmp_path):
 
 def test_two_nodes_with_different_settings_fail_at_the_start(synth_tree, tmp_path):
     """Node 1 launched with another EPOCHS: both nodes stop before run_start, naming the setting."""
-    from tests.test_run_and_time import free_port, start_run_and_time
+    from tests.test_run_and_time import free_port, outputs, start_run_and_time
 
     common = {"LOADER": "torchvision", "DATADIR": str(synth_tree), "LOGDIR": str(tmp_path), "NEXP": "1",
               "SEED": "21", "DGXNNODES": "2", "DGXNGPU": "1", "MASTER_ADDR": "127.0.0.1",
               "MASTER_PORT": str(free_port())}
     nodes = [start_run_and_time({**common, "NODE_RANK": str(rank), "EPOCHS": str(2 + rank)}) for rank in (0, 1)]
-    try:
-        outs = [n.communicate(timeout=600) for n in nodes]
-    finally:
-        for n in nodes:
-            if n.poll() is None:
-                n.kill()
+    outs = outputs(nodes, timeout=600)
     assert all(n.returncode != 0 for n in nodes), outs
     expected = "--epochs (EPOCHS): 2 on rank 0 but 3 on rank 1; every node must be launched with the same settings"
     assert all(expected in err for _, err in outs), [err[-2000:] for _, err in outs]

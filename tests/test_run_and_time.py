@@ -126,6 +126,16 @@ def start_run_and_time(env: dict, **popen) -> subprocess.Popen:
                                  **TINY_CONFIG, **env}, **popen)
 
 
+def outputs(procs: list, timeout: float) -> list:
+    """Each process's (stdout, stderr) once all have ended; any left after an error or a timeout is killed."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
 class Console:
     """A process's stderr, read a line at a time in a thread, so that a test can wait for a line while the
     process runs (the launcher must show each line as it comes, not at exit)."""
@@ -351,12 +361,7 @@ def test_a_checkpoint_folder_held_by_a_live_run_is_refused_before_any_experiment
 def test_two_launches_into_one_logdir_get_their_own_logs(folders, tmp_path):
     procs = [start_run_and_time({**folders, "LOGDIR": str(tmp_path), "NEXP": "1", "SEED": seed})
              for seed in ("31", "32")]
-    try:
-        outs = [p.communicate(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = outputs(procs, timeout=900)
     assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
     logs = sorted((tmp_path / "CPU" / "resnet").glob("result_*.txt"))
     assert [p.name for p in logs] == ["result_0.txt", "result_1.txt"]
@@ -421,12 +426,7 @@ def two_nodes(data: dict, logdir: Path, **env) -> list[subprocess.Popen]:
 
 def test_two_nodes_on_one_machine_write_one_compliant_log(folders, tmp_path):
     nodes = two_nodes(folders, tmp_path)
-    try:
-        outs = [n.communicate(timeout=600) for n in nodes]
-    finally:
-        for n in nodes:
-            if n.poll() is None:
-                n.kill()
+    outs = outputs(nodes, timeout=600)
     assert [n.returncode for n in nodes] == [0, 0], [o[1][-3000:] for o in outs]
     (log,) = (tmp_path / "CPU" / "resnet").glob("result_*.txt")
     assert run_stop(log)["metadata"]["status"] == "success"
