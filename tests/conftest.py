@@ -31,8 +31,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # FFCV compiles its loading pipeline with numba in every process that builds a loader: ~12 s of the ~19 s a tiny
 # training run takes, paid by every trainer the launcher, signal and fault tests start. Those trainers run with
 # numba's JIT off (NUMBA_DISABLE_JIT=1: the same FFCV code, reading the same .beton files, interpreted; a tiny run
-# then takes ~7 s). FFCV under the JIT is what test_data_loaders runs (in the test process), and test_train's
-# compliant run and the SIGTERM-with-FFCV test (a trainer and its loader threads signalled) set JIT.
+# then takes ~7 s). FFCV under the JIT is what test_data_loaders runs (in the test process), and what the
+# SIGTERM-with-FFCV test runs in a trainer (JIT: the trainer, its compiled loader threads signalled, its exit).
 NO_JIT = {"NUMBA_DISABLE_JIT": "1"}
 JIT = {"NUMBA_DISABLE_JIT": "0"}
 

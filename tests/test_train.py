@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from compliance.check import check_log
-from tests.conftest import JIT, REPO, cli, events, first, keys, no_jit, run_stop
+from tests.conftest import REPO, cli, events, first, keys, no_jit, run_stop
 
 TINY = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train-crop-px", "32",
         "--eval-crop-px", "32", "--eval-resize-px", "36", "--workers", "1", "--warmup-epochs", "1",
@@ -20,7 +20,7 @@ TINY = ["--recipe", "mild", "--arch", "resnet18", "--batch-size", "16", "--train
 def test_cpu_run_logs_compliantly(ffcv_data, tmp_path):
     results = tmp_path / "results"
     out = cli("train", *TINY, "--data", ffcv_data, "--results-dir", results, "--epochs", "3",
-              "--eval-every-epochs", "2", "--target-accuracy", "0.99", "--seed", "7", check=False, env=JIT)
+              "--eval-every-epochs", "2", "--target-accuracy", "0.99", "--seed", "7", check=False)
     assert out.returncode == 2, out.stderr          # the target is out of reach: aborted, non-zero
     log = results / "result_0.txt"
     ks = keys(log)
