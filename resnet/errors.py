@@ -10,10 +10,11 @@ import contextlib
 import sys
 
 
-#: The trainer's exit statuses (resnet.train's SUCCESS ... STOPPED) in the launcher's words: stdlib only, so the
-#: launcher says them without importing torch.
-EXIT_MEANINGS = {0: "reached the target", 1: "error", 2: "target not reached", 3: "non-finite loss",
-                 4: "stopped by a signal"}
+#: The trainer's exit statuses, and in the launcher's words: here (stdlib only), so that the launcher says them
+#: without importing torch.
+SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4
+EXIT_MEANINGS = {SUCCESS: "reached the target", ERROR: "error", NOT_REACHED: "target not reached",
+                 NON_FINITE: "non-finite loss", STOPPED: "stopped by a signal"}
 
 
 class Error(Exception):

@@ -231,8 +231,7 @@ def run_stop_status(log: Path) -> str | None:
 def meaning(status: str) -> str:
     if status.lstrip("-").isdigit() and int(status) < 0:
         return f"killed by signal {status[1:]}"
-    return errors.EXIT_MEANINGS.get(int(status), "unexpected exit status") if status.isdigit() else \
-        "unexpected exit status"
+    return errors.EXIT_MEANINGS.get(int(status) if status.isdigit() else None, "unexpected exit status")
 
 
 def record_end(args) -> int:

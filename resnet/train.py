@@ -35,6 +35,7 @@ from torch import nn
 from resnet import checkpoint, distributed, errors, methods
 from resnet.algorithms import DecoupledSGDW, ema_model, label_smoothed_bce, resize_batch
 from resnet.checkpoint import RunProgress, Saver
+from resnet.errors import ERROR, NON_FINITE, NOT_REACHED, STOPPED, SUCCESS   # the exit statuses
 from resnet.mlperf import C, RunLog, claim_result_file, log_hyperparameters, log_init
 from resnet.model import build_model
 from resnet.recipe import Plan, amp_dtype, lr_factor, needs_grad_scaler
@@ -43,7 +44,6 @@ from resnet.stopping import SetUpStopped, StopRequest, stop_line
 
 NAME = "train"
 HELP = "run one timed training run (under torchrun for several devices)"
-SUCCESS, ERROR, NOT_REACHED, NON_FINITE, STOPPED = 0, 1, 2, 3, 4   # EXIT_MEANINGS: resnet.errors
 # The loss and the stop flag cross to the host once every this many steps (and at every epoch's end), not every
 # step: a step on a GPU then never waits for the host. A signal is answered within this many steps (seconds).
 CHECK_EVERY_STEPS = 8
@@ -244,7 +244,7 @@ def set_up(args: argparse.Namespace, dev, started: float):
     distributed.check_same(run.identity, checkpoint.setting_name)    # every node launched with the same settings
     t = build_training(plan, dev.device, args.compile)
     if state:
-        checkpoint.check_resumable(saved, run.identity)     # the data set's identity, now that it is read
+        checkpoint.check_resumable(saved, dict(data=run.identity["data"]))   # the rest was checked before the loaders
         run = checkpoint.restore(t.parts(), state)
         t.step = run.step
         if dev.is_main:

@@ -142,8 +142,8 @@ TINY_CONFIG = {  # config_CPU.sh's shape, shrunk so that one run takes seconds
     "SUBMISSION_ORG": "tests", "SUBMISSION_STATUS": "research",
     "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],  # not a setting: one torch thread (see the top of this file)
     **NO_JIT,                                          # not a setting either: FFCV interpreted (see the top)
-}
-NOT_SETTINGS = ("OMP_NUM_THREADS", *NO_JIT)   # TINY_CONFIG's names that are no setting (and so no flag)   # the recipe's EMA, in epochs, on 12 steps an epoch: an update every step, half-life 1.9 steps
+}   # the recipe's EMA, in epochs, on 12 steps an epoch: an update every step, half-life 1.9 steps
+NOT_SETTINGS = ("OMP_NUM_THREADS", *NO_JIT)   # TINY_CONFIG's names that are no setting (and so no flag)
 
 
 def run_and_time(env: dict, timeout=900) -> subprocess.CompletedProcess:
